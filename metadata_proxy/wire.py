@@ -1,0 +1,139 @@
+"""The push API's wire models: the contract between the operator and the proxy.
+
+The proxy owns this module; the operator imports it (and nothing else of the
+proxy) to build its requests. It depends on pydantic alone, so importing it
+pulls in neither aiohttp nor the proxy's server code.
+
+Endpoints on the control port (mutual TLS only), all JSON:
+
+``POST /v1/changes``  body :class:`Changes`  -> :class:`Ack`
+    Incremental update, applied in this order: role upserts, pod removals,
+    pod upserts, role removals. A pod entry for an IP is replaced or removed
+    only by a change naming the same pod uid; a pod upsert for an IP held by
+    another uid, or naming a role key the proxy does not hold, is refused
+    (listed in ``Ack.rejected``) so that a stale or reordered push can never
+    hand one pod's credentials to another. The operator answers a rejection
+    with a full snapshot.
+
+``PUT /v1/snapshot``  body :class:`Snapshot`  -> :class:`Ack`
+    Atomic replacement of everything the proxy holds for its node. The first
+    snapshot after start makes the proxy ready.
+
+``GET /v1/status``  -> :class:`ProxyStatus`
+    What the proxy holds (counts and snapshot generation, never secrets), for
+    the operator's anti-entropy check.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from typing import Annotated
+
+import pydantic
+
+API_VERSION = "v1"
+CHANGES_PATH = "/v1/changes"
+SNAPSHOT_PATH = "/v1/snapshot"
+STATUS_PATH = "/v1/status"
+
+# The name the proxies' server certificates carry and the operator verifies
+# when it dials a proxy by its host IP; the identity the proxies require of
+# the operator's client certificate (its CN or a DNS SAN) by default.
+PROXY_SERVER_NAME = "podiam-proxy"
+OPERATOR_IDENTITY = "podiam-operator"
+
+# Opaque to the proxy: the operator derives it from (role ARN, external id)
+# or, in per-pod session mode, from (role ARN, external id, pod uid).
+RoleKey = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+PodIP = Annotated[str, pydantic.AfterValidator(lambda v: str(ipaddress.ip_address(v)))]
+
+
+def _utc(value: datetime.datetime) -> datetime.datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must carry a timezone")
+    return value.astimezone(datetime.timezone.utc)
+
+
+UtcDateTime = Annotated[datetime.datetime, pydantic.AfterValidator(_utc)]
+
+
+class _Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class RoleCredentials(_Model):
+    """One set of STS credentials, shared by every pod whose entry names its key."""
+
+    key: RoleKey
+    role_arn: str = pydantic.Field(min_length=20, max_length=2048)
+    # What the pod sees under /latest/meta-data/iam/security-credentials/:
+    # the role's name without its path, as on an EC2 instance.
+    role_name: str = pydantic.Field(pattern=r"^[\w+=,.@-]{1,64}$")
+    access_key_id: str = pydantic.Field(min_length=16, max_length=128)
+    secret_access_key: pydantic.SecretStr
+    session_token: pydantic.SecretStr
+    expiration: UtcDateTime
+    last_updated: UtcDateTime
+
+    @pydantic.field_serializer("secret_access_key", "session_token", when_used="json")
+    def _reveal_on_the_wire(self, value: pydantic.SecretStr, info: pydantic.SerializationInfo) -> str:
+        # Secrets stay masked in repr(), str() and plain dumps (logs); only
+        # encode() below, which builds a request body, reveals them.
+        if info.context and info.context.get("reveal_secrets"):
+            return value.get_secret_value()
+        return str(value)
+
+
+class PodEntry(_Model):
+    """Which pod owns a source IP on this node, and which credentials it gets."""
+
+    ip: PodIP
+    uid: str = pydantic.Field(min_length=1, max_length=64)
+    namespace: str = pydantic.Field(min_length=1, max_length=63)
+    name: str = pydantic.Field(min_length=1, max_length=253)
+    role_key: RoleKey
+
+
+class PodRemoval(_Model):
+    ip: PodIP
+    uid: str = pydantic.Field(min_length=1, max_length=64)
+
+
+class Changes(_Model):
+    upsert_roles: list[RoleCredentials] = []
+    remove_roles: list[RoleKey] = []
+    upsert_pods: list[PodEntry] = []
+    remove_pods: list[PodRemoval] = []
+
+
+class Snapshot(_Model):
+    # Increases with every snapshot the operator sends to this node; the
+    # proxy reports the last one it applied in ProxyStatus.
+    generation: int = pydantic.Field(ge=0)
+    roles: list[RoleCredentials] = []
+    pods: list[PodEntry] = []
+
+
+class Rejection(_Model):
+    ip: str
+    uid: str
+    reason: str
+
+
+class Ack(_Model):
+    applied: int
+    rejected: list[Rejection] = []
+
+
+class ProxyStatus(_Model):
+    node_name: str
+    ready: bool
+    snapshot_generation: int | None
+    roles: int
+    pods: int
+
+
+def encode(body: Changes | Snapshot) -> bytes:
+    """The request body for a push: the only place secrets are serialised."""
+    return body.model_dump_json(context={"reveal_secrets": True}).encode()

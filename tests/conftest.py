@@ -1,0 +1,7 @@
+"""Fixtures shared by every tier live in plugins, so each tier's folder keeps
+its own conftest.py for what only it needs."""
+
+pytest_plugins = [
+    "tests.controlplane.pytest_plugin",
+    "tests.support.pytest_plugin",
+]

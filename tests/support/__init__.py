@@ -1,0 +1,1 @@
+"""Test helpers shared by every tier: free ports, managed processes, moto's STS server."""

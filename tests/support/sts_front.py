@@ -1,0 +1,122 @@
+"""A small HTTP front for moto_server: counts STS actions and injects faults.
+
+Run as ``python -m tests.support.sts_front --port P --upstream URL``. Control
+endpoints live under ``/_front/``; everything else is forwarded to moto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import random
+import re
+import urllib.parse
+
+from aiohttp import ClientSession, web
+
+
+@dataclasses.dataclass
+class Faults:
+    error_rate: float = 0.0
+    error_status: int = 503
+    error_code: str = "ServiceUnavailable"
+    latency: float = 0.0
+    deny_roles: str | None = None
+
+
+@dataclasses.dataclass
+class Stats:
+    actions: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    assumed: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    injected: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+
+FAULTS = web.AppKey("faults", Faults)
+STATS = web.AppKey("stats", Stats)
+UPSTREAM = web.AppKey("upstream", str)
+SESSION = web.AppKey("session", ClientSession)
+
+_ERROR_BODY = (
+    '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+    "<Code>{code}</Code><Message>{message}</Message></Error><RequestId>front</RequestId></ErrorResponse>"
+)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.Response(status=status, text=_ERROR_BODY.format(code=code, message=message), content_type="text/xml")
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    stats = request.app[STATS]
+    return web.json_response({"actions": stats.actions, "assumed": stats.assumed, "injected": stats.injected})
+
+
+async def reset_stats(request: web.Request) -> web.Response:
+    request.app[STATS] = Stats()
+    return web.json_response({})
+
+
+async def put_faults(request: web.Request) -> web.Response:
+    body = await request.json()
+    if body.get("deny_roles"):
+        re.compile(body["deny_roles"])
+    request.app[FAULTS] = Faults(**body)
+    return web.json_response(dataclasses.asdict(request.app[FAULTS]))
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    faults, stats = app[FAULTS], app[STATS]
+    body = await request.read()
+    params = dict(urllib.parse.parse_qsl(body.decode(errors="replace"))) | dict(request.query)
+    action = params.get("Action", "?")
+    stats.actions[action] += 1
+    if faults.latency:
+        await asyncio.sleep(faults.latency)
+    if faults.error_rate and random.random() < faults.error_rate:
+        stats.injected[faults.error_code] += 1
+        return _error(faults.error_status, faults.error_code, "injected by the test's STS front")
+    if action == "AssumeRole":
+        role_arn = params.get("RoleArn", "")
+        if faults.deny_roles and re.fullmatch(faults.deny_roles, role_arn):
+            stats.injected["AccessDenied"] += 1
+            return _error(403, "AccessDenied", f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
+        stats.assumed[role_arn] += 1
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}}
+    async with app[SESSION].request(request.method, app[UPSTREAM] + request.path_qs, data=body, headers=headers) as upstream:
+        payload = await upstream.read()
+        return web.Response(status=upstream.status, body=payload, content_type=upstream.content_type)
+
+
+async def _client_session(app: web.Application):  # type: ignore[no-untyped-def]
+    app[SESSION] = ClientSession()
+    yield
+    await app[SESSION].close()
+
+
+def make_app(upstream: str) -> web.Application:
+    app = web.Application()
+    app[FAULTS] = Faults()
+    app[STATS] = Stats()
+    app[UPSTREAM] = upstream.rstrip("/")
+    app.cleanup_ctx.append(_client_session)
+    app.router.add_get("/_front/stats", get_stats)
+    app.router.add_delete("/_front/stats", reset_stats)
+    app.router.add_put("/_front/faults", put_faults)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    args = parser.parse_args()
+    web.run_app(make_app(args.upstream), host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()
