@@ -1,0 +1,67 @@
+"""The IAM documents in examples/iam are loaded into moto's IAM (a real HTTP
+server), which rejects malformed policy grammar, and the trust chain they set
+up works: the operator's role may assume a pod role, and nothing else may."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import pytest
+
+from tests.support import moto
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "iam"
+
+
+def _client(service: str, url: str, **credentials: str) -> Any:
+    credentials = credentials or {"aws_access_key_id": "AKIAIOSFODNN7EXAMPLE", "aws_secret_access_key": "example"}
+    return boto3.client(service, endpoint_url=url, region_name="us-east-1", **credentials)
+
+
+def _document(name: str, account: str = moto.ACCOUNT_ID) -> str:
+    # The examples use the documentation account 111122223333; moto's is another.
+    return (EXAMPLES / name).read_text().replace("111122223333", account)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.json")))
+def test_every_document_is_valid_json_with_a_version(name: str) -> None:
+    document = json.loads((EXAMPLES / name).read_text())
+    assert document["Version"] == "2012-10-17"
+    assert document["Statement"]
+
+
+def test_moto_accepts_the_documents_and_the_trust_chain_works(moto_server: moto.MotoServer) -> None:
+    iam = _client("iam", moto_server.url)
+    ec2_trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    iam.create_role(RoleName="my-eks-node-role", AssumeRolePolicyDocument=json.dumps(ec2_trust))
+    operator = iam.create_role(RoleName="podiam-operator", AssumeRolePolicyDocument=_document("operator-trust-policy.json"))
+    iam.create_role(RoleName="podiam-operator-irsa", AssumeRolePolicyDocument=_document("operator-trust-policy-irsa.json"))
+    policy = iam.create_policy(PolicyName="podiam-operator", PolicyDocument=_document("operator-policy.json"))
+    iam.attach_role_policy(RoleName="podiam-operator", PolicyArn=policy["Policy"]["Arn"])
+    pod_role = iam.create_role(RoleName="KiamTesterRole", AssumeRolePolicyDocument=_document("pod-role-trust-policy.json"))
+    iam.put_role_policy(RoleName="KiamTesterRole", PolicyName="s3-read", PolicyDocument=_document("pod-role-policy-s3-read.json"))
+
+    sts = _client("sts", moto_server.url)
+    as_operator = sts.assume_role(RoleArn=operator["Role"]["Arn"], RoleSessionName="podiam-operator")["Credentials"]
+    operator_sts = _client(
+        "sts", moto_server.url,
+        aws_access_key_id=as_operator["AccessKeyId"],
+        aws_secret_access_key=as_operator["SecretAccessKey"],
+        aws_session_token=as_operator["SessionToken"],
+    )
+    as_pod = operator_sts.assume_role(RoleArn=pod_role["Role"]["Arn"], RoleSessionName="aws-iam-tester")
+    assert as_pod["AssumedRoleUser"]["Arn"].endswith(":assumed-role/KiamTesterRole/aws-iam-tester")
+
+
+def test_moto_rejects_a_malformed_policy(moto_server: moto.MotoServer) -> None:
+    """The grammar check above can fail: a document missing its Effect is refused."""
+    broken = json.loads((EXAMPLES / "operator-policy.json").read_text())
+    del broken["Statement"][0]["Effect"]
+    with pytest.raises(botocore.exceptions.ClientError, match="MalformedPolicyDocument"):
+        _client("iam", moto_server.url).create_policy(PolicyName="broken", PolicyDocument=json.dumps(broken))
