@@ -116,9 +116,13 @@ class Snapshot(_Model):
 
 
 class Rejection(_Model):
+    # A refused pod entry names its ip and uid; a refused role upsert (e.g.
+    # credentials already inside the proxy's expiry margin) names role_key,
+    # with ip and uid empty.
     ip: str
     uid: str
     reason: str
+    role_key: str | None = None
 
 
 class Ack(_Model):

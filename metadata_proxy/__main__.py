@@ -1,0 +1,83 @@
+"""``podiam-proxy`` / ``python -m metadata_proxy``: parse settings, then serve until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from metadata_proxy import _control, _health, _imds, _iptables, _logging, _metrics, _settings, _store, _tls
+
+logger = logging.getLogger("metadata_proxy")
+
+
+async def serve(settings: _settings.ProxySettings) -> None:
+    cert, key, ca = settings.require_tls()
+    metrics = _metrics.Metrics()
+    store = _store.Store(expiry_margin=settings.expiry_margin)
+    metrics.watch_store(store)
+
+    def record_expiry(expiries: dict[str, float]) -> None:
+        for name, value in expiries.items():
+            metrics.cert_expiry.labels(name).set(value)
+
+    tls = _tls.ServerTLS(cert, key, ca, on_load=record_expiry)
+
+    if settings.iptables:
+        assert settings.host_ip is not None
+        # Before listening: pods reaching a closed port get a refusal, never
+        # the node's own metadata service.
+        _iptables.install(settings.host_interface, str(settings.host_ip), settings.metadata_port)
+
+    runners = [
+        (web.AppRunner(_imds.make_app(settings, store, metrics), handle_signals=False, access_log=None), settings.metadata_port, None),
+        (web.AppRunner(_control.make_app(store, metrics, settings.node_name, settings.operator_identity), handle_signals=False),
+         settings.control_port, tls.listener_context),
+        (web.AppRunner(_health.make_app(store, metrics), handle_signals=False, access_log=None), settings.health_port, None),
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watcher = asyncio.create_task(tls.watch(settings.tls_reload_interval, lambda outcome: metrics.tls_reloads.labels(outcome).inc()))
+    try:
+        for runner, port, ssl_context in runners:
+            await runner.setup()
+            await web.TCPSite(runner, settings.bind_address, port, ssl_context=ssl_context, backlog=1024).start()
+        logger.info(
+            "listening",
+            extra={"node": settings.node_name, "address": settings.bind_address, "metadata_port": settings.metadata_port,
+                   "control_port": settings.control_port, "health_port": settings.health_port,
+                   "iptables": settings.iptables, "require_imdsv2": settings.require_imdsv2},
+        )
+        await stop.wait()
+        logger.info("stopping" + (" (the iptables rule stays in place)" if settings.iptables else ""))
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        for runner, _, _ in reversed(runners):
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings, args = _settings.parse(argv)
+    _logging.configure(settings.log_level, settings.log_format)
+    try:
+        if args.remove_iptables_rules:
+            removed = _iptables.remove()
+            print(f"removed {removed} podiam-proxy iptables rule(s)")
+            return
+        asyncio.run(serve(settings))
+    except (ValueError, OSError, _iptables.IptablesError) as error:
+        logger.error("cannot start", extra={"error": str(error)})
+        print(f"podiam-proxy: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

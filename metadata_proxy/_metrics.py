@@ -1,0 +1,77 @@
+"""Prometheus metrics, in a registry of their own (one per proxy, so tests never collide)."""
+
+from __future__ import annotations
+
+import prometheus_client as prom
+
+from metadata_proxy import _store
+
+# Fine buckets at the low end: a credentials hit takes well under a millisecond,
+# a wait for a push up to --credential-wait.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # *_created series double the exposition for no use here.
+        prom.disable_created_metrics()
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = prom.Counter(
+            "podiam_proxy_metadata_requests", "Metadata requests by route and HTTP status.", ["route", "status"], registry=r,
+        )
+        self.latency = prom.Histogram(
+            "podiam_proxy_metadata_handler_seconds", "Metadata request handling time by route.", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.credentials = prom.Counter(
+            "podiam_proxy_credential_lookups",
+            "Credential lookups: hit (served at once), waited_hit (served after waiting for a push), "
+            "miss (nothing to serve after waiting), wrong_role (asked for a role the pod does not have).",
+            ["result"], registry=r,
+        )
+        self.waits = prom.Counter("podiam_proxy_credential_waits", "Requests that waited for a push.", registry=r)
+        self.tokens = prom.Counter("podiam_proxy_imdsv2_tokens_issued", "IMDSv2 session tokens issued.", registry=r)
+        self.token_failures = prom.Counter(
+            "podiam_proxy_imdsv2_token_failures", "Requests refused for a missing, invalid or expired token.", ["reason"],
+            registry=r,
+        )
+        self.upstream = prom.Counter(
+            "podiam_proxy_upstream_requests", "Allowed requests proxied to the real metadata service, by status.",
+            ["status"], registry=r,
+        )
+        self.pushes = prom.Counter(
+            "podiam_proxy_pushes", "Pushes received on the control port, by kind and outcome.", ["kind", "outcome"],
+            registry=r,
+        )
+        self.push_rejections = prom.Counter(
+            "podiam_proxy_push_rejected_items", "Items of pushes refused by the store rules.", ["kind"], registry=r,
+        )
+        self.refused_clients = prom.Counter(
+            "podiam_proxy_control_refused", "Control requests refused before any handler.", ["reason"], registry=r,
+        )
+        self.pods = prom.Gauge("podiam_proxy_pods", "Pod entries held.", registry=r)
+        self.roles = prom.Gauge("podiam_proxy_roles", "Role credentials held.", registry=r)
+        self.ready = prom.Gauge("podiam_proxy_ready", "1 once the first full snapshot was applied.", registry=r)
+        self.snapshot_generation = prom.Gauge(
+            "podiam_proxy_snapshot_generation", "Generation of the last applied snapshot (-1: none yet).", registry=r,
+        )
+        self.cert_expiry = prom.Gauge(
+            "podiam_proxy_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the loaded TLS files, as a Unix time.", ["file"], registry=r,
+        )
+        self.tls_reloads = prom.Counter(
+            "podiam_proxy_tls_reloads", "TLS file reloads by outcome.", ["outcome"], registry=r,
+        )
+
+    def watch_store(self, store: _store.Store) -> None:
+        # Read at scrape time: nothing to keep in step on the hot path.
+        self.pods.set_function(lambda: store.pod_count)
+        self.roles.set_function(lambda: store.role_count)
+        self.ready.set_function(lambda: 1 if store.ready else 0)
+        self.snapshot_generation.set_function(
+            lambda: -1 if store.snapshot_generation is None else store.snapshot_generation
+        )
+
+    def exposition(self) -> bytes:
+        return prom.generate_latest(self.registry)

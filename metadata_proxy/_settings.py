@@ -1,0 +1,240 @@
+"""The proxy's settings: one pydantic-settings model, every field a flag and an env var.
+
+Precedence: command-line flag > ``PODIAM_PROXY_<FIELD>`` environment variable >
+default. The flags are generated from the model's fields (``node_name`` →
+``--node-name``), so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import pydantic_settings
+
+from metadata_proxy import wire
+
+ENV_PREFIX = "PODIAM_PROXY_"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+def _parse_duration(value: Any) -> Any:
+    # Kiam users write Go durations ("1s", "800ms"); bare numbers are seconds.
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use seconds, or e.g. 800ms, 1s, 5m)")
+        return float(match.group(1)) * _UNIT[match.group(2)]
+    return value
+
+
+Duration = Annotated[float, pydantic.BeforeValidator(_parse_duration), pydantic.Field(ge=0)]
+Port = Annotated[int, pydantic.Field(ge=1, le=65535)]
+
+DEFAULT_ALLOWED_ROUTES = [
+    r"/latest/meta-data/placement/availability-zone/?",
+    r"/latest/meta-data/placement/region/?",
+]
+
+
+class ProxySettings(pydantic_settings.BaseSettings):
+    model_config = pydantic_settings.SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    node_name: str = pydantic.Field(
+        default_factory=socket.gethostname,
+        description="This node's name, reported to the operator in /v1/status (the chart sets it from spec.nodeName).",
+    )
+    bind_address: str = pydantic.Field(
+        "0.0.0.0", description="Address all three listeners bind to (the DaemonSet runs on the host network)."
+    )
+    host_ip: ipaddress.IPv4Address | None = pydantic.Field(
+        None,
+        description="This node's IP (the chart sets it from status.hostIP): the DNAT target of the iptables rule. "
+        "Required with --iptables.",
+    )
+    metadata_port: Port = pydantic.Field(
+        8181, description="Port of the pods' metadata API (plain HTTP; the iptables rule sends 169.254.169.254:80 here). "
+        "Kiam agent: --port."
+    )
+    control_port: Port = pydantic.Field(8182, description="Port of the operator's pushes (mutual TLS only).")
+    health_port: Port = pydantic.Field(8183, description="Port of /healthz, /readyz and /metrics (plain HTTP).")
+
+    tls_cert: Path | None = pydantic.Field(
+        None, description="This proxy's server certificate (PEM), e.g. server.pem or tls.crt. Kiam agent: --cert."
+    )
+    tls_key: Path | None = pydantic.Field(None, description="Its private key (PEM), e.g. server-key.pem or tls.key. Kiam: --key.")
+    tls_ca: Path | None = pydantic.Field(
+        None, description="CA bundle that signed the operator's client certificate, e.g. ca.pem or ca.crt. Kiam: --ca."
+    )
+    operator_identity: str = pydantic.Field(
+        wire.OPERATOR_IDENTITY,
+        description="Pushes are accepted only from a client certificate with this CN or DNS SAN.",
+    )
+    tls_reload_interval: Duration = pydantic.Field(
+        5.0, description="How often the certificate, key and CA files are checked for changes (rotated Secrets are "
+        "picked up without a restart)."
+    )
+
+    credential_wait: Duration = pydantic.Field(
+        0.8,
+        description="How long a request waits for a pod's entry or credentials still on their way from the operator, "
+        "instead of failing at once. Kiam: gatewayTimeoutCreation. Keep it under 1s: botocore, the AWS CLI and the "
+        "JavaScript SDK give the metadata service 1s and a single attempt.",
+    )
+    expiry_margin: Duration = pydantic.Field(
+        300.0, description="Credentials expiring within this margin are never served (nor accepted from the operator)."
+    )
+    require_imdsv2: bool = pydantic.Field(
+        False, description="Refuse requests without an IMDSv2 session token (401), like HttpTokens=required on EC2."
+    )
+    disable_imdsv2: bool = pydantic.Field(
+        False,
+        description="Answer token requests with 404, as proxies without IMDSv2 support do; SDKs then fall back to "
+        "IMDSv1. For compatibility testing only.",
+    )
+
+    upstream: pydantic.AnyHttpUrl = pydantic.Field(
+        pydantic.AnyHttpUrl("http://169.254.169.254"),
+        description="The node's real metadata service, for the allowed routes (the proxy fetches its own IMDSv2 token).",
+    )
+    upstream_timeout: Duration = pydantic.Field(2.0, description="Timeout of each request to the real metadata service.")
+    allow_route: list[str] = pydantic.Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_ROUTES),
+        description="Regex (matched against the whole path) of metadata paths proxied to the real metadata service; "
+        "repeat the flag for several; giving any replaces the defaults (availability zone and region). Everything "
+        "else outside iam/ is 404: pods never see node credentials, user-data or identity documents. Kiam: "
+        "--whitelist-route-regexp. Env: a JSON list.",
+    )
+
+    iptables: bool = pydantic.Field(
+        False,
+        description="Install the DNAT rule sending pods' 169.254.169.254:80 to --host-ip:--metadata-port, in the nat "
+        "chain PODIAM-PROXY (idempotent). The rule is deliberately kept on exit, so that a restarting proxy never "
+        "lets pods reach the node's own credentials; remove it on uninstall with --remove-iptables-rules. Kiam: --iptables.",
+    )
+    host_interface: str = pydantic.Field(
+        "cali+",
+        description="Pod-side interfaces the rule matches (iptables -i syntax): cali+ (Calico), eni+ (AWS VPC CNI), "
+        "'!eth0' (everything but the node's interface). Kiam: --host-interface.",
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = pydantic.Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = pydantic.Field("json", description="json: one object per line; text: for humans.")
+
+    @pydantic.field_validator("bind_address")
+    @classmethod
+    def _an_ip(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))
+
+    @pydantic.field_validator("allow_route")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"invalid regex {pattern!r}: {error}") from None
+        return value
+
+    @pydantic.field_validator("host_interface")
+    @classmethod
+    def _interface(cls, value: str) -> str:
+        if not re.fullmatch(r"!?[A-Za-z0-9_.@:-]{1,15}\+?", value):
+            raise ValueError(f"not an interface pattern: {value!r} (e.g. cali+, eni+, !eth0)")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> ProxySettings:
+        if self.require_imdsv2 and self.disable_imdsv2:
+            raise ValueError("--require-imdsv2 and --disable-imdsv2 exclude each other")
+        if self.iptables and self.host_ip is None:
+            raise ValueError("--iptables needs --host-ip (the node's IP, the rule's DNAT target)")
+        if len({self.metadata_port, self.control_port, self.health_port}) != 3:
+            raise ValueError("--metadata-port, --control-port and --health-port must differ")
+        return self
+
+    def require_tls(self) -> tuple[Path, Path, Path]:
+        missing = [f"--{name.replace('_', '-')}" for name in ("tls_cert", "tls_key", "tls_ca") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required: the control port accepts mutual TLS only")
+        assert self.tls_cert and self.tls_key and self.tls_ca
+        return self.tls_cert, self.tls_key, self.tls_ca
+
+
+DESCRIPTION = """\
+podiam's metadata proxy: the per-node agent (Kiam's "agent") answering pods'
+EC2 instance-metadata requests (169.254.169.254) with the credentials of
+their own IAM role, which the podiam operator pushes to it over mutual TLS.
+It needs no Kubernetes API access.
+
+Listeners: --metadata-port (pods, plain HTTP), --control-port (operator
+pushes, mutual TLS), --health-port (/healthz, /readyz, /metrics).
+Every flag is also an environment variable PODIAM_PROXY_<FLAG> (upper case,
+dashes as underscores), e.g. --credential-wait=1s is
+PODIAM_PROXY_CREDENTIAL_WAIT=1s. Flags win over the environment.
+"""
+
+EPILOG = """\
+Kiam agent equivalents: --host-interface, --iptables, --port
+(--metadata-port), --cert/--key/--ca (--tls-cert/--tls-key/--tls-ca),
+--whitelist-route-regexp (--allow-route), gatewayTimeoutCreation
+(--credential-wait).
+
+Uninstall: the iptables rule is kept when the proxy exits (so pods never
+reach the node's own credentials while it restarts). Remove it with
+  podiam-proxy --remove-iptables-rules
+(e.g. from a Helm pre-delete hook or by hand on the node).
+"""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="podiam-proxy", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS,
+    )
+    for name, field in ProxySettings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        if field.default_factory is not None:
+            default: Any = "hostname" if name == "node_name" else field.default_factory()  # type: ignore[call-arg]
+        else:
+            default = field.default
+        help_text = f"{field.description} [env {env}; default: {default}]"
+        if field.annotation is bool:
+            parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, help=help_text)
+        elif name == "allow_route":
+            parser.add_argument(_flag(name), action="append", metavar="REGEX", help=help_text)
+        else:
+            parser.add_argument(_flag(name), metavar=name.upper(), help=help_text)
+    parser.add_argument(
+        "--remove-iptables-rules", action="store_true", default=False,
+        help="Remove the PODIAM-PROXY chain and its jump from nat PREROUTING, then exit (uninstall).",
+    )
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> tuple[ProxySettings, argparse.Namespace]:
+    """Settings from flags over the environment; exits with a usage error naming the flag."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = {name: value for name, value in vars(args).items() if name in ProxySettings.model_fields}
+    try:
+        settings = ProxySettings(**given)
+    except pydantic.ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False, include_input=False):
+            where = ".".join(str(part) for part in item["loc"])
+            flag = _flag(where.split(".")[0]) if where else "settings"
+            problems.append(f"{flag}: {item['msg']}")
+        parser.error("; ".join(problems))
+    return settings, args

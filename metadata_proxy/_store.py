@@ -1,0 +1,227 @@
+"""What the proxy knows: pod IP → pod entry, role key → credentials.
+
+Everything here is synchronous and runs on the event loop's thread, so each
+push is applied atomically with respect to the metadata handlers: no request
+ever sees half a snapshot.
+
+Credentials are rendered to the bytes a pod receives once, when they arrive;
+a request does two dict lookups and an expiry comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import hashlib
+import json
+import time
+from collections.abc import Callable
+
+from metadata_proxy import wire
+
+_TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _iso(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.timezone.utc).strftime(_TIMESTAMP)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Credentials:
+    """One role's credentials as served: pre-rendered bodies, the expiry as epoch seconds."""
+
+    key: str
+    role_name: str
+    role_arn: str
+    expires_at: float
+    document: bytes  # .../security-credentials/<role>
+    info: bytes  # .../iam/info
+
+    @classmethod
+    def render(cls, creds: wire.RoleCredentials) -> Credentials:
+        # Laid out as EC2's metadata service lays it out (two-space indent).
+        document = json.dumps(
+            {
+                "Code": "Success",
+                "LastUpdated": _iso(creds.last_updated),
+                "Type": "AWS-HMAC",
+                "AccessKeyId": creds.access_key_id,
+                "SecretAccessKey": creds.secret_access_key.get_secret_value(),
+                "Token": creds.session_token.get_secret_value(),
+                "Expiration": _iso(creds.expiration),
+            },
+            indent=2,
+        ).encode()
+        # EC2 reports the instance profile; a pod has none, so the profile is
+        # named after the role (as Kiam does) with a stable id derived from it.
+        profile_arn = creds.role_arn.replace(":role/", ":instance-profile/", 1)
+        info = json.dumps(
+            {
+                "Code": "Success",
+                "LastUpdated": _iso(creds.last_updated),
+                "InstanceProfileArn": profile_arn,
+                "InstanceProfileId": "AIPA" + hashlib.sha256(profile_arn.encode()).hexdigest()[:17].upper(),
+            },
+            indent=2,
+        ).encode()
+        return cls(
+            key=creds.key,
+            role_name=creds.role_name,
+            role_arn=creds.role_arn,
+            expires_at=creds.expiration.timestamp(),
+            document=document,
+            info=info,
+        )
+
+    def __repr__(self) -> str:  # never the secrets, wherever this ends up
+        return f"Credentials(key={self.key!r}, role_arn={self.role_arn!r}, expires_at={self.expires_at})"
+
+
+class Store:
+    def __init__(self, expiry_margin: float, clock: Callable[[], float] = time.time) -> None:
+        self.expiry_margin = expiry_margin
+        self._clock = clock
+        self._pods: dict[str, wire.PodEntry] = {}
+        self._roles: dict[str, Credentials] = {}
+        self.snapshot_generation: int | None = None
+        # Resolved (and replaced) on every change: waiters sleep on it, no polling.
+        self._changed: asyncio.Future[None] | None = None
+
+    # -- reading -----------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.snapshot_generation is not None
+
+    @property
+    def pod_count(self) -> int:
+        return len(self._pods)
+
+    @property
+    def role_count(self) -> int:
+        return len(self._roles)
+
+    def pod(self, ip: str) -> wire.PodEntry | None:
+        return self._pods.get(ip)
+
+    def lookup(self, ip: str) -> tuple[wire.PodEntry | None, Credentials | None]:
+        """The pod at ``ip`` and its credentials if they can be served now (None otherwise)."""
+        pod = self._pods.get(ip)
+        if pod is None:
+            return None, None
+        creds = self._roles.get(pod.role_key)
+        if creds is None or creds.expires_at - self.expiry_margin <= self._clock():
+            return pod, None
+        return pod, creds
+
+    async def wait_lookup(self, ip: str, timeout: float) -> tuple[wire.PodEntry | None, Credentials | None]:
+        """``lookup``, waiting up to ``timeout`` for the pod or its credentials to be pushed."""
+        pod, creds = self.lookup(ip)
+        if creds is not None or timeout <= 0:
+            return pod, creds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return pod, creds
+            if self._changed is None or self._changed.done():
+                self._changed = loop.create_future()
+            # asyncio.wait neither cancels the shared future on timeout nor
+            # raises: every waiter wakes on the next change and re-checks.
+            await asyncio.wait((self._changed,), timeout=remaining)
+            pod, creds = self.lookup(ip)
+            if creds is not None:
+                return pod, creds
+
+    def status(self, node_name: str) -> wire.ProxyStatus:
+        return wire.ProxyStatus(
+            node_name=node_name, ready=self.ready, snapshot_generation=self.snapshot_generation,
+            roles=len(self._roles), pods=len(self._pods),
+        )
+
+    # -- writing -----------------------------------------------------------
+    def _notify(self) -> None:
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = None
+
+    def _servable(self, creds: wire.RoleCredentials) -> str | None:
+        left = creds.expiration.timestamp() - self._clock()
+        if left <= self.expiry_margin:
+            return (
+                f"credentials expire at {_iso(creds.expiration)}, within the proxy's expiry margin "
+                f"({self.expiry_margin:g}s): refused, never served"
+            )
+        return None
+
+    def apply_changes(self, changes: wire.Changes) -> wire.Ack:
+        """Role upserts, pod removals, pod upserts, role removals — in that order (see ``wire``)."""
+        applied = 0
+        rejected: list[wire.Rejection] = []
+        for role in changes.upsert_roles:
+            reason = self._servable(role)
+            if reason:
+                rejected.append(wire.Rejection(ip="", uid="", role_key=role.key, reason=reason))
+            else:
+                self._roles[role.key] = Credentials.render(role)
+                applied += 1
+        for removal in changes.remove_pods:
+            held = self._pods.get(removal.ip)
+            if held is not None and held.uid != removal.uid:
+                rejected.append(wire.Rejection(
+                    ip=removal.ip, uid=removal.uid, reason=f"{removal.ip} is held by another pod (uid {held.uid})",
+                ))
+                continue
+            self._pods.pop(removal.ip, None)  # removing what is not there is done already
+            applied += 1
+        for entry in changes.upsert_pods:
+            held = self._pods.get(entry.ip)
+            if held is not None and held.uid != entry.uid:
+                rejected.append(wire.Rejection(
+                    ip=entry.ip, uid=entry.uid,
+                    reason=f"{entry.ip} is held by another pod (uid {held.uid}); remove it first or send a snapshot",
+                ))
+            elif entry.role_key not in self._roles:
+                rejected.append(wire.Rejection(
+                    ip=entry.ip, uid=entry.uid, reason=f"unknown role key {entry.role_key!r}: push its credentials first",
+                ))
+            else:
+                self._pods[entry.ip] = entry
+                applied += 1
+        for key in changes.remove_roles:
+            self._roles.pop(key, None)
+            applied += 1
+        self._notify()
+        return wire.Ack(applied=applied, rejected=rejected)
+
+    def apply_snapshot(self, snapshot: wire.Snapshot) -> wire.Ack:
+        """Replace everything at once; the same rules as changes apply within the snapshot."""
+        roles: dict[str, Credentials] = {}
+        pods: dict[str, wire.PodEntry] = {}
+        rejected: list[wire.Rejection] = []
+        for role in snapshot.roles:
+            reason = self._servable(role)
+            if reason:
+                rejected.append(wire.Rejection(ip="", uid="", role_key=role.key, reason=reason))
+            else:
+                roles[role.key] = Credentials.render(role)
+        claims: dict[str, int] = {}
+        for entry in snapshot.pods:
+            claims[entry.ip] = claims.get(entry.ip, 0) + 1
+        for entry in snapshot.pods:
+            if claims[entry.ip] > 1:
+                # Which claim is right cannot be told: the IP serves nobody.
+                rejected.append(wire.Rejection(
+                    ip=entry.ip, uid=entry.uid, reason=f"{entry.ip} is claimed by {claims[entry.ip]} pods in the snapshot",
+                ))
+            elif entry.role_key not in roles:
+                rejected.append(wire.Rejection(
+                    ip=entry.ip, uid=entry.uid, reason=f"unknown role key {entry.role_key!r}: not in the snapshot's roles",
+                ))
+            else:
+                pods[entry.ip] = entry
+        self._roles, self._pods = roles, pods
+        self.snapshot_generation = snapshot.generation
+        self._notify()
+        return wire.Ack(applied=len(roles) + len(pods), rejected=rejected)

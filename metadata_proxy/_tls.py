@@ -1,0 +1,117 @@
+"""The control port's mutual TLS: a server context that follows its files, and the peer check.
+
+An ``ssl.SSLContext`` cannot drop a CA or be rebuilt in place, and asyncio
+binds a listener to the context it was started with. So the listener keeps
+its first context, whose server-name callback (called on every handshake,
+with ``None`` when the client sends no SNI) moves each new connection onto
+the newest context; the watcher builds a new one whenever the files change.
+Connections already open keep the context they started with.
+
+A file set that fails to load (half-rotated, key not matching) is reported
+and the last good context stays in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+logger = logging.getLogger(__name__)
+
+_Signature = tuple[tuple[int, int, int, int], ...]
+
+
+def _signature(paths: tuple[Path, ...]) -> _Signature:
+    # stat() follows the ..data symlinks of a mounted Secret to the new files.
+    result = []
+    for path in paths:
+        st = os.stat(path)
+        result.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(result)
+
+
+def _not_after(path: Path) -> float:
+    """notAfter of the first certificate in ``path`` (Unix time)."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.not_valid_after_utc.timestamp()
+
+
+class ServerTLS:
+    def __init__(
+        self,
+        cert: Path,
+        key: Path,
+        ca: Path,
+        on_load: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        self.paths = (cert, key, ca)
+        self._on_load = on_load
+        self._signature: _Signature | None = None
+        self.current = self._build()  # fails loudly at start-up: no control port without TLS
+        self.listener_context = self.current
+
+    def _build(self) -> ssl.SSLContext:
+        cert, key, ca = self.paths
+        signature = _signature(self.paths)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no handshake
+        context.load_cert_chain(str(cert), str(key))
+        context.sni_callback = self._select
+        self._signature = signature
+        expiries = {"cert": _not_after(cert), "ca": _not_after(ca)}
+        if self._on_load:
+            self._on_load(expiries)
+        logger.info(
+            "TLS files loaded",
+            extra={"cert": str(cert), "ca": str(ca), "cert_not_after": datetime.datetime.fromtimestamp(
+                expiries["cert"], datetime.timezone.utc).isoformat()},
+        )
+        return context
+
+    def _select(self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, context: ssl.SSLContext) -> None:
+        if context is not self.current:
+            sslobj.context = self.current
+
+    def reload_if_changed(self) -> bool:
+        """Rebuild the context if a file changed; True when a new one is in use."""
+        try:
+            if _signature(self.paths) == self._signature:
+                return False
+            self.current = self._build()
+            return True
+        except (OSError, ssl.SSLError, ValueError) as error:
+            # Keep serving with the last good files; the next check retries.
+            logger.error("TLS files changed but could not be loaded; keeping the previous ones", extra={"error": str(error)})
+            raise ReloadFailed(str(error)) from error
+
+    async def watch(self, interval: float, on_result: Callable[[str], None] | None = None) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.reload_if_changed() and on_result:
+                    on_result("reloaded")
+            except ReloadFailed:
+                if on_result:
+                    on_result("failed")
+
+
+class ReloadFailed(Exception):
+    pass
+
+
+def peer_identities(peercert: dict[str, Any] | None) -> set[str]:
+    """The CN(s) and DNS SANs of a verified peer certificate (``getpeercert()`` form)."""
+    if not peercert:
+        return set()
+    names = {value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names |= {value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS"}
+    return names
