@@ -1,0 +1,98 @@
+"""The two leaves of ``auto`` mode (the proxies' server certificate and the
+operator's client certificate): what they must say, when they are due, how
+they are issued. Pure: the clock is a parameter."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from podiam_operator.tls import _settings, authority, checks, pki
+
+CERT = "tls.crt"
+KEY = "tls.key"
+BUNDLE = "ca.crt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    common_name: str
+    dns_names: tuple[str, ...]
+    server: bool
+
+
+def proxy_spec(settings: _settings.TlsSettings) -> Spec:
+    """One server certificate shared by every proxy: the operator dials them by IP and verifies this name."""
+    return Spec(common_name=settings.proxy_server_name, dns_names=(settings.proxy_server_name,), server=True)
+
+
+def operator_spec(settings: _settings.TlsSettings) -> Spec:
+    """The operator's client certificate: CN and DNS SAN both carry the identity the proxies require."""
+    return Spec(common_name=settings.operator_identity, dns_names=(settings.operator_identity,), server=False)
+
+
+def issue(state: authority.CaState, spec: Spec, settings: _settings.TlsSettings, now: datetime.datetime) -> pki.KeyPair:
+    key = pki.generate_key(settings.key_type)
+    cert = pki.issue_leaf(
+        state.active, key,
+        common_name=spec.common_name, dns_names=spec.dns_names, server=spec.server,
+        now=now, lifetime=settings.leaf_lifetime,
+    )
+    return pki.KeyPair((cert,), key)
+
+
+def _matches_spec(cert: x509.Certificate, spec: Spec) -> bool:
+    try:
+        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return False
+    wanted = ExtendedKeyUsageOID.SERVER_AUTH if spec.server else ExtendedKeyUsageOID.CLIENT_AUTH
+    return pki.common_names(cert) == [spec.common_name] and tuple(pki.dns_names(cert)) == spec.dns_names and usages == [wanted]
+
+
+def due(
+    pair: pki.KeyPair | None,
+    state: authority.CaState,
+    spec: Spec,
+    settings: _settings.TlsSettings,
+    now: datetime.datetime,
+) -> str | None:
+    """Why this leaf must be (re-)issued now, or None if it is fine."""
+    if pair is None:
+        return "there is none yet"
+    cert = pair.cert
+    if not pki.same_public_key(cert, pair.key):
+        return "its key does not match its certificate"
+    try:
+        checks.check_chain(pair.chain, (state.active.cert,), "the certificate", "the signing CA", now)
+    except checks.TlsProblem:
+        return f"it was not issued by the signing CA {pki.describe(state.active.cert)}"
+    if now >= authority.renewal_point(cert, settings.renew_at):
+        return f"it reached its renewal point (it expires at {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
+    if not _matches_spec(cert, spec):
+        return "its names or usage differ from the settings"
+    if pki.key_type_of(pair.key) is not settings.key_type:
+        return f"the key type setting changed to {settings.key_type.value}"
+    return None
+
+
+def next_check(pair: pki.KeyPair, settings: _settings.TlsSettings) -> datetime.datetime:
+    return authority.renewal_point(pair.cert, settings.renew_at)
+
+
+def to_secret(pair: pki.KeyPair, state: authority.CaState) -> dict[str, bytes]:
+    return {CERT: pair.cert_pem(), KEY: pair.key_pem(), BUNDLE: state.bundle_pem()}
+
+
+def from_secret(data: Mapping[str, bytes]) -> pki.KeyPair | None:
+    """Our own leaf back from its Secret; None when it is absent or damaged (it is then re-issued)."""
+    if CERT not in data or KEY not in data:
+        return None
+    try:
+        return pki.KeyPair(pki.certs_from_pem(data[CERT], CERT), pki.key_from_pem(data[KEY], KEY))
+    except pki.PemError:
+        return None

@@ -1,0 +1,158 @@
+"""The operator's TLS at run time: one pass at start, then periodic checks, renewals and rotations."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client import exceptions as kube_exceptions
+from kubernetes_asyncio.config import config_exception
+
+from podiam_operator.tls import _settings, auto, checks, files, leaves, pki, provided, report, store
+
+_FIRST_RETRY = datetime.timedelta(seconds=1)
+
+
+class OperatorTlsSettings(Protocol):
+    """The fields of the operator's own settings (``PODIAM_TLS_MODE`` etc.) this package reads."""
+
+    @property
+    def tls_mode(self) -> Any: ...  # "auto" | "secrets", or an enum of them
+    @property
+    def tls_client_cert_file(self) -> str | Path: ...
+    @property
+    def tls_client_key_file(self) -> str | Path: ...
+    @property
+    def tls_ca_file(self) -> str | Path: ...
+
+
+async def default_api_client() -> client.ApiClient:
+    """In a pod: its service account; elsewhere: the kubeconfig ($KUBECONFIG)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config_exception.ConfigException:
+        await config.load_kube_config()
+    return client.ApiClient()
+
+
+def _mode(settings: OperatorTlsSettings) -> str:
+    mode = settings.tls_mode
+    return str(getattr(mode, "value", mode))
+
+
+class Tls:
+    def __init__(
+        self,
+        settings: OperatorTlsSettings,
+        logger: report.Logger | None = None,
+        *,
+        tls_settings: _settings.TlsSettings | None = None,
+        api: client.ApiClient | None = None,
+        clock: auto.Clock = auto.utcnow,
+    ) -> None:
+        self.mode = _mode(settings)
+        if self.mode not in ("auto", "secrets"):
+            raise ValueError(f"tls_mode must be 'auto' or 'secrets', not {self.mode!r}")
+        self.paths = provided.ClientFiles(
+            cert=Path(settings.tls_client_cert_file), key=Path(settings.tls_client_key_file), ca=Path(settings.tls_ca_file),
+        )
+        self.settings = tls_settings or _settings.TlsSettings()
+        self.logger = logger or logging.getLogger("podiam_operator.tls")
+        self.api = api
+        self.clock = clock
+        self.reporter = report.Reporter(self.logger, None)
+        self._auto: auto.AutoTls | None = None
+        self._provided: provided.ProvidedTls | None = None
+        self._failures = 0
+
+    def status(self) -> report.Status:
+        return self.reporter.status
+
+    async def _setup(self) -> None:
+        if self._auto is not None or self._provided is not None:
+            return
+        namespace = self.settings.resolved_namespace()
+        if self.api is None:
+            self.api = await default_api_client()
+        secrets = store.SecretStore(self.api, namespace)
+        if self.settings.pod_name:
+            self.reporter.events = report.EventSink(self.api, namespace, "Pod", self.settings.pod_name)
+        else:
+            self.reporter.events = report.EventSink(self.api, namespace, "Secret", self.settings.operator_secret)
+        if self.mode == "auto":
+            self._auto = auto.AutoTls(secrets, self.settings, self.reporter, self.clock)
+        else:
+            self._provided = provided.ProvidedTls(self.paths, self.settings, self.reporter, secrets)
+
+    async def check_once(self, *, may_write: bool = True) -> datetime.datetime:
+        """One pass; never raises for TLS or API trouble (it is reported). Returns when the next pass is due."""
+        now = self.clock()
+        try:
+            await self._setup()
+            if self._auto is not None:
+                due = await self._auto_pass(may_write)
+            else:
+                assert self._provided is not None
+                await self.reporter.ready(f"TLS mode secrets: {await self._provided.check(now)}")
+                due = now + self.settings.check_interval
+        except checks.TlsProblem as problem:
+            await self.reporter.problem(problem)
+        except (kube_exceptions.ApiException, aiohttp.ClientError, asyncio.TimeoutError, auto.Contention, OSError, ValueError) as error:
+            message = f"TLS set-up could not reach the Kubernetes API or complete: {_short(error)}"
+            if self.reporter.status.ok:
+                # The material on disk is still good: pushes keep working.
+                self.logger.warning("%s (will retry; the current certificates stay in use)", message)
+            else:
+                await self.reporter.problem(checks.TlsProblem("TLSSetupFailed", message))
+        else:
+            self._failures = 0
+            return min(due, now + self.settings.check_interval)
+        self._failures += 1
+        retry = min(_FIRST_RETRY * (1 << min(self._failures - 1, 10)), self.settings.check_interval)
+        return now + retry
+
+    async def _auto_pass(self, may_write: bool) -> datetime.datetime:
+        assert self._auto is not None
+        material = await self._auto.sync(may_write=may_write)
+        bundle = pki.certs_from_pem(material.bundle_pem, "the CA bundle")
+        sources = checks.Sources(cert=f"Secret {self.settings.operator_secret} key {leaves.CERT}",
+                                 key=f"Secret {self.settings.operator_secret} key {leaves.KEY}",
+                                 ca=f"Secret {self.settings.ca_secret} key ca.crt")
+        checks.check_material(material.pair, bundle, sources, server=False, name=self.settings.operator_identity, now=self.clock())
+        changed = files.write_client_material(
+            self.paths.cert, self.paths.key, self.paths.ca,
+            cert=material.pair.cert_pem(), key=material.pair.key_pem(), ca=material.bundle_pem,
+        )
+        if changed:
+            self.logger.info("TLS: wrote the operator's client certificate %s (serial %x) to %s",
+                             pki.describe(material.pair.cert), material.pair.cert.serial_number, self.paths.cert)
+        cert = material.pair.cert
+        await self.reporter.ready(
+            f"TLS mode auto: client certificate {pki.describe(cert)} valid until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, "
+            f"trusting {', '.join(pki.describe(ca) for ca in bundle)}"
+        )
+        return material.next_check
+
+    async def run(self, is_active: Callable[[], bool] | None = None) -> None:
+        """Check, renew and rotate until cancelled. ``is_active``: may this replica renew (kopf peering)?"""
+        while True:
+            may_write = True if is_active is None else is_active()
+            due = await self.check_once(may_write=may_write)
+            delay = (due - self.clock()).total_seconds()
+            await asyncio.sleep(min(max(delay, 0.5), self.settings.check_interval.total_seconds()))
+
+    async def close(self) -> None:
+        if self.api is not None:
+            await self.api.close()
+
+
+def _short(error: BaseException) -> str:
+    if isinstance(error, kube_exceptions.ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"
