@@ -1,0 +1,56 @@
+"""``python -m tests.controlplane build | up --dir DIR | down --dir DIR | status --dir DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tests.controlplane import build, controlplane
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.controlplane", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="build the binaries if this version has none yet (cached outside the repo)")
+    commands.add_parser("path", help="print the binaries' folder (building them first if needed)")
+    up = commands.add_parser("up", help="start etcd, kube-apiserver and kube-controller-manager; leave them running")
+    up.add_argument("--dir", type=Path, required=True, help="where the kubeconfig, PKI, logs and etcd data go")
+    up.add_argument("--timeout", type=float, default=60.0)
+    down = commands.add_parser("down", help="stop the processes `up` started in DIR")
+    down.add_argument("--dir", type=Path, required=True)
+    status = commands.add_parser("status", help="show what runs in DIR")
+    status.add_argument("--dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "build":
+            path = build.ensure_built()
+            print(path)
+        elif args.command == "path":
+            print(build.ensure_built().parent)
+        elif args.command == "up":
+            plane = controlplane.ControlPlane.start(args.dir, detached=True, timeout=args.timeout)
+            print(f"control plane ready in {plane.startup_seconds:.1f}s: {plane.server}", file=sys.stderr)
+            print(f"export KUBECONFIG={plane.kubeconfig}")
+        elif args.command == "down":
+            stopped = controlplane.stop_directory(args.dir)
+            print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
+        elif args.command == "status":
+            state_file = args.dir / controlplane.STATE_FILE
+            if not state_file.exists():
+                print(f"nothing recorded in {args.dir}", file=sys.stderr)
+                return 1
+            plane = controlplane.ControlPlane.attach(args.dir)
+            running = plane.running()
+            print(json.dumps({"server": plane.server, "kubeconfig": str(plane.kubeconfig), "running": running}, indent=2))
+            return 0 if running and all(running.values()) else 1
+    except (build.BuildError, controlplane.ControlPlaneError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

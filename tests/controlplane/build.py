@@ -1,0 +1,231 @@
+"""Build (once) and find the multi-call control plane binary.
+
+The Go module in ``go/`` pins k8s.io/kubernetes and go.etcd.io/etcd/server/v3;
+``go build`` turns it into one static binary that runs kube-apiserver,
+kube-controller-manager or etcd depending on its first argument.
+
+The binary lives outside the repository, in
+``${PODIAM_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/podiam/controlplane}/<key>/``
+where the key hashes everything that decides the result (go.mod, go.sum, the
+main package, the build flags, the Go version), so a fresh clone reuses a
+previous build and a version bump builds anew. A file lock keeps concurrent
+builders (several test sessions, ``make`` and pytest) from building twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+GO_MODULE = Path(__file__).resolve().parent / "go"
+MAIN_PACKAGE = "./cmd/controlplane"
+BINARY_NAME = "controlplane"
+COMMANDS = ("kube-apiserver", "kube-controller-manager", "etcd")
+
+# Go 1.27 turns the jsonv2 experiment on by default, and a kube-apiserver built
+# with it serves OpenAPI documents kubectl cannot read ("failed to download
+# openapi"); nojsonv2 keeps encoding/json v1 whatever Go builds this.
+_GOEXPERIMENT = "nojsonv2"
+# One package at a time per core: a k8s build peaks near 2 GB with -p 2.
+_PARALLELISM = "2"
+_HEARTBEAT_SECONDS = 15.0
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def kube_version() -> str:
+    """The pinned k8s.io/kubernetes version, read from go.mod (the one source of truth)."""
+    return _required_version("k8s.io/kubernetes")
+
+
+def etcd_version() -> str:
+    return _required_version("go.etcd.io/etcd/server/v3")
+
+
+def _required_version(module: str) -> str:
+    text = (GO_MODULE / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", text, re.MULTILINE)
+    if match is None:
+        raise BuildError(f"{module} is not required in {GO_MODULE / 'go.mod'}")
+    return match.group(1)
+
+
+def _ldflags() -> str:
+    # Without these, the binaries report v0.0.0-master and kubectl warns about
+    # an unparseable server version; -s -w drop symbols (about a third smaller).
+    version = kube_version()
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {package}.gitVersion={version}",
+            f"-X {package}.gitMajor={major}",
+            f"-X {package}.gitMinor={minor}",
+            f"-X {package}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
+def _build_args(output: Path) -> list[str]:
+    return [
+        "go", "build", "-v", "-p", _PARALLELISM, "-trimpath", "-buildvcs=false",
+        "-ldflags", _ldflags(), "-o", str(output), MAIN_PACKAGE,
+    ]
+
+
+def _build_env() -> dict[str, str]:
+    env = dict(os.environ)
+    experiments = [e for e in env.get("GOEXPERIMENT", "").split(",") if e and "jsonv2" not in e]
+    env["GOEXPERIMENT"] = ",".join([*experiments, _GOEXPERIMENT])
+    env["CGO_ENABLED"] = "0"  # static, as upstream builds these
+    env.setdefault("GOFLAGS", "")
+    return env
+
+
+def _go_version() -> str:
+    if shutil.which("go") is None:
+        raise BuildError("the `go` command is not on PATH; install Go >= 1.26 (scripts/system-deps.sh)")
+    result = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True, cwd=GO_MODULE)
+    return result.stdout.strip()
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("PODIAM_CONTROLPLANE_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "podiam" / "controlplane"
+
+
+def cache_key() -> str:
+    digest = hashlib.sha256()
+    for path in sorted([GO_MODULE / "go.mod", GO_MODULE / "go.sum", *GO_MODULE.joinpath("cmd").rglob("*.go")]):
+        digest.update(path.relative_to(GO_MODULE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(" ".join(_build_args(Path("OUT"))).encode())
+    digest.update(_build_env()["GOEXPERIMENT"].encode())
+    digest.update(_go_version().encode())
+    return f"{kube_version()}-{digest.hexdigest()[:12]}"
+
+
+def binary_dir() -> Path:
+    return cache_root() / cache_key()
+
+
+def binary_path() -> Path:
+    return binary_dir() / BINARY_NAME
+
+
+def ensure_built(progress: bool = True) -> Path:
+    """The binary's path; builds it first if this key has none yet."""
+    target = binary_path()
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / ".lock", progress):
+        if not target.is_file():  # another builder may have finished while we waited
+            _build(target, progress)
+    return target
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path, progress: bool) -> Iterator[None]:
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                _say(f"another process is building into {lock_path.parent}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _say(message: str) -> None:
+    print(f"[controlplane build] {message}", file=sys.stderr, flush=True)
+
+
+def _count_packages(env: dict[str, str]) -> int | None:
+    result = subprocess.run(["go", "list", "-deps", MAIN_PACKAGE], cwd=GO_MODULE, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"`go list -deps` failed in {GO_MODULE}:\n{result.stderr}")
+    return len(result.stdout.split())
+
+
+def _build(target: Path, progress: bool) -> None:
+    env = _build_env()
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    start = time.monotonic()
+    if progress:
+        _say(f"building kube-apiserver + kube-controller-manager + etcd (k8s.io/kubernetes {kube_version()}, "
+             f"etcd {etcd_version()}, {_go_version()}, GOEXPERIMENT={env['GOEXPERIMENT']}) into {target}")
+        _say("a cold build takes several minutes on 2 cores; later runs reuse it")
+    total = _count_packages(env)
+    process = subprocess.Popen(
+        _build_args(partial), cwd=GO_MODULE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    done = threading.Event()
+    compiled = [0]
+
+    def heartbeat() -> None:
+        while not done.wait(_HEARTBEAT_SECONDS):
+            if progress:
+                _say(f"{_elapsed(start)} still building ({compiled[0]}/{total} packages compiled; linking comes last)")
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    try:
+        for raw in process.stdout:
+            line = raw.rstrip()
+            lines.append(line)
+            if not line or " " in line:
+                continue  # not a package line (an error or note)
+            compiled[0] += 1
+            if progress:
+                _say(f"{_elapsed(start)} [{compiled[0]}/{total}] {line}")
+        code = process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        done.set()
+    if code != 0:
+        partial.unlink(missing_ok=True)
+        tail = "\n".join(lines[-60:])
+        raise BuildError(f"go build failed with exit code {code} in {GO_MODULE}:\n{tail}")
+    seconds = time.monotonic() - start
+    partial.rename(target)
+    for command in COMMANDS:  # symlinks so `ps` and logs name the real command
+        link = target.with_name(command)
+        link.unlink(missing_ok=True)
+        link.symlink_to(target.name)
+    info = {
+        "kube_version": kube_version(), "etcd_version": etcd_version(), "go": _go_version(),
+        "build_seconds": round(seconds, 1), "packages_compiled": compiled[0], "size_bytes": target.stat().st_size,
+    }
+    target.with_name("build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+    if progress:
+        _say(f"built {target} in {_elapsed(start)} ({target.stat().st_size / 2**20:.0f} MiB)")
+
+
+def _elapsed(start: float) -> str:
+    seconds = int(time.monotonic() - start)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,157 @@
+"""The control plane's processes: started in their own session, recorded by
+PID *and* start time, stopped as a group.
+
+Two lifetimes: tied to the Python process that started them (the pytest
+fixture: ``PR_SET_PDEATHSIG`` kills them if it dies, even by SIGKILL), or
+detached (``python -m tests.controlplane up``, whose processes outlive the
+command and are stopped by ``down`` from their record). The start time in the
+record makes ``down`` leave alone a process that merely reuses a recorded PID.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _own_session() -> None:
+    os.setsid()
+
+
+def _own_session_dying_with_parent() -> None:
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not glibc: atexit and the signal handlers still clean up
+        pass
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+@dataclass
+class Record:
+    """What identifies one started process across Python processes."""
+
+    name: str
+    pid: int
+    start_time: int
+
+    def alive(self) -> bool:
+        # A zombie still has a stat file; it is as good as gone.
+        if start_time(self.pid) != self.start_time:
+            return False
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "pid": self.pid, "start_time": self.start_time}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        return cls(str(data["name"]), int(data["pid"]), int(data["start_time"]))
+
+
+class Process:
+    """One control plane process, logging to ``log_path``."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *, detached: bool) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.detached = detached
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.record: Record | None = None
+
+    def start(self) -> Process:
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.log_path.parent,
+                preexec_fn=_own_session if self.detached else _own_session_dying_with_parent,
+                close_fds=True,
+            )
+        started = start_time(self.popen.pid)
+        self.record = Record(self.name, self.popen.pid, started if started is not None else -1)
+        return self
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return self.record is not None and self.record.alive()
+
+    def returncode(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.record is not None:
+            stop_record(self.record, timeout)
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=1)  # reap, so no zombie is left
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def stop_record(record: Record, timeout: float = 10.0) -> None:
+    """SIGTERM the recorded process's group, SIGKILL it after ``timeout``; never touch a reused PID."""
+    if not record.alive():
+        return
+    _signal_group(record, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(record.pid)
+        if not record.alive():
+            return
+        time.sleep(0.05)
+    _signal_group(record, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while record.alive() and time.monotonic() < deadline:
+        _reap(record.pid)
+        time.sleep(0.05)
+
+
+def _signal_group(record: Record, signum: int) -> None:
+    try:
+        # Each process leads its own session, so its group id is its pid.
+        if os.getpgid(record.pid) == record.pid:
+            os.killpg(record.pid, signum)
+        else:
+            os.kill(record.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: init reaps it

@@ -1,0 +1,97 @@
+"""pytest fixtures: one real control plane per test session, started lazily.
+
+``controlplane`` builds the binaries if they are missing (it never skips),
+starts etcd + kube-apiserver + kube-controller-manager in a fresh temporary
+folder and stops them and removes the folder at the end of the session, also
+when tests fail, on Ctrl-C and on SIGTERM (turned into KeyboardInterrupt so
+pytest tears its fixtures down). If the test runner is killed outright, the
+processes die with it (PR_SET_PDEATHSIG) and the next session removes the
+folder it left.
+
+Set ``PODIAM_KEEP_CONTROLPLANE=1`` to keep the folder (logs, etcd data).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from tests.controlplane import build, processes
+from tests.controlplane import controlplane as _cp
+
+_PREFIX = "podiam-controlplane-"
+_OWNER_FILE = "owner.json"
+
+
+def _sweep_orphaned_dirs() -> None:
+    """Remove folders left by sessions that were killed (their owner is gone)."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            owner = processes.Record.from_json(json.loads((directory / _OWNER_FILE).read_text()))
+        except (OSError, ValueError, KeyError):
+            continue  # not ours, or being created right now
+        if not owner.alive():
+            _cp.stop_directory(directory)
+            _cp.remove_tree(directory)
+
+
+def _install_sigterm_handler() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        _cp.stop_all()
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (e.g. pytest run in a thread): atexit still applies
+        pass
+
+
+@pytest.fixture(scope="session")
+def controlplane_binary(request: pytest.FixtureRequest) -> Path:
+    """The built multi-call binary; the build's progress goes to the terminal, uncaptured."""
+    capture: Any = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None and not build.binary_path().is_file():
+        with capture.global_and_fixture_disabled():
+            return build.ensure_built()
+    return build.ensure_built()
+
+
+@pytest.fixture(scope="session")
+def controlplane(controlplane_binary: Path) -> Iterator[_cp.ControlPlane]:
+    """A running control plane: ``.kubeconfig``, ``.server``, ``.api()``, ``.kubectl()``, ..."""
+    _sweep_orphaned_dirs()
+    directory = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    keep = os.environ.get("PODIAM_KEEP_CONTROLPLANE") == "1"
+
+    def remove() -> None:
+        if not keep:
+            _cp.remove_tree(directory)
+
+    atexit.register(remove)
+    me = processes.start_time(os.getpid())
+    (directory / _OWNER_FILE).write_text(json.dumps({"name": "pytest", "pid": os.getpid(), "start_time": me}))
+    _install_sigterm_handler()
+    try:
+        plane = _cp.ControlPlane.start(directory)
+    except BaseException:
+        remove()
+        raise
+    try:
+        yield plane
+    finally:
+        plane.stop()
+        remove()
+        atexit.unregister(remove)
