@@ -89,7 +89,8 @@ class AutoTls:
                 data, annotations = authority.to_secret(state)
                 created = await self.secrets.create(name, data, annotations, component="ca")
                 if created is None:
-                    continue  # another replica created it first: use theirs
+                    self.reporter.logger.info("TLS: another replica created %s first; using its CA", self._where(name))
+                    continue
                 await self.reporter.changed("TLSCACreated", f"created CA {pki.describe(state.active.cert)} in {self._where(name)}")
                 return state, created
             try:
@@ -145,6 +146,7 @@ class AutoTls:
             if stored is None:
                 pair = leaves.issue(state, spec, self.settings, now)
                 if await self.secrets.create(name, leaves.to_secret(pair, state), {}, component=component) is None:
+                    self.reporter.logger.info("TLS: another replica created %s first; using its certificate", self._where(name))
                     continue
                 await self.reporter.changed("TLSCertificateIssued", self._describe_leaf("issued", pair, name))
                 return pair

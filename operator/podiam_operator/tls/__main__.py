@@ -1,0 +1,85 @@
+"""``python -m podiam_operator.tls``: the operator's TLS on its own.
+
+- ``check``: one pass (auto: make sure the CA and certificates exist and
+  write the client files; secrets: check the mounted files and the proxies'
+  Secret), print the status, exit 0 when usable and 1 otherwise. Useful to
+  vet cfssl or cert-manager certificates before installing.
+- ``run``: the first pass, then renewals, rotations and re-checks until
+  SIGTERM, printing every status change (what the operator does in-process).
+
+Configured by the same environment as the operator: ``PODIAM_TLS_MODE``,
+``PODIAM_TLS_CLIENT_CERT_FILE``, ``PODIAM_TLS_CLIENT_KEY_FILE``,
+``PODIAM_TLS_CA_FILE`` and the ``PODIAM_TLS_*`` settings of this package;
+the Kubernetes API from the pod's service account or ``$KUBECONFIG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Literal
+
+import pydantic_settings
+
+from podiam_operator.tls import report, runtime
+
+
+class _OperatorFiles(pydantic_settings.BaseSettings):
+    """The operator's own TLS fields, under the operator's env names (``PODIAM_TLS_MODE``, ...)."""
+
+    model_config = pydantic_settings.SettingsConfigDict(env_prefix="PODIAM_", extra="ignore")
+
+    tls_mode: Literal["auto", "secrets"] = "auto"
+    tls_client_cert_file: Path = Path("/var/run/podiam/tls/tls.crt")
+    tls_client_key_file: Path = Path("/var/run/podiam/tls/tls.key")
+    tls_ca_file: Path = Path("/var/run/podiam/tls/ca.crt")
+
+
+async def _check(tls: runtime.Tls) -> int:
+    await tls.check_once(may_write=True)
+    status = tls.status()
+    print(("ok: " if status.ok else "error: ") + status.message, flush=True)
+    return 0 if status.ok else 1
+
+
+async def _run(tls: runtime.Tls) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    last: report.Status | None = None
+    while not stop.is_set():
+        due = await tls.check_once(may_write=True)
+        status = tls.status()
+        if status != last:
+            print(("ok: " if status.ok else "error: ") + status.message, flush=True)
+            last = status
+        delay = max(0.2, min((due - tls.clock()).total_seconds(), tls.settings.check_interval.total_seconds()))
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+    return 0
+
+
+async def _main(command: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    tls = runtime.Tls(_OperatorFiles(), logging.getLogger("podiam_operator.tls"))
+    try:
+        return await (_check(tls) if command == "check" else _run(tls))
+    finally:
+        await tls.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m podiam_operator.tls", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("command", choices=("check", "run"))
+    sys.exit(asyncio.run(_main(parser.parse_args().command)))
+
+
+if __name__ == "__main__":
+    main()
