@@ -178,17 +178,14 @@ async def _dispatch(request: web.Request, route: str) -> web.Response:
     if route == "credentials-redirect":
         # IMDS and Kiam redirect to the listing; a relative Location keeps the
         # client on whatever address it used.
-        raise web.HTTPMovedPermanently(location=CREDENTIALS)
+        return _text(301, b"", headers={"Location": CREDENTIALS})
     return await _other(request)
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
+async def handle(request: web.Request) -> web.Response:
     started = time.perf_counter()
     route = _route_of(request.method, request.path)
-    try:
-        response: web.StreamResponse = await _dispatch(request, route)
-    except web.HTTPException as exception:
-        response = exception
+    response = await _dispatch(request, route)
     request.app[COUNTERS].record(route, response.status, time.perf_counter() - started)
     return response
 

@@ -1,0 +1,141 @@
+"""Benchmark: credentials GET throughput and latency, the proxy against nginx.
+
+Starts a real proxy (``python -m metadata_proxy``) holding ``--pods`` pods
+(one of them 127.0.0.1, where wrk's connections come from), and nginx
+serving the same credentials JSON as a static file; runs ``wrk`` against
+each for ``--duration`` seconds with ``--connections`` connections; prints
+throughput, p50, p99 and the proxy's RSS. Not a test: nothing is asserted.
+
+    .venv/bin/python -m bench.proxy.run [--duration 10] [--connections 100] [--pods 250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from metadata_proxy import wire
+from tests.support import certs, ports, processes, proxy
+
+HOST = "127.0.0.1"  # wrk connects from here, so the proxy sees this pod's IP
+ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    assert match, text
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(url: str, duration: int, connections: int, threads: int) -> dict[str, float]:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+            "socket_errors": errors.group(1) if errors else "none"}  # type: ignore[dict-item]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def snapshot(pods: int) -> wire.Snapshot:
+    # One role per pod: the per-pod-session worst case for memory.
+    roles = [proxy.role_credentials(f"role-{i}", f"bench-role-{i}", expires_in=7200) for i in range(pods)]
+    ips = [HOST] + [f"10.{200 + i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(1, pods)]
+    entries = [proxy.pod_entry(ip, f"role-{i}", name=f"bench-{i}") for i, ip in enumerate(ips)]
+    return wire.Snapshot(generation=1, roles=roles, pods=entries)
+
+
+def nginx_conf(root: Path, port: int, workers: str) -> str:
+    return f"""
+worker_processes {workers};
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 1000000;
+    server {{
+        listen {HOST}:{port};
+        root {root}/www;
+    }}
+}}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pods", type=int, default=250)
+    parser.add_argument("--nginx-workers", default="auto")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} missing: run `make system-deps` (Debian packages wrk, nginx-light)")
+
+    work = Path(tempfile.mkdtemp(prefix="podiam-bench-"))
+    work.chmod(0o755)  # nginx workers run as nobody and read the JSON from here
+    nginx = None
+    server = proxy.ProxyProcess(work, certs.make_pki(work / "pki"), HOST, args=["--log-level", "warning"], name="bench-proxy")
+    try:
+        server.start()
+        rss_empty = rss_mib(server.process.pid)
+        ack = server.push_snapshot(snapshot(args.pods))
+        assert not ack.rejected, ack
+        role = server.imds_get(ROLE_PATH, HOST).text
+        document = server.imds_get(ROLE_PATH + role, HOST)
+        assert document.status == 200, document
+        rss_loaded = rss_mib(server.process.pid)
+
+        (work / "www" / ROLE_PATH.strip("/")).mkdir(parents=True)
+        (work / "www" / ROLE_PATH.strip("/") / role).write_bytes(document.body)
+        nginx_port = ports.free_port(HOST)
+        (work / "nginx.conf").write_text(nginx_conf(work, nginx_port, args.nginx_workers))
+        nginx = processes.ManagedProcess("nginx", ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)], work / "nginx.log")
+        nginx.start()
+        nginx.wait_http(f"http://{HOST}:{nginx_port}{ROLE_PATH}{role}")
+
+        results = {}
+        for name, url in (("proxy", f"{server.metadata_url}{ROLE_PATH}{role}"), ("nginx", f"http://{HOST}:{nginx_port}{ROLE_PATH}{role}")):
+            results[name] = wrk(url, args.duration, args.connections, args.threads)
+            time.sleep(1)
+        rss_after = rss_mib(server.process.pid)
+    finally:
+        if nginx:
+            nginx.stop()
+        server.stop()
+
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d} {cores} cores; wrk -t{args.threads} "
+          f"-c{args.connections} -d{args.duration}s; {args.pods} pods, nginx workers {args.nginx_workers}")
+    print(f"{'server':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}  socket errors")
+    for name, r in results.items():
+        print(f"{name:8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non2xx']:>8.0f}  {r['socket_errors']}")
+    print(f"proxy/nginx throughput: {results['proxy']['rps'] / results['nginx']['rps']:.2f}")
+    print(f"proxy RSS: {rss_empty:.1f} MiB empty, {rss_loaded:.1f} MiB with {args.pods} pods, {rss_after:.1f} MiB after the run")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
