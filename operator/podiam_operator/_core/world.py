@@ -1,0 +1,263 @@
+"""The operator's model of the cluster and what every node's proxy should hold.
+
+Fed with facts (pods, namespaces, bindings, proxies), it keeps each pod's
+decision up to date incrementally and answers, per node, which pod entries
+and which credential keys that node's proxy must hold. Every mutation
+returns a :class:`Delta`: the nodes whose desired state changed, the bindings
+whose status may have changed, the keys that gained or lost their last user.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from podiam_operator._core import decide, facts, policy, roles
+
+PodKey = tuple[str, str]  # (namespace, name)
+BindingKey = tuple[str, str]
+
+
+@dataclasses.dataclass
+class Delta:
+    nodes: set[str] = dataclasses.field(default_factory=set)
+    bindings: set[BindingKey] = dataclasses.field(default_factory=set)
+    pods: set[PodKey] = dataclasses.field(default_factory=set)  # decision changed (Events, pod-owned bindings)
+    keys_used: set[str] = dataclasses.field(default_factory=set)  # gained a user
+    keys_unused: set[str] = dataclasses.field(default_factory=set)  # lost the last one
+
+    def __ior__(self, other: Delta) -> Delta:
+        self.nodes |= other.nodes
+        self.bindings |= other.bindings
+        self.pods |= other.pods
+        self.keys_used |= other.keys_used
+        self.keys_unused |= other.keys_unused
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes or self.bindings or self.pods or self.keys_used or self.keys_unused)
+
+
+@dataclasses.dataclass(frozen=True)
+class PodEntryPlan:
+    ip: str
+    uid: str
+    namespace: str
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeDesired:
+    pods: dict[str, PodEntryPlan]  # by pod uid: pods with an IP
+    keys: frozenset[str]  # every key a pod scheduled here needs (before it has an IP, too)
+
+
+class World:
+    def __init__(self, config: decide.SessionConfig, base: roles.BaseArn | None = None) -> None:
+        self.config = config
+        self.base = base
+        self.pods: dict[PodKey, facts.PodFacts] = {}
+        self.pods_by_ns: dict[str, set[str]] = collections.defaultdict(set)
+        self.namespaces: dict[str, policy.NamespacePolicy] = {}
+        self.bindings: dict[BindingKey, facts.BindingFacts] = {}
+        self.bindings_by_ns: dict[str, set[str]] = collections.defaultdict(set)
+        self.evals: dict[BindingKey, decide.BindingEval] = {}
+        self.decisions: dict[PodKey, decide.PodDecision] = {}
+        self.node_pods: dict[str, dict[PodKey, decide.Grant]] = collections.defaultdict(dict)  # granted, alive, scheduled
+        self.key_users: dict[str, set[PodKey]] = collections.defaultdict(set)  # granted, alive (scheduled or not)
+        self.grants: dict[str, decide.Grant] = {}
+        self.binding_pods: dict[BindingKey, set[PodKey]] = collections.defaultdict(set)
+        self.proxies: dict[str, facts.ProxyFacts] = {}
+        self._placed: dict[PodKey, tuple[str | None, str | None]] = {}  # (node, key) last accounted
+
+    # --- queries -------------------------------------------------------------
+
+    def namespace_policy(self, namespace: str) -> policy.NamespacePolicy:
+        return self.namespaces.get(namespace) or policy.unknown_namespace(namespace)
+
+    def desired_for_node(self, node: str) -> NodeDesired:
+        pods: dict[str, PodEntryPlan] = {}
+        by_ip: dict[str, list[PodEntryPlan]] = collections.defaultdict(list)
+        keys: set[str] = set()
+        for pod_key, grant in self.node_pods.get(node, {}).items():
+            pod = self.pods[pod_key]
+            keys.add(grant.key)
+            if pod.ip:
+                by_ip[pod.ip].append(PodEntryPlan(pod.ip, pod.uid, pod.namespace, pod.name, grant.key))
+        for ip, plans in by_ip.items():
+            # Two live pods claiming one IP: one of them is stale and we cannot
+            # tell which, so neither is served until the stale one is gone.
+            if len(plans) == 1:
+                pods[plans[0].uid] = plans[0]
+        return NodeDesired(pods=pods, keys=frozenset(keys))
+
+    def nodes_using(self, key: str) -> set[str]:
+        return {self.pods[p].node for p in self.key_users.get(key, ()) if self.pods[p].node}  # type: ignore[misc]
+
+    def bindings_using(self, key: str) -> set[BindingKey]:
+        found: set[BindingKey] = set()
+        for pod_key in self.key_users.get(key, ()):
+            found.update((pod_key[0], name) for name in self.decisions[pod_key].bindings)
+        return found
+
+    def used_keys(self) -> set[str]:
+        return {key for key, users in self.key_users.items() if users}
+
+    def binding_decisions(self, key: BindingKey) -> list[tuple[facts.PodFacts, decide.PodDecision]]:
+        return [(self.pods[p], self.decisions[p]) for p in sorted(self.binding_pods.get(key, ())) if p in self.pods]
+
+    def owned_binding_for(self, pod: facts.PodFacts) -> facts.BindingFacts | None:
+        binding = self.bindings.get((pod.namespace, pod.name))
+        return binding if binding is not None and binding.owner_pod_uid == pod.uid else None
+
+    # --- mutations -------------------------------------------------------------
+
+    def set_base(self, base: roles.BaseArn | None) -> Delta:
+        self.base = base
+        delta = Delta()
+        for namespace in set(self.namespaces) | set(self.pods_by_ns) | set(self.bindings_by_ns):
+            delta |= self._recompute_namespace(namespace)
+        return delta
+
+    def set_pod(self, pod: facts.PodFacts) -> Delta:
+        old = self.pods.get(pod.key)
+        if old == pod:
+            return Delta()
+        delta = Delta()
+        if old is not None and old.uid != pod.uid:
+            delta |= self.delete_pod(pod.namespace, pod.name)  # a new pod under an old name
+            old = None
+        self.pods[pod.key] = pod
+        self.pods_by_ns[pod.namespace].add(pod.name)
+        delta |= self._recompute_pod(pod.key)
+        if old is None or old.ip != pod.ip or old.node != pod.node:
+            delta.nodes |= {n for n in (pod.node, old.node if old else None) if n and pod.key in self.node_pods.get(n, {})}
+        return delta
+
+    def delete_pod(self, namespace: str, name: str) -> Delta:
+        key = (namespace, name)
+        if key not in self.pods:
+            return Delta()
+        delta = self._unplace(key)
+        decision = self.decisions.pop(key, decide.NONE)
+        for binding in decision.bindings:
+            self.binding_pods[(namespace, binding)].discard(key)
+            delta.bindings.add((namespace, binding))
+        del self.pods[key]
+        self.pods_by_ns[namespace].discard(name)
+        delta.pods.add(key)
+        return delta
+
+    def set_namespace(self, namespace: policy.NamespacePolicy) -> Delta:
+        if self.namespaces.get(namespace.namespace) == namespace:
+            return Delta()
+        self.namespaces[namespace.namespace] = namespace
+        return self._recompute_namespace(namespace.namespace)
+
+    def delete_namespace(self, name: str) -> Delta:
+        if self.namespaces.pop(name, None) is None:
+            return Delta()
+        return self._recompute_namespace(name)
+
+    def set_binding(self, binding: facts.BindingFacts) -> Delta:
+        old = self.bindings.get(binding.key)
+        if old == binding:
+            return Delta()
+        self.bindings[binding.key] = binding
+        self.bindings_by_ns[binding.namespace].add(binding.name)
+        self.evals[binding.key] = decide.evaluate_binding(binding, self.namespace_policy(binding.namespace), self.base)
+        delta = Delta(bindings={binding.key})
+        if not binding.pod_owned or (old is not None and not old.pod_owned):
+            delta |= self._recompute_pods(self.pods_by_ns.get(binding.namespace, set()), binding.namespace)
+        return delta
+
+    def delete_binding(self, namespace: str, name: str) -> Delta:
+        old = self.bindings.pop((namespace, name), None)
+        if old is None:
+            return Delta()
+        self.bindings_by_ns[namespace].discard(name)
+        self.evals.pop((namespace, name), None)
+        delta = Delta(bindings={(namespace, name)})
+        if not old.pod_owned:
+            delta |= self._recompute_pods(self.pods_by_ns.get(namespace, set()), namespace)
+        return delta
+
+    def set_proxy(self, node: str, proxy: facts.ProxyFacts | None) -> bool:
+        """Returns whether anything changed."""
+        if proxy is None:
+            return self.proxies.pop(node, None) is not None
+        changed = self.proxies.get(node) != proxy
+        self.proxies[node] = proxy
+        return changed
+
+    # --- internals --------------------------------------------------------------
+
+    def _recompute_namespace(self, namespace: str) -> Delta:
+        delta = Delta()
+        ns_policy = self.namespace_policy(namespace)
+        for name in self.bindings_by_ns.get(namespace, set()):
+            key = (namespace, name)
+            self.evals[key] = decide.evaluate_binding(self.bindings[key], ns_policy, self.base)
+            delta.bindings.add(key)
+        delta |= self._recompute_pods(self.pods_by_ns.get(namespace, set()), namespace)
+        return delta
+
+    def _recompute_pods(self, names: set[str], namespace: str) -> Delta:
+        delta = Delta()
+        for name in list(names):
+            delta |= self._recompute_pod((namespace, name))
+        return delta
+
+    def _recompute_pod(self, key: PodKey) -> Delta:
+        pod = self.pods[key]
+        namespace = key[0]
+        evals = [self.evals[(namespace, n)] for n in self.bindings_by_ns.get(namespace, ()) if (namespace, n) in self.evals]
+        decision = decide.decide_pod(pod, self.namespace_policy(namespace), evals, self.base, self.config)
+        old = self.decisions.get(key, decide.NONE)
+        delta = Delta()
+        if decision != old:
+            self.decisions[key] = decision
+            delta.pods.add(key)
+            for name in set(old.bindings) - set(decision.bindings):
+                self.binding_pods[(namespace, name)].discard(key)
+            for name in decision.bindings:
+                self.binding_pods[(namespace, name)].add(key)
+            delta.bindings.update((namespace, name) for name in set(old.bindings) | set(decision.bindings))
+        delta |= self._place(key)
+        return delta
+
+    def _place(self, key: PodKey) -> Delta:
+        """Account the pod under its node and key according to its decision."""
+        pod, decision = self.pods[key], self.decisions.get(key, decide.NONE)
+        grant = decision.grant if decision.outcome == "granted" else None
+        wanted = (pod.node, grant.key if grant else None)
+        if self._placed.get(key, (None, None)) == wanted and (not grant or not pod.node or self.node_pods[pod.node].get(key) == grant):
+            return Delta()
+        delta = self._unplace(key)
+        if grant is not None:
+            self.grants[grant.key] = grant
+            if not self.key_users[grant.key]:
+                delta.keys_used.add(grant.key)
+                delta.keys_unused.discard(grant.key)
+            self.key_users[grant.key].add(key)
+            if pod.node:
+                self.node_pods[pod.node][key] = grant
+                delta.nodes.add(pod.node)
+        self._placed[key] = wanted
+        return delta
+
+    def _unplace(self, key: PodKey) -> Delta:
+        delta = Delta()
+        node, grant_key = self._placed.pop(key, (None, None))
+        if node is not None and self.node_pods.get(node, {}).pop(key, None) is not None:
+            delta.nodes.add(node)
+        if grant_key is not None:
+            users = self.key_users.get(grant_key)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self.key_users[grant_key]
+                    self.grants.pop(grant_key, None)
+                    delta.keys_unused.add(grant_key)
+        return delta

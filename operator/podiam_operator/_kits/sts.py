@@ -1,0 +1,455 @@
+"""STS credentials: a small source protocol, retries, and the shared cache.
+
+- :class:`CredentialSource`: what the cache needs of STS (AssumeRole and
+  GetCallerIdentity). :class:`AioBotocoreSource` is the real one; unit tests
+  give a fake.
+- :func:`with_retries`: exponential backoff with full jitter on throttling,
+  5xx and network errors; other errors (AccessDenied, ...) fail at once.
+- :class:`CredentialCache`: one credential set per key, shared by every pod
+  that uses it; one call in flight per key; a semaphore bounds STS
+  concurrency; a failed key is retried later with growing delays; each set
+  is renewed at its refresh point and never handed out below a floor of
+  remaining lifetime. Time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import pydantic
+
+from podiam_operator import _metrics
+from podiam_operator._core import decide
+from podiam_operator._kits import clock as clocks
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Error codes worth another attempt (besides any 5xx and network errors).
+RETRYABLE_CODES = frozenset({
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "RequestThrottled", "SlowDown", "ServiceUnavailable", "InternalFailure", "InternalError",
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "IDPCommunicationError",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class AssumeRequest:
+    role_arn: str
+    session_name: str
+    duration: int
+    external_id: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def for_grant(cls, grant: decide.Grant) -> AssumeRequest:
+        return cls(grant.role.arn, grant.session_name, grant.duration, grant.external_id, grant.tags)
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret_access_key: pydantic.SecretStr = dataclasses.field(repr=False)
+    session_token: pydantic.SecretStr = dataclasses.field(repr=False)
+    expiration: datetime.datetime
+    issued: datetime.datetime
+
+    def remaining(self, now: datetime.datetime) -> float:
+        return (self.expiration - now).total_seconds()
+
+
+class StsError(Exception):
+    def __init__(self, code: str, message: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+
+
+class CredentialSource(Protocol):
+    async def assume_role(self, request: AssumeRequest) -> Credentials: ...
+
+    async def caller_identity(self) -> tuple[str, str]:
+        """``(arn, account)`` of the operator's own (possibly assumed) identity."""
+        ...
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    base: float,
+    cap: float,
+    clock: clocks.Clock,
+    rng: random.Random,
+    what: str,
+) -> T:
+    """Run ``call``; on a retryable StsError wait base*2^n (full jitter, capped) and try again."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except StsError as error:
+            if not error.retryable or attempt == attempts - 1:
+                raise
+            delay = rng.uniform(0, min(cap, base * 2**attempt))
+            logger.warning("STS %s failed (%s), attempt %d/%d; retrying in %.2fs", what, error.code, attempt + 1, attempts, delay)
+            await clock.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass
+class _Entry:
+    request: AssumeRequest
+    credentials: Credentials | None = None
+    refresh_at: datetime.datetime | None = None
+    failure: StsError | None = None
+    failures: int = 0
+    retry_at: datetime.datetime | None = None
+    inflight: asyncio.Future[Credentials] | None = None
+
+
+class CredentialCache:
+    def __init__(
+        self,
+        source: CredentialSource,
+        clock: clocks.Clock,
+        *,
+        concurrency: int = 8,
+        attempts: int = 5,
+        retry_base: float = 0.2,
+        retry_cap: float = 10.0,
+        refresh_point: float = 0.5,
+        min_remaining: float = 1200.0,
+        failure_retry_base: float = 5.0,
+        failure_retry_max: float = 300.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.source = source
+        self.clock = clock
+        self.attempts = attempts
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.refresh_point = refresh_point
+        self.min_remaining = min_remaining
+        self.failure_retry_base = failure_retry_base
+        self.failure_retry_max = failure_retry_max
+        self.rng = rng or random.Random()
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._entries: dict[str, _Entry] = {}
+        self._changed = asyncio.Event()
+
+    # --- reading ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def usable(self, key: str) -> Credentials | None:
+        """Credentials fit to push: with more than ``min_remaining`` left. Never expired ones."""
+        entry = self._entries.get(key)
+        if entry is None or entry.credentials is None:
+            return None
+        if entry.credentials.remaining(self.clock.now()) <= self.min_remaining:
+            return None
+        return entry.credentials
+
+    def state(self, key: str) -> decide.KeyState:
+        entry = self._entries.get(key)
+        if entry is None:
+            return decide.KeyState("pending")
+        credentials = self.usable(key)
+        if credentials is not None:
+            return decide.KeyState("ok", expiration=_rfc3339(credentials.expiration))
+        if entry.failure is not None:
+            retry = f"; retrying at {_rfc3339(entry.retry_at)}" if entry.retry_at else ""
+            return decide.KeyState("failed", reason=entry.failure.code, message=f"AssumeRole {entry.request.role_arn}: {entry.failure.message}{retry}")
+        return decide.KeyState("pending")
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    # --- obtaining ---------------------------------------------------------------
+
+    async def get(self, key: str, request: AssumeRequest) -> Credentials:
+        """Usable credentials for ``key``, from the cache or one (shared) STS call. Raises StsError."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.request == request:
+            credentials = self.usable(key)
+            if credentials is not None:  # past its refresh point, the refresher is renewing it
+                _metrics.CACHE_LOOKUPS.labels("hit").inc()
+                return credentials
+            if entry.inflight is not None:
+                _metrics.CACHE_LOOKUPS.labels("shared").inc()
+                return await asyncio.shield(entry.inflight)
+            if entry.failure is not None and entry.retry_at is not None and self.clock.now() < entry.retry_at:
+                raise entry.failure  # not yet: a denied role is not hammered
+        _metrics.CACHE_LOOKUPS.labels("miss").inc()
+        return await self.refresh(key, request)
+
+    async def refresh(self, key: str, request: AssumeRequest) -> Credentials:
+        """Fetch new credentials for ``key`` (joins a call already in flight)."""
+        entry = self._entries.get(key)
+        if entry is None or entry.request != request:
+            entry = self._entries[key] = _Entry(request)
+            _metrics.CACHE_SIZE.set(len(self._entries))
+        if entry.inflight is None:
+            entry.inflight = asyncio.ensure_future(self._fetch(key, entry))
+            entry.inflight.add_done_callback(_consume)
+        return await asyncio.shield(entry.inflight)
+
+    async def _fetch(self, key: str, entry: _Entry) -> Credentials:
+        try:
+            async def attempt() -> Credentials:
+                async with self._semaphore:
+                    return await self.source.assume_role(entry.request)
+
+            credentials = await with_retries(
+                attempt, attempts=self.attempts, base=self.retry_base, cap=self.retry_cap,
+                clock=self.clock, rng=self.rng, what=f"AssumeRole {entry.request.role_arn}",
+            )
+        except StsError as error:
+            entry.failure = error
+            entry.failures += 1
+            delay = min(self.failure_retry_max, self.failure_retry_base * 2 ** (entry.failures - 1))
+            entry.retry_at = self.clock.now() + datetime.timedelta(seconds=self.rng.uniform(delay / 2, delay))
+            logger.warning("AssumeRole %s failed: %s (failure %d; next try at %s)", entry.request.role_arn, error, entry.failures, entry.retry_at)
+            raise
+        finally:
+            entry.inflight = None
+            self._changed.set()
+        lifetime = (credentials.expiration - credentials.issued).total_seconds()
+        entry.credentials = credentials
+        entry.refresh_at = credentials.issued + datetime.timedelta(seconds=lifetime * self.refresh_point)
+        entry.failure, entry.failures, entry.retry_at = None, 0, None
+        if self._entries.get(key) is not entry:
+            logger.debug("credentials for a forgotten key arrived; dropped")
+        return credentials
+
+    def forget(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.inflight is not None:
+            entry.inflight.cancel()
+        _metrics.CACHE_SIZE.set(len(self._entries))
+
+    # --- scheduling ----------------------------------------------------------------
+
+    def next_due(self) -> datetime.datetime | None:
+        moments = [m for e in self._entries.values() if (m := _due_at(e)) is not None]
+        return min(moments) if moments else None
+
+    def due(self) -> list[tuple[str, AssumeRequest]]:
+        now = self.clock.now()
+        return [(key, entry.request) for key, entry in self._entries.items() if (m := _due_at(entry)) is not None and m <= now]
+
+    async def run_refresher(
+        self,
+        in_use: Callable[[str], bool],
+        on_result: Callable[[str, Credentials | None, StsError | None], Awaitable[None]],
+        *,
+        max_sleep: float = 60.0,
+    ) -> None:
+        """Forever: renew keys at their refresh point, retry failed ones, drop keys nobody uses.
+
+        ``on_result`` hears of every renewal and failure (to push, and to update statuses).
+        """
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(key: str, request: AssumeRequest) -> None:
+            try:
+                credentials = await self.refresh(key, request)
+            except StsError as error:
+                await on_result(key, None, error)
+            except asyncio.CancelledError:
+                raise
+            else:
+                await on_result(key, credentials, None)
+
+        try:
+            while True:
+                self._changed.clear()
+                for key, request in self.due():
+                    if not in_use(key):
+                        self.forget(key)  # nobody needs it any more: not renewed
+                        continue
+                    task = asyncio.ensure_future(one(key, request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                due = self.next_due()
+                wait = max_sleep if due is None else min(max_sleep, max(0.0, (due - self.clock.now()).total_seconds()))
+                sleeper = asyncio.ensure_future(self.clock.sleep(wait))
+                changed = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    changed.cancel()
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+def _due_at(entry: _Entry) -> datetime.datetime | None:
+    """When the entry next needs STS: its retry time after a failure, else its refresh point."""
+    if entry.inflight is not None:
+        return None
+    return entry.retry_at if entry.failure is not None else entry.refresh_at
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    # The fetch's exception is re-raised to every waiter; mark it retrieved
+    # so asyncio does not also log it as never retrieved.
+    if not future.cancelled():
+        future.exception()
+
+
+def _rfc3339(moment: datetime.datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+rfc3339 = _rfc3339
+
+
+# --- the real source: aiobotocore -------------------------------------------------------
+
+
+class AioBotocoreSource:
+    """STS through aiobotocore; with ``assume_role_arn``, pod roles are assumed from that role's session."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        endpoint_url: str | None,
+        timeout: float,
+        assume_role_arn: str | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.timeout = timeout
+        self.assume_role_arn = assume_role_arn
+        self.max_connections = max_connections
+        self._stack = contextlib.AsyncExitStack()
+        self._base: Any = None
+        self._chained: Any = None
+        self._chained_credentials: Credentials | None = None
+        self._chain_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AioBotocoreSource:
+        self._base = await self._client()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _client(self, credentials: Credentials | None = None) -> Any:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        session = get_session()
+        # Regional endpoints (sts.<region>.amazonaws.com), never the global one.
+        session.set_config_variable("sts_regional_endpoints", "regional")
+        config = AioConfig(
+            # Our own retry loop (with_retries) does the retrying: one attempt here.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=self.timeout,
+            read_timeout=self.timeout,
+            max_pool_connections=self.max_connections,
+        )
+        kwargs: dict[str, Any] = {"region_name": self.region, "endpoint_url": self.endpoint_url, "config": config}
+        if credentials is not None:
+            kwargs.update(
+                aws_access_key_id=credentials.access_key_id,
+                aws_secret_access_key=credentials.secret_access_key.get_secret_value(),
+                aws_session_token=credentials.session_token.get_secret_value(),
+            )
+        return await self._stack.enter_async_context(session.create_client("sts", **kwargs))
+
+    async def _caller(self) -> Any:
+        """The client pod roles are assumed with: the base one, or the assumeRoleArn session's."""
+        if self.assume_role_arn is None:
+            return self._base
+        async with self._chain_lock:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            if self._chained is None or self._chained_credentials is None or self._chained_credentials.remaining(now) < 900:
+                credentials = await self._call(
+                    self._base, AssumeRequest(self.assume_role_arn, "podiam-operator", 3600), "AssumeRole"
+                )
+                old = self._chained
+                self._chained = await self._client(credentials)
+                self._chained_credentials = credentials
+                del old  # its connections close with the exit stack
+            return self._chained
+
+    async def _call(self, client: Any, request: AssumeRequest, action: str) -> Credentials:
+        import botocore.exceptions
+
+        params: dict[str, Any] = {
+            "RoleArn": request.role_arn,
+            "RoleSessionName": request.session_name,
+            "DurationSeconds": request.duration,
+        }
+        if request.external_id:
+            params["ExternalId"] = request.external_id
+        if request.tags:
+            params["Tags"] = [{"Key": k, "Value": v} for k, v in request.tags]
+        started = time.monotonic()
+        result = "ok"
+        try:
+            response = await client.assume_role(**params)
+        except botocore.exceptions.ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", "Unknown"))
+            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            result = code
+            raise StsError(code, str(error.response.get("Error", {}).get("Message", error)),
+                           retryable=code in RETRYABLE_CODES or status >= 500 or status == 429, status=status) from None
+        except (botocore.exceptions.BotoCoreError, OSError, asyncio.TimeoutError) as error:
+            result = type(error).__name__
+            raise StsError(type(error).__name__, str(error), retryable=True) from None
+        finally:
+            elapsed = time.monotonic() - started
+            _metrics.STS_CALLS.labels(action, result).inc()
+            _metrics.STS_LATENCY.labels(action, result).observe(elapsed)
+        raw = response["Credentials"]
+        return Credentials(
+            access_key_id=raw["AccessKeyId"],
+            secret_access_key=pydantic.SecretStr(raw["SecretAccessKey"]),
+            session_token=pydantic.SecretStr(raw["SessionToken"]),
+            expiration=raw["Expiration"].astimezone(datetime.timezone.utc),
+            issued=datetime.datetime.now(datetime.timezone.utc),
+        )
+
+    async def assume_role(self, request: AssumeRequest) -> Credentials:
+        return await self._call(await self._caller(), request, "AssumeRole")
+
+    async def caller_identity(self) -> tuple[str, str]:
+        import botocore.exceptions
+
+        client = await self._caller()
+        started = time.monotonic()
+        result = "ok"
+        try:
+            response = await client.get_caller_identity()
+        except botocore.exceptions.ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", "Unknown"))
+            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            result = code
+            raise StsError(code, str(error.response.get("Error", {}).get("Message", error)),
+                           retryable=code in RETRYABLE_CODES or status >= 500, status=status) from None
+        except (botocore.exceptions.BotoCoreError, OSError, asyncio.TimeoutError) as error:
+            result = type(error).__name__
+            raise StsError(type(error).__name__, str(error), retryable=True) from None
+        finally:
+            _metrics.STS_CALLS.labels("GetCallerIdentity", result).inc()
+            _metrics.STS_LATENCY.labels("GetCallerIdentity", result).observe(time.monotonic() - started)
+        return str(response["Arn"]), str(response["Account"])

@@ -1,0 +1,162 @@
+"""The operator's settings: command-line flags and ``PODIAM_*`` environment variables.
+
+Every field is a flag (``--session-duration 3600``) and an environment
+variable (``PODIAM_SESSION_DURATION=3600``); flags win. The chart sets the
+environment variables.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import pydantic
+import pydantic_settings
+
+from metadata_proxy import wire
+
+# STS limits for a role session (AssumeRole's DurationSeconds).
+MIN_SESSION_SECONDS = 900
+MAX_SESSION_SECONDS = 43200
+
+
+class TlsMode(str, enum.Enum):
+    AUTO = "auto"  # the operator's tls package issues the CA and certificates into Secrets
+    SECRETS = "secrets"  # user-supplied files (mounted Secrets)
+
+
+class LogFormat(str, enum.Enum):
+    JSON = "json"
+    PLAIN = "plain"
+
+
+class OperatorSettings(pydantic_settings.BaseSettings):
+    model_config = pydantic_settings.SettingsConfigDict(
+        env_prefix="PODIAM_",
+        extra="ignore",
+        cli_prog_name="podiam-operator",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
+        cli_avoid_json=True,
+    )
+
+    # --- STS -----------------------------------------------------------------
+    sts_endpoint_url: str | None = pydantic.Field(default=None, description="STS endpoint URL (default: the region's endpoint)")
+    sts_region: str | None = pydantic.Field(
+        default=None, description="AWS region for the regional STS endpoint (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1)"
+    )
+    assume_role_arn: str | None = pydantic.Field(
+        default=None, description="Assume this role first and assume pod roles with its credentials (Kiam's server.assumeRoleArn)"
+    )
+    base_role_arn: str | None = pydantic.Field(
+        default=None,
+        description="Prefix role names resolve against, e.g. arn:aws:iam::123456789012:role/ (default: from GetCallerIdentity)",
+    )
+    session_duration: int = pydantic.Field(
+        default=3600, ge=MIN_SESSION_SECONDS, le=MAX_SESSION_SECONDS, description="Role session length in seconds"
+    )
+    refresh_point: float = pydantic.Field(
+        default=0.5, gt=0.0, lt=1.0, description="Renew credentials once this fraction of their lifetime has passed"
+    )
+    min_remaining: int | None = pydantic.Field(
+        default=None, ge=60, description="Never push credentials with less than this many seconds left (default: a third of the session)"
+    )
+    per_pod_sessions: bool = pydantic.Field(
+        default=False, description="One session per pod, with session tags naming it (costs one AssumeRole per pod)"
+    )
+    session_name: str = pydantic.Field(
+        default="podiam", pattern=r"^[\w+=,.@-]{2,64}$", description="Role session name of shared sessions"
+    )
+    sts_concurrency: int = pydantic.Field(default=8, ge=1, le=256, description="STS calls in flight at most")
+    sts_attempts: int = pydantic.Field(default=5, ge=1, le=20, description="Attempts per STS call on throttling and 5xx")
+    sts_timeout: float = pydantic.Field(default=10.0, gt=0, description="Seconds per STS attempt")
+    sts_retry_base: float = pydantic.Field(default=0.2, gt=0, description="First backoff (seconds) between STS attempts")
+    failure_retry_max: float = pydantic.Field(
+        default=300.0, gt=0, description="Longest wait (seconds) before a failed role (e.g. AccessDenied) is tried again"
+    )
+
+    # --- proxies -------------------------------------------------------------
+    proxy_namespace: str = pydantic.Field(default="podiam-system", description="Namespace of the proxy pods")
+    proxy_selector: str = pydantic.Field(
+        default="app.kubernetes.io/name=podiam-proxy", description="Label selector of the proxy pods (k=v[,k=v])"
+    )
+    proxy_control_port: int = pydantic.Field(default=8182, ge=1, le=65535, description="The proxies' control (push) port")
+    proxy_server_name: str = pydantic.Field(
+        default=wire.PROXY_SERVER_NAME, description="DNS name verified in the proxies' server certificates"
+    )
+    push_timeout: float = pydantic.Field(default=5.0, gt=0, description="Seconds per push request")
+    push_concurrency: int = pydantic.Field(default=64, ge=1, description="Push requests in flight at most (all nodes)")
+    anti_entropy_interval: float = pydantic.Field(
+        default=30.0, gt=0, description="Seconds between checks of each proxy's state (repairs drift, detects restarts)"
+    )
+    node_taint: str = pydantic.Field(
+        default="podiam.io/agent-not-ready", description="Start-up taint removed from a node once its proxy has its snapshot"
+    )
+    manage_node_taint: bool = pydantic.Field(default=True, description="Remove the start-up taint (needs patch on nodes)")
+
+    # --- TLS (operator -> proxy) ---------------------------------------------
+    tls_mode: TlsMode = pydantic.Field(default=TlsMode.AUTO, description="auto: issue certificates; secrets: use the files below")
+    tls_client_cert_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/tls.crt"), description="Client certificate (PEM)")
+    tls_client_key_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/tls.key"), description="Client key (PEM)")
+    tls_ca_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/ca.crt"), description="CA bundle the proxies chain to (PEM)")
+
+    # --- operation -----------------------------------------------------------
+    log_level: str = pydantic.Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$", description="Log level")
+    log_format: LogFormat = pydantic.Field(default=LogFormat.JSON, description="json or plain")
+    metrics_address: str = pydantic.Field(default="0.0.0.0", description="Address of the metrics endpoint")
+    metrics_port: int = pydantic.Field(default=9090, ge=0, le=65535, description="Port of /metrics (0: off)")
+    liveness_port: int = pydantic.Field(default=8080, ge=0, le=65535, description="Port of kopf's /healthz (0: off)")
+    peering_name: str = pydantic.Field(default="podiam", description="ClusterKopfPeering object the replicas share")
+    peering_priority: int | None = pydantic.Field(
+        default=None, description="Fixed peering priority (default: older replicas win, so a new one never preempts)"
+    )
+    peering_lifetime: int = pydantic.Field(default=15, ge=5, description="Seconds a silent replica counts as alive")
+    standalone: bool = pydantic.Field(default=False, description="No peering: for a single replica only")
+
+    @pydantic.field_validator("assume_role_arn")
+    @classmethod
+    def _role_arn(cls, value: str | None) -> str | None:
+        from podiam_operator._core import roles  # local: settings must stay importable on their own
+
+        if value is not None:
+            roles.parse_role_arn(value)
+        return value
+
+    @pydantic.field_validator("base_role_arn")
+    @classmethod
+    def _base_arn(cls, value: str | None) -> str | None:
+        from podiam_operator._core import roles
+
+        if value is not None:
+            return roles.BaseArn.parse(value).prefix
+        return value
+
+    @pydantic.field_validator("proxy_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        parse_label_pairs(value)
+        return value
+
+    @property
+    def effective_min_remaining(self) -> int:
+        """Never push credentials with less than this left: 20 minutes for 1-hour sessions."""
+        return self.min_remaining if self.min_remaining is not None else self.session_duration // 3
+
+    def proxy_labels(self) -> dict[str, str]:
+        return parse_label_pairs(self.proxy_selector)
+
+
+def parse_label_pairs(selector: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for part in selector.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"proxy selector must be key=value[,key=value], got {selector!r}")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def from_argv(argv: list[str] | None) -> OperatorSettings:
+    """Settings from flags (``argv``) over environment variables over defaults."""
+    return OperatorSettings(_cli_parse_args=argv if argv is not None else True)  # type: ignore[call-arg]

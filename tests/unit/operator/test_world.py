@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from podiam_operator._core import decide, roles, world
+from tests.unit.operator.conftest import binding, namespace, pod
+
+pytestmark = pytest.mark.unit
+
+
+def make() -> world.World:
+    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"))
+    w.set_namespace(namespace("team", ".*"))
+    return w
+
+
+def test_per_node_desired_state_is_strict() -> None:
+    w = make()
+    a = pod(name="a", node="n1", ip="10.0.0.1", role="RoleA")
+    b = pod(name="b", node="n2", ip="10.0.0.2", role="RoleB")
+    delta = w.set_pod(a)
+    assert delta.nodes == {"n1"} and len(delta.keys_used) == 1
+    w.set_pod(b)
+    n1, n2 = w.desired_for_node("n1"), w.desired_for_node("n2")
+    assert set(n1.pods) == {a.uid} and set(n2.pods) == {b.uid}
+    assert n1.keys.isdisjoint(n2.keys)
+    assert w.desired_for_node("n3").pods == {}
+
+
+def test_keys_go_out_when_scheduled_entries_when_ip_appears() -> None:
+    w = make()
+    unscheduled = pod(name="a", node=None, ip=None)
+    delta = w.set_pod(unscheduled)
+    assert delta.keys_used and not delta.nodes  # credentials can be fetched already
+    scheduled = dataclasses.replace(unscheduled, node="n1")
+    assert w.set_pod(scheduled).nodes == {"n1"}
+    desired = w.desired_for_node("n1")
+    assert desired.keys and not desired.pods
+    with_ip = dataclasses.replace(scheduled, ip="10.0.0.9", phase="Running")
+    assert w.set_pod(with_ip).nodes == {"n1"}
+    assert w.desired_for_node("n1").pods[with_ip.uid].ip == "10.0.0.9"
+
+
+@pytest.mark.parametrize("change", [{"deleting": True}, {"phase": "Succeeded"}, {"phase": "Failed"}, {"role": None}])
+def test_revocation(change: dict[str, object]) -> None:
+    w = make()
+    p = pod(name="a", node="n1", ip="10.0.0.1")
+    w.set_pod(p)
+    delta = w.set_pod(dataclasses.replace(p, **change))  # type: ignore[arg-type]
+    assert delta.nodes == {"n1"} and delta.keys_unused
+    assert w.desired_for_node("n1").pods == {} and not w.desired_for_node("n1").keys
+
+
+def test_pod_deleted() -> None:
+    w = make()
+    p = pod(name="a", node="n1", ip="10.0.0.1")
+    w.set_pod(p)
+    assert w.delete_pod("team", "a").nodes == {"n1"}
+    assert w.desired_for_node("n1").pods == {}
+
+
+def test_namespace_regex_change_grants_and_revokes() -> None:
+    w = make()
+    p = pod(name="a", node="n1", ip="10.0.0.1", role="foo")
+    w.set_pod(p)
+    assert w.desired_for_node("n1").pods
+    assert w.set_namespace(namespace("team", "bar")).nodes == {"n1"}
+    assert not w.desired_for_node("n1").pods
+    assert w.decisions[p.key].reason == "RoleNotPermitted"
+    w.set_namespace(namespace("team", "foo"))
+    assert w.desired_for_node("n1").pods
+
+
+def test_one_key_for_many_pods() -> None:
+    w = make()
+    for i in range(50):
+        w.set_pod(pod(name=f"p{i}", node=f"n{i % 5}", ip=f"10.0.0.{i + 1}"))
+    assert len(w.used_keys()) == 1
+    (key,) = w.used_keys()
+    assert w.nodes_using(key) == {f"n{i}" for i in range(5)}
+
+
+def test_user_binding_and_conflict() -> None:
+    w = make()
+    p = pod(name="a", node="n1", ip="10.0.0.1", role=None, labels={"app": "web"})
+    w.set_pod(p)
+    assert not w.desired_for_node("n1").pods
+    user = binding(name="web", role="WebRole", selector={"matchLabels": {"app": "web"}})
+    delta = w.set_binding(user)
+    assert delta.nodes == {"n1"} and ("team", "web") in delta.bindings
+    assert w.desired_for_node("n1").pods
+    other = binding(name="other", role="OtherRole", selector={"matchExpressions": [{"key": "app", "operator": "Exists"}]})
+    w.set_binding(other)
+    assert not w.desired_for_node("n1").pods
+    assert w.decisions[p.key].outcome == "conflict"
+    assert [d.outcome for _, d in w.binding_decisions(("team", "web"))] == ["conflict"]
+    assert [d.outcome for _, d in w.binding_decisions(("team", "other"))] == ["conflict"]
+    w.delete_binding("team", "other")
+    assert w.desired_for_node("n1").pods
+    w.delete_binding("team", "web")
+    assert not w.desired_for_node("n1").pods
+
+
+def test_pod_owned_binding_objects_do_not_change_decisions() -> None:
+    w = make()
+    p = pod(name="a", node="n1", ip="10.0.0.1")
+    w.set_pod(p)
+    before = w.desired_for_node("n1")
+    owned = binding(name="a", role="MyRole", owner=p)
+    assert w.set_binding(owned).nodes == set()
+    assert w.desired_for_node("n1") == before
+    assert w.owned_binding_for(p) == owned
+    assert w.binding_decisions(("team", "a"))[0][1].outcome == "granted"
+
+
+def test_duplicate_ip_serves_neither() -> None:
+    w = make()
+    w.set_pod(pod(name="a", node="n1", ip="10.0.0.1"))
+    w.set_pod(pod(name="b", node="n1", ip="10.0.0.1"))
+    assert w.desired_for_node("n1").pods == {}
+
+
+def test_recreated_pod_with_same_name() -> None:
+    w = make()
+    old = pod(name="a", node="n1", ip="10.0.0.1")
+    w.set_pod(old)
+    new = pod(name="a", node="n2", ip="10.0.0.2")
+    delta = w.set_pod(new)
+    assert {"n1", "n2"} <= delta.nodes
+    assert w.desired_for_node("n1").pods == {}
+    assert set(w.desired_for_node("n2").pods) == {new.uid}
+
+
+def test_base_arrives_later() -> None:
+    w = world.World(decide.SessionConfig(), None)
+    w.set_namespace(namespace("team", ".*"))
+    p = pod(name="a", node="n1", ip="10.0.0.1", role="MyRole")
+    w.set_pod(p)
+    assert w.decisions[p.key].outcome == "error"
+    w.set_base(roles.BaseArn("aws", "123456789012"))
+    assert w.decisions[p.key].outcome == "granted"
