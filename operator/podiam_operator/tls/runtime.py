@@ -77,9 +77,12 @@ class Tls:
     async def _setup(self) -> None:
         if self._auto is not None or self._provided is not None:
             return
-        namespace = self.settings.resolved_namespace()
-        if self.api is None:
-            self.api = await default_api_client()
+        try:
+            namespace = self.settings.resolved_namespace()
+            if self.api is None:
+                self.api = await default_api_client()
+        except (ValueError, config_exception.ConfigException) as error:
+            raise checks.TlsProblem("TLSConfigError", f"TLS set-up cannot start: {error}") from None
         secrets = store.SecretStore(self.api, namespace)
         if self.settings.pod_name:
             self.reporter.events = report.EventSink(self.api, namespace, "Pod", self.settings.pod_name)
@@ -103,8 +106,13 @@ class Tls:
                 due = now + self.settings.check_interval
         except checks.TlsProblem as problem:
             await self.reporter.problem(problem)
-        except (kube_exceptions.ApiException, aiohttp.ClientError, asyncio.TimeoutError, auto.Contention, OSError, ValueError) as error:
-            message = f"TLS set-up could not reach the Kubernetes API or complete: {_short(error)}"
+        except Exception as error:  # API down, conflicts, or a bug: reported, retried, never a crash loop
+            transient = isinstance(error, (kube_exceptions.ApiException, aiohttp.ClientError, asyncio.TimeoutError, auto.Contention, OSError))
+            if transient:
+                message = f"TLS set-up could not reach the Kubernetes API or complete: {_short(error)}"
+            else:
+                message = f"TLS set-up failed unexpectedly: {_short(error)}"
+                self.logger.exception("TLS: unexpected error")
             if self.reporter.status.ok:
                 # The material on disk is still good: pushes keep working.
                 self.logger.warning("%s (will retry; the current certificates stay in use)", message)

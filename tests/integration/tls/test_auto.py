@@ -228,3 +228,49 @@ def test_short_lived_leaves_renew_on_schedule_without_failed_pushes(
     assert pusher.failures == [], pusher.failures[:5]
     assert len(served) >= 3  # renewed every ~4 s, each time picked up by the proxy
     assert len(events(controlplane, namespace, "TLSCertificateRenewed")) >= 4
+
+
+OPERATOR_TLS_RULES = [
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+]
+
+
+def _service_account_with(controlplane: _cp.ControlPlane, namespace: str, rules: list[dict[str, list[str]]]) -> Path:
+    base = f"/api/v1/namespaces/{namespace}"
+    controlplane.api("POST", f"{base}/serviceaccounts", {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "podiam-operator"}})
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    controlplane.api("POST", f"{rbac}/roles", {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                                               "metadata": {"name": "podiam-operator-tls"}, "rules": rules})
+    controlplane.api("POST", f"{rbac}/rolebindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "podiam-operator-tls"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "podiam-operator-tls"},
+        "subjects": [{"kind": "ServiceAccount", "name": "podiam-operator", "namespace": namespace}],
+    })
+    return controlplane.kubeconfig_for_service_account(namespace, "podiam-operator")
+
+
+def test_the_documented_rbac_is_enough(controlplane: _cp.ControlPlane, namespace: str, workdir: Path) -> None:
+    kubeconfig = _service_account_with(controlplane, namespace, OPERATOR_TLS_RULES)
+    controlplane.api("POST", f"/api/v1/namespaces/{namespace}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "podiam-operator-0"},
+        "spec": {"serviceAccountName": "podiam-operator", "containers": [{"name": "operator", "image": "podiam-operator"}]},
+    })
+    env = support.agent_env(kubeconfig, namespace, _files(workdir / "operator"), pod_name="podiam-operator-0")
+    result = support.check(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    created = events(controlplane, namespace, "TLSCACreated")
+    assert created and created[0]["involvedObject"]["kind"] == "Pod" and created[0]["involvedObject"].get("uid")
+    controlplane.api("PATCH", f"/api/v1/namespaces/{namespace}/secrets/podiam-ca", {"metadata": {"annotations": {"podiam.io/renew": "x"}}})
+    renewed = support.check(env)
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    assert len(events(controlplane, namespace, "TLSCertificateRenewed")) == 2
+
+
+def test_missing_rbac_is_explained(controlplane: _cp.ControlPlane, namespace: str, workdir: Path) -> None:
+    kubeconfig = _service_account_with(controlplane, namespace, [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
+    result = support.check(support.agent_env(kubeconfig, namespace, _files(workdir / "operator")))
+    assert result.returncode == 1
+    assert f"error: the operator may not create Secret {namespace}/podiam-ca (HTTP 403)" in result.stdout
+    assert "secrets get, create, update and patch in its own namespace" in result.stdout
