@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 CHAIN = "PODIAM-PROXY"
 METADATA = "169.254.169.254/32"
-COMMENT = "podiam-proxy: pod metadata requests to this node's proxy"
+COMMENT = "podiam-proxy: pods metadata requests to this node proxy"  # no quotes: -S output must parse back
 _MATCH = ["-p", "tcp", "-d", METADATA, "--dport", "80"]
 
 
