@@ -10,6 +10,8 @@ Entry points for the operator (see ``runtime.Tls`` for the details)::
         memo.tls_task = asyncio.create_task(tls.run_renewals(is_active=...))
 
     /readyz:  tls.status().ok, tls.status().message
+    failed push: tls.explain_handshake_failure(error, tls.settings().proxy_server_name)
+    server_hostname for pushes: tls.settings().proxy_server_name
 
 ``tls_mode`` (the operator's ``PODIAM_TLS_MODE``):
 
@@ -32,9 +34,13 @@ from collections.abc import Callable
 from podiam_operator.tls import report, runtime
 from podiam_operator.tls._settings import KeyType, TlsSettings
 from podiam_operator.tls.checks import TlsProblem
+from podiam_operator.tls.explain import explain_handshake_failure, explain_refusal
 from podiam_operator.tls.report import Status
 
-__all__ = ["KeyType", "Status", "TlsProblem", "TlsSettings", "close", "prepare", "run_renewals", "settings", "status"]
+__all__ = [
+    "KeyType", "Status", "TlsProblem", "TlsSettings", "close", "explain_handshake_failure", "explain_refusal",
+    "prepare", "run_renewals", "settings", "status",
+]
 
 _current: runtime.Tls | None = None
 

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 VERSION = "v1.6.5"
@@ -47,7 +48,7 @@ class Cfssl:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
 
-    def _gencert(self, args: list[str], csr: dict[str, object], bare: str) -> None:
+    def _gencert(self, args: list[str], csr: Mapping[str, object], bare: str) -> None:
         csr_file = self.workdir / f"{bare}.json"
         csr_file.write_text(json.dumps(csr))
         gencert = subprocess.run([str(self.bin_dir / "cfssl"), "gencert", *args, csr_file.name],
@@ -55,11 +56,11 @@ class Cfssl:
         subprocess.run([str(self.bin_dir / "cfssljson"), "-bare", bare], input=gencert.stdout,
                        cwd=self.workdir, capture_output=True, check=True, timeout=60)
 
-    def init_ca(self, csr: dict[str, object]) -> None:
+    def init_ca(self, csr: Mapping[str, object]) -> None:
         """``cfssl gencert -initca ca.json | cfssljson -bare ca``"""
         self._gencert(["-initca"], csr, "ca")
 
-    def issue(self, bare: str, csr: dict[str, object]) -> None:
+    def issue(self, bare: str, csr: Mapping[str, object]) -> None:
         """``cfssl gencert -ca=ca.pem -ca-key=ca-key.pem <bare>.json | cfssljson -bare <bare>``"""
         self._gencert(["-ca=ca.pem", "-ca-key=ca-key.pem"], csr, bare)
 
@@ -68,8 +69,8 @@ class Cfssl:
 
 
 # The guide's certificate requests, verbatim.
-_NAMES = [{"C": "UK", "L": "London", "O": "uSwitch", "OU": "WWW", "ST": "London"}]
-GUIDE_CA = {"CN": "Kiam CA", "key": {"algo": "rsa", "size": 2048}, "names": _NAMES}
-GUIDE_SERVER = {"hosts": ["kiam-server", "localhost", "kiam-server:443", "127.0.0.1", "::1"],
+_NAMES: list[dict[str, str]] = [{"C": "UK", "L": "London", "O": "uSwitch", "OU": "WWW", "ST": "London"}]
+GUIDE_CA: dict[str, object] = {"CN": "Kiam CA", "key": {"algo": "rsa", "size": 2048}, "names": _NAMES}
+GUIDE_SERVER: dict[str, object] = {"hosts": ["kiam-server", "localhost", "kiam-server:443", "127.0.0.1", "::1"],
                 "key": {"algo": "rsa", "size": 2048}, "names": _NAMES}
-GUIDE_AGENT = {"CN": "Kiam Agent", "key": {"algo": "rsa", "size": 2048}, "names": _NAMES}
+GUIDE_AGENT: dict[str, object] = {"CN": "Kiam Agent", "key": {"algo": "rsa", "size": 2048}, "names": _NAMES}

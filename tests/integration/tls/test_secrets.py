@@ -130,11 +130,11 @@ def _cert_manager_certificate(ca: pki.KeyPair, common_name: str, dns_names: list
                                             data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
                                             encipher_only=False, decipher_only=False), critical=True)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)  # type: ignore[arg-type]
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False))
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    cert = builder.sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
+    cert = builder.sign(ca.key, hashes.SHA256())
     return {"tls.crt": pki.certs_to_pem([cert]), "tls.key": _rsa_pkcs1(key), "ca.crt": ca.cert_pem()}
 
 

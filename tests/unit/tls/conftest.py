@@ -64,23 +64,40 @@ def handshake(
     server_trusts: Sequence[x509.Certificate],
     server_name: str = "podiam-proxy",
 ) -> None:
-    """A full mutual-TLS handshake in memory; raises ssl.SSLError as the real peers would fail."""
+    """A full mutual-TLS handshake in memory; raises ssl.SSLError as the client (the operator) sees it.
+
+    When the server refuses, its alert is delivered to the client, whose read
+    then fails with OpenSSL's "tlsv1 alert ..." error, as a real push would.
+    """
     with tempfile.TemporaryDirectory() as directory:
         client_context = _context(ssl.PROTOCOL_TLS_CLIENT, client, client_trusts, Path(directory))
         server_context = _context(ssl.PROTOCOL_TLS_SERVER, server, server_trusts, Path(directory))
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
     client_end = client_context.wrap_bio(c_in, c_out, server_hostname=server_name)
     server_end = server_context.wrap_bio(s_in, s_out, server_side=True)
-    done = {"client": False, "server": False}
+    client_done = server_done = False
     for _ in range(20):
-        for name, end, outgoing, incoming in (("client", client_end, c_out, s_in), ("server", server_end, s_out, c_in)):
-            if not done[name]:
+        if not client_done:
+            try:
+                client_end.do_handshake()
+                client_done = True
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        if not server_done:
+            try:
+                server_end.do_handshake()
+                server_done = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as refusal:
+                c_in.write(s_out.read())  # the alert
                 try:
-                    end.do_handshake()
-                    done[name] = True
-                except ssl.SSLWantReadError:
-                    pass
-            incoming.write(outgoing.read())
-        if all(done.values()):
+                    client_end.do_handshake() if not client_done else client_end.read(1)
+                except ssl.SSLError as seen:
+                    raise seen from refusal
+                raise
+        c_in.write(s_out.read())
+        if client_done and server_done:
             return
     raise AssertionError("handshake did not finish")
