@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import re
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -21,6 +22,13 @@ from podiam_operator.tls import checks
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 _COMPONENT = "podiam-operator"
 _MAX_MESSAGE = 1024
+# "(3 minutes ago)", "(in 2 days)": a persisting problem's text changes as
+# time passes, but it is the same problem: compare messages without them.
+_RELATIVE = re.compile(r"\((?:in )?\d+ (?:seconds|minutes|hours|days)(?: ago)?\)")
+
+
+def _key(reason: str, message: str) -> tuple[str, str]:
+    return reason, _RELATIVE.sub("", message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +84,7 @@ class Reporter:
         self._posted: set[tuple[str, str]] = set()
 
     async def _event(self, type_: str, reason: str, message: str, *, once: bool) -> None:
-        if self.events is None or (once and (reason, message) in self._posted):
+        if self.events is None or (once and _key(reason, message) in self._posted):
             return
         try:
             await self.events.post(type_, reason, message)
@@ -84,18 +92,18 @@ class Reporter:
             self.logger.warning("could not post Event %s: %s", reason, error)
             return
         if once:
-            self._posted.add((reason, message))
+            self._posted.add(_key(reason, message))
 
     async def problem(self, problem: checks.TlsProblem) -> None:
         """Unready: pushes cannot work until this is fixed."""
-        if self.status.ok or self.status.message != problem.message:
+        if self.status.ok or _key("", self.status.message) != _key("", problem.message):
             self.logger.error("TLS: %s", problem.message)
         self.status = Status(ok=False, message=problem.message)
         await self._event("Warning", problem.reason, problem.message, once=True)
 
     async def warning(self, reason: str, message: str) -> None:
         """Worth knowing, still working (e.g. a certificate close to expiry)."""
-        if (reason, message) not in self._posted:
+        if _key(reason, message) not in self._posted:
             self.logger.warning("TLS: %s", message)
         await self._event("Warning", reason, message, once=True)
 

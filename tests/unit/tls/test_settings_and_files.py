@@ -118,3 +118,15 @@ async def test_reporter_posts_each_problem_once_and_recovery(caplog: pytest.LogC
 ])
 def test_duration_formats(text: str, expected: datetime.timedelta) -> None:
     assert _settings.TlsSettings.model_validate({"leaf_lifetime": text}).leaf_lifetime == expected
+
+
+async def test_a_problem_whose_age_grows_is_still_one_problem() -> None:
+    import logging
+    events = _Events()
+    reporter = report.Reporter(logging.getLogger("test.tls"), events)  # type: ignore[arg-type]
+    await reporter.problem(checks.TlsProblem(checks.EXPIRED, "certificate X expired at T (3 minutes ago); renew it"))
+    await reporter.problem(checks.TlsProblem(checks.EXPIRED, "certificate X expired at T (4 minutes ago); renew it"))
+    assert len(events.posted) == 1
+    assert reporter.status.message == "certificate X expired at T (4 minutes ago); renew it"
+    await reporter.problem(checks.TlsProblem(checks.KEY_MISMATCH, "another problem"))
+    assert len(events.posted) == 2
