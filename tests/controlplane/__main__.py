@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except (build.BuildError, controlplane.ControlPlaneError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -21,8 +21,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -159,71 +161,98 @@ def _say(message: str) -> None:
     print(f"[controlplane build] {message}", file=sys.stderr, flush=True)
 
 
-def _count_packages(env: dict[str, str]) -> int | None:
-    result = subprocess.run(["go", "list", "-deps", MAIN_PACKAGE], cwd=GO_MODULE, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BuildError(f"`go list -deps` failed in {GO_MODULE}:\n{result.stderr}")
-    return len(result.stdout.split())
+class _Progress:
+    """Prints what the build is doing, and a heartbeat when it prints nothing (module downloads, linking)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.phase = "starting"
+        self.compiled = 0
+        self.total: int | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            _say(f"{_elapsed(self.start)} {message}")
+
+    def _beat(self) -> None:
+        while not self._done.wait(_HEARTBEAT_SECONDS):
+            self.say(f"still {self.phase} ({self.compiled}/{self.total or '?'} packages compiled; linking comes last)")
 
 
-def _build(target: Path, progress: bool) -> None:
+def _count_packages(env: dict[str, str], progress: _Progress) -> int:
+    """How many packages the binary has (for the progress counter); downloads the modules first if needed."""
+    progress.phase = "resolving and downloading modules"
+    with tempfile.TemporaryFile("w+") as listing:
+        process = subprocess.Popen(["go", "list", "-deps", MAIN_PACKAGE], cwd=GO_MODULE, env=env,
+                                   stdout=listing, stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        errors = []
+        for raw in process.stderr:  # "go: downloading MODULE VERSION" on a fresh machine
+            errors.append(raw.rstrip())
+            progress.say(raw.rstrip())
+        if process.wait() != 0:
+            raise BuildError(f"`go list -deps {MAIN_PACKAGE}` failed in {GO_MODULE}:\n" + "\n".join(errors[-60:]))
+        listing.seek(0)
+        return len(listing.read().split())
+
+
+def _build(target: Path, progress_enabled: bool) -> None:
     env = _build_env()
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    start = time.monotonic()
-    if progress:
-        _say(f"building kube-apiserver + kube-controller-manager + etcd (k8s.io/kubernetes {kube_version()}, "
-             f"etcd {etcd_version()}, {_go_version()}, GOEXPERIMENT={env['GOEXPERIMENT']}) into {target}")
-        _say("a cold build takes several minutes on 2 cores; later runs reuse it")
-    total = _count_packages(env)
-    process = subprocess.Popen(
-        _build_args(partial), cwd=GO_MODULE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    done = threading.Event()
-    compiled = [0]
-
-    def heartbeat() -> None:
-        while not done.wait(_HEARTBEAT_SECONDS):
-            if progress:
-                _say(f"{_elapsed(start)} still building ({compiled[0]}/{total} packages compiled; linking comes last)")
-
-    beat = threading.Thread(target=heartbeat, daemon=True)
-    beat.start()
-    try:
-        for raw in process.stdout:
-            line = raw.rstrip()
-            lines.append(line)
-            if not line or " " in line:
-                continue  # not a package line (an error or note)
-            compiled[0] += 1
-            if progress:
-                _say(f"{_elapsed(start)} [{compiled[0]}/{total}] {line}")
-        code = process.wait()
-    except BaseException:
-        process.kill()
-        process.wait()
-        partial.unlink(missing_ok=True)
-        raise
-    finally:
-        done.set()
+    with _Progress(progress_enabled) as progress:
+        progress.say(f"building kube-apiserver + kube-controller-manager + etcd (k8s.io/kubernetes {kube_version()}, "
+                     f"etcd {etcd_version()}, {_go_version()}, GOEXPERIMENT={env['GOEXPERIMENT']}) into {target}")
+        progress.say("a cold build takes about 7 minutes on 2 cores and needs about 3 GB of memory; later runs reuse it")
+        progress.total = _count_packages(env, progress)
+        progress.phase = "compiling"
+        process = subprocess.Popen(
+            _build_args(partial), cwd=GO_MODULE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # so an interrupted build stops go's compile and link children too
+        )
+        assert process.stdout is not None
+        lines: list[str] = []
+        try:
+            for raw in process.stdout:
+                line = raw.rstrip()
+                lines.append(line)
+                if line and " " not in line:  # a package name; anything else is a note or an error
+                    progress.compiled += 1
+                    line = f"[{progress.compiled}/{progress.total}] {line}"
+                progress.say(line)
+            code = process.wait()
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            partial.unlink(missing_ok=True)
+            raise
     if code != 0:
         partial.unlink(missing_ok=True)
         tail = "\n".join(lines[-60:])
         raise BuildError(f"go build failed with exit code {code} in {GO_MODULE}:\n{tail}")
-    seconds = time.monotonic() - start
-    partial.rename(target)
+    seconds = time.monotonic() - progress.start
+    size = partial.stat().st_size
+    info = {
+        "kube_version": kube_version(), "etcd_version": etcd_version(), "go": _go_version(),
+        "build_seconds": round(seconds, 1), "packages_compiled": progress.compiled, "size_bytes": size,
+    }
+    target.with_name("build-info.json").write_text(json.dumps(info, indent=2) + "\n")
     for command in COMMANDS:  # symlinks so `ps` and logs name the real command
         link = target.with_name(command)
         link.unlink(missing_ok=True)
         link.symlink_to(target.name)
-    info = {
-        "kube_version": kube_version(), "etcd_version": etcd_version(), "go": _go_version(),
-        "build_seconds": round(seconds, 1), "packages_compiled": compiled[0], "size_bytes": target.stat().st_size,
-    }
-    target.with_name("build-info.json").write_text(json.dumps(info, indent=2) + "\n")
-    if progress:
-        _say(f"built {target} in {_elapsed(start)} ({target.stat().st_size / 2**20:.0f} MiB)")
+    # Last, atomically: the binary's presence is what tells others the build is complete.
+    partial.rename(target)
+    progress.say(f"built {target} ({size / 2**20:.0f} MiB)")
 
 
 def _elapsed(start: float) -> str:

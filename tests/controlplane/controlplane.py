@@ -95,6 +95,7 @@ class ControlPlane:
         self.dir = directory.resolve()
         self.pki = self.dir / "pki"
         self.kubeconfig = self.dir / "kubeconfig"
+        self.etcd_data = self.dir / "etcd-data"
         self.ca_file = self.pki / "ca.crt"
         self.admin_cert = self.pki / "admin.crt"
         self.admin_key = self.pki / "admin.key"
@@ -163,9 +164,9 @@ class ControlPlane:
             self._stop_one(name)
         with _live_lock:
             _live.discard(self)
-        state = self.dir / STATE_FILE
-        if state.exists():
-            state.unlink()
+        (self.dir / STATE_FILE).unlink(missing_ok=True)
+        # etcd preallocates 64 MB of WAL; a stopped cluster's data is of no further use.
+        shutil.rmtree(self.etcd_data, ignore_errors=True)
 
     def __enter__(self) -> ControlPlane:
         return self
@@ -275,6 +276,8 @@ class ControlPlane:
         self.pki.mkdir(parents=True, exist_ok=True)
         for stale in self.dir.glob("*.log"):  # a reused dir: logs of this run only
             stale.unlink()
+        # Every start is a fresh cluster: old data would not match the new PKI and ports.
+        shutil.rmtree(self.etcd_data, ignore_errors=True)
         ca = certs.CertificateAuthority(self.pki)
         serving = ca.issue("apiserver", "kube-apiserver", server_names=(
             "127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
@@ -297,10 +300,10 @@ class ControlPlane:
         peer = f"http://127.0.0.1:{peer_port}"
         self._argv = {
             "etcd": [
-                str(tool / "etcd"), "--name=default", f"--data-dir={self.dir / 'etcd-data'}",
+                str(tool / "etcd"), "--name=podiam", f"--data-dir={self.etcd_data}",
                 f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
                 f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=default={peer}", "--initial-cluster-state=new",
+                f"--initial-cluster=podiam={peer}", "--initial-cluster-state=new",
                 # A test cluster's data is thrown away: fsync buys nothing and costs seconds.
                 "--unsafe-no-fsync", "--log-level=warn",
             ],
@@ -320,6 +323,10 @@ class ControlPlane:
                 "--allow-privileged=true",
                 f"--cert-dir={self.pki}",
                 "--profiling=false",
+                # Otherwise a stop waits for open watches up to --request-timeout
+                # (60 s); with this, new requests get 429 + Retry-After while in-flight
+                # ones drain, then HTTP shutdown gets 2 s.
+                "--shutdown-send-retry-after=true",
             ],
             "kube-controller-manager": [
                 str(tool / "kube-controller-manager"),
@@ -414,6 +421,7 @@ def stop_directory(directory: Path) -> list[str]:
             processes.stop_record(record)
             stopped.append(record.name)
     (directory / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(directory / "etcd-data", ignore_errors=True)
     return stopped
 
 

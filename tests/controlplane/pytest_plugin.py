@@ -14,11 +14,12 @@ Set ``PODIAM_KEEP_CONTROLPLANE=1`` to keep the folder (logs, etcd data).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,7 +45,13 @@ def _sweep_orphaned_dirs() -> None:
             _cp.remove_tree(directory)
 
 
+_sigterm_handler_installed = False
+
+
 def _install_sigterm_handler() -> None:
+    global _sigterm_handler_installed
+    if _sigterm_handler_installed:
+        return
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -55,6 +62,7 @@ def _install_sigterm_handler() -> None:
 
     try:
         signal.signal(signal.SIGTERM, on_sigterm)
+        _sigterm_handler_installed = True
     except ValueError:  # not the main thread (e.g. pytest run in a thread): atexit still applies
         pass
 
@@ -69,9 +77,9 @@ def controlplane_binary(request: pytest.FixtureRequest) -> Path:
     return build.ensure_built()
 
 
-@pytest.fixture(scope="session")
-def controlplane(controlplane_binary: Path) -> Iterator[_cp.ControlPlane]:
-    """A running control plane: ``.kubeconfig``, ``.server``, ``.api()``, ``.kubectl()``, ..."""
+@contextlib.contextmanager
+def _started(**options: Any) -> Iterator[_cp.ControlPlane]:
+    """A control plane in a fresh temporary folder, stopped and removed on exit."""
     _sweep_orphaned_dirs()
     directory = Path(tempfile.mkdtemp(prefix=_PREFIX))
     keep = os.environ.get("PODIAM_KEEP_CONTROLPLANE") == "1"
@@ -85,9 +93,10 @@ def controlplane(controlplane_binary: Path) -> Iterator[_cp.ControlPlane]:
     (directory / _OWNER_FILE).write_text(json.dumps({"name": "pytest", "pid": os.getpid(), "start_time": me}))
     _install_sigterm_handler()
     try:
-        plane = _cp.ControlPlane.start(directory)
+        plane = _cp.ControlPlane.start(directory, **options)
     except BaseException:
         remove()
+        atexit.unregister(remove)
         raise
     try:
         yield plane
@@ -95,3 +104,24 @@ def controlplane(controlplane_binary: Path) -> Iterator[_cp.ControlPlane]:
         plane.stop()
         remove()
         atexit.unregister(remove)
+
+
+@pytest.fixture(scope="session")
+def controlplane(controlplane_binary: Path) -> Iterator[_cp.ControlPlane]:
+    """The session's control plane: ``.kubeconfig``, ``.server``, ``.api()``, ``.kubectl()``, ...
+
+    Shared by every test of the session: make your own namespace, clean up
+    cluster-scoped objects you create.
+    """
+    with _started() as plane:
+        yield plane
+
+
+@pytest.fixture
+def make_controlplane(controlplane_binary: Path) -> Iterator[Callable[..., _cp.ControlPlane]]:
+    """A factory of private control planes (for tests that break one), stopped after the test.
+
+    ``make_controlplane(controllers=...)`` takes ``ControlPlane.start``'s options.
+    """
+    with contextlib.ExitStack() as stack:
+        yield lambda **options: stack.enter_context(_started(**options))

@@ -12,11 +12,12 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.controlplane import ControlPlane, build, processes, pytest_plugin, wait_until
+from tests.controlplane import ControlPlane, KubectlError, build, processes, pytest_plugin, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +169,14 @@ def test_binary_is_cached_outside_the_repository(controlplane_binary: Path) -> N
     assert info["kube_version"] == build.kube_version()
     for command in build.COMMANDS:
         assert (controlplane_binary.parent / command).resolve() == controlplane_binary.resolve()
+
+
+def test_private_control_planes_are_independent(
+    controlplane: ControlPlane, make_controlplane: Callable[..., ControlPlane]
+) -> None:
+    private = make_controlplane()
+    assert private.server != controlplane.server and private.dir != controlplane.dir
+    private.create_namespace("only-here")
+    assert private.kubectl("get", "ns", "only-here", "-o", "name").strip() == "namespace/only-here"
+    with pytest.raises(KubectlError, match="NotFound"):
+        controlplane.kubectl("get", "ns", "only-here")
