@@ -7,8 +7,8 @@ environment variables.
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 import pydantic_settings
@@ -20,14 +20,10 @@ MIN_SESSION_SECONDS = 900
 MAX_SESSION_SECONDS = 43200
 
 
-class TlsMode(str, enum.Enum):
-    AUTO = "auto"  # the operator's tls package issues the CA and certificates into Secrets
-    SECRETS = "secrets"  # user-supplied files (mounted Secrets)
-
-
-class LogFormat(str, enum.Enum):
-    JSON = "json"
-    PLAIN = "plain"
+# auto: the operator's tls package issues the CA and certificates into Secrets;
+# secrets: user-supplied files (mounted Secrets).
+TlsMode = Literal["auto", "secrets"]
+LogFormat = Literal["json", "plain"]
 
 
 class OperatorSettings(pydantic_settings.BaseSettings):
@@ -96,14 +92,14 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     manage_node_taint: bool = pydantic.Field(default=True, description="Remove the start-up taint (needs patch on nodes)")
 
     # --- TLS (operator -> proxy) ---------------------------------------------
-    tls_mode: TlsMode = pydantic.Field(default=TlsMode.AUTO, description="auto: issue certificates; secrets: use the files below")
+    tls_mode: TlsMode = pydantic.Field(default="auto", description="auto: issue certificates; secrets: use the files below")
     tls_client_cert_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/tls.crt"), description="Client certificate (PEM)")
     tls_client_key_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/tls.key"), description="Client key (PEM)")
     tls_ca_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/ca.crt"), description="CA bundle the proxies chain to (PEM)")
 
     # --- operation -----------------------------------------------------------
     log_level: str = pydantic.Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$", description="Log level")
-    log_format: LogFormat = pydantic.Field(default=LogFormat.JSON, description="json or plain")
+    log_format: LogFormat = pydantic.Field(default="json", description="json or plain")
     metrics_address: str = pydantic.Field(default="0.0.0.0", description="Address of the metrics endpoint")
     metrics_port: int = pydantic.Field(default=9090, ge=0, le=65535, description="Port of /metrics (0: off)")
     liveness_port: int = pydantic.Field(default=8080, ge=0, le=65535, description="Port of kopf's /healthz (0: off)")

@@ -1,0 +1,55 @@
+"""``podiam-operator`` / ``python -m podiam_operator``: parse the settings, run kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import kopf
+
+from podiam_operator import _settings
+from podiam_operator._kits import leadership
+
+
+def _configure_logging(settings: _settings.OperatorSettings) -> None:
+    level = settings.log_level.upper()
+    kopf.configure(
+        debug=level == "DEBUG",
+        verbose=level == "DEBUG",
+        quiet=level in ("WARNING", "ERROR"),
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN,
+        log_refkey="object",
+    )
+    logging.getLogger().setLevel(level)
+    # Never log request bodies or credentials: keep the HTTP libraries quiet.
+    for name in ("aiobotocore", "botocore", "urllib3", "aiohttp.access", "kubernetes_asyncio"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = _settings.from_argv(sys.argv[1:] if argv is None else argv)
+    _configure_logging(settings)
+    from podiam_operator import handlers  # noqa: F401  (registers the handlers)
+
+    priority = settings.peering_priority if settings.peering_priority is not None else leadership.default_priority()
+    from kopf._core.engines import peering as _peering  # kopf has no public API for the identity it uses
+
+    identity = _peering.detect_own_id(manual=False)
+    memo = kopf.Memo(podiam_settings=settings, identity=identity, priority=priority)
+    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    asyncio.run(
+        kopf.operator(
+            clusterwide=True,
+            standalone=settings.standalone,
+            peering_name=settings.peering_name,
+            priority=priority,
+            identity=identity,
+            liveness_endpoint=liveness,
+            memo=memo,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

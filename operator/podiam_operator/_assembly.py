@@ -1,0 +1,98 @@
+"""Builds the engine from the settings: STS source and cache, push client, API client, leadership."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+from podiam_operator import _settings
+from podiam_operator._core import decide, roles
+from podiam_operator._kits import clock as clocks
+from podiam_operator._kits import engine as engines
+from podiam_operator._kits import kube as kubes
+from podiam_operator._kits import leadership as leaderships
+from podiam_operator._kits import push, sts, tlsfiles
+
+logger = logging.getLogger(__name__)
+
+
+def region(settings: _settings.OperatorSettings) -> str:
+    return settings.sts_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+async def resolve_base(settings: _settings.OperatorSettings, source: sts.CredentialSource) -> roles.BaseArn:
+    """The configured base ARN, or the account and partition of our own identity (retried until STS answers)."""
+    if settings.base_role_arn:
+        return roles.BaseArn.parse(settings.base_role_arn)
+    delay = 1.0
+    while True:
+        try:
+            arn, account = await source.caller_identity()
+            base = roles.BaseArn.from_caller_identity(arn, account)
+            logger.info("role names resolve against %s (from the caller identity %s)", base.prefix, arn)
+            return base
+        except (sts.StsError, roles.RoleError) as error:
+            logger.error("GetCallerIdentity failed (%s); role names cannot be resolved yet, retrying in %.0fs", error, delay)
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
+
+
+async def build(
+    settings: _settings.OperatorSettings, stack: contextlib.AsyncExitStack, *, identity: str, priority: int
+) -> engines.Engine:
+    kube = await stack.enter_async_context(kubes.Kube())
+    if not settings.standalone:
+        await kube.ensure_peering(settings.peering_name)
+    source = await stack.enter_async_context(
+        sts.AioBotocoreSource(
+            region=region(settings),
+            endpoint_url=settings.sts_endpoint_url,
+            timeout=settings.sts_timeout,
+            assume_role_arn=settings.assume_role_arn,
+            max_connections=settings.sts_concurrency,
+        )
+    )
+    base = await resolve_base(settings, source)
+    clock = clocks.SystemClock()
+    cache = sts.CredentialCache(
+        source,
+        clock,
+        concurrency=settings.sts_concurrency,
+        attempts=settings.sts_attempts,
+        retry_base=settings.sts_retry_base,
+        refresh_point=settings.refresh_point,
+        min_remaining=settings.effective_min_remaining,
+        failure_retry_max=settings.failure_retry_max,
+    )
+    client = push.Client(
+        tlsfiles.ClientTls(settings.tls_client_cert_file, settings.tls_client_key_file, settings.tls_ca_file),
+        server_name=settings.proxy_server_name,
+        timeout=settings.push_timeout,
+        concurrency=settings.push_concurrency,
+    )
+
+    def pusher_factory(desired: push.DesiredFn, credentials: push.CredentialsFn, synced: push.SyncedFn) -> push.Pusher:
+        return push.Pusher(
+            client, desired, credentials, synced, port=settings.proxy_control_port, anti_entropy=settings.anti_entropy_interval
+        )
+
+    leadership = None
+    if not settings.standalone:
+        leadership = leaderships.Leadership(
+            kube, name=settings.peering_name, identity=identity, priority=priority, interval=max(1.0, settings.peering_lifetime / 3)
+        )
+    engine = engines.Engine(
+        config=decide.SessionConfig(settings.session_duration, settings.session_name, settings.per_pod_sessions),
+        base=base,
+        cache=cache,
+        pusher_factory=pusher_factory,
+        kube=kube,
+        clock=clock,
+        node_taint=settings.node_taint,
+        manage_node_taint=settings.manage_node_taint,
+        leadership=leadership,
+    )
+    stack.push_async_callback(engine.close)
+    return engine

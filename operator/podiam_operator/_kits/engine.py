@@ -1,0 +1,455 @@
+"""The engine: the world model wired to the credential cache, the pushers and the Kubernetes API.
+
+Handlers feed it facts; it works out the consequences: which credentials to
+fetch, which nodes to push to, which binding statuses and Events to write,
+which pod-owned bindings to create or delete, which start-up taints to lift.
+Everything slow (STS, pushes, API writes) runs in background tasks, so a
+handler returns at once and one slow part never holds up another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from kubernetes_asyncio.client.rest import ApiException
+
+from metadata_proxy import wire
+from podiam_operator import _metrics
+from podiam_operator._core import decide, facts, policy, roles, world
+from podiam_operator._kits import clock as clocks
+from podiam_operator._kits import kube as kubes
+from podiam_operator._kits import push, sts
+
+logger = logging.getLogger(__name__)
+
+WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
+STATUS_CONCURRENCY = 8
+MAX_POD_EVENTS_PER_FAILURE = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Indexes:
+    """kopf's indexes, complete once any handler runs: the operator's starting picture."""
+
+    pods: Iterable[facts.PodFacts]
+    namespaces: Iterable[policy.NamespacePolicy]
+    bindings: Iterable[facts.BindingFacts]
+    proxies: Iterable[facts.ProxyFacts]
+    tainted_nodes: Iterable[str]
+
+
+def _ref(api_version: str, kind: str, namespace: str, name: str, uid: str) -> dict[str, str]:
+    return {"apiVersion": api_version, "kind": kind, "namespace": namespace, "name": name, "uid": uid}
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        config: decide.SessionConfig,
+        base: roles.BaseArn | None,
+        cache: sts.CredentialCache,
+        pusher_factory: Any,
+        kube: kubes.Kube,
+        clock: clocks.Clock,
+        node_taint: str,
+        manage_node_taint: bool,
+        leadership: Any = None,
+    ) -> None:
+        self.world = world.World(config, base)
+        self.cache = cache
+        self.kube = kube
+        self.clock = clock
+        self.node_taint = node_taint
+        self.manage_node_taint = manage_node_taint
+        self.leadership = leadership
+        self.pusher: push.Pusher = pusher_factory(self._desired, self._credentials, self._synced)
+        self.tainted: set[str] = set()
+        self.started = False
+        self._start_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fetching: set[str] = set()
+        self._status_dirty: set[world.BindingKey] = set()
+        self._status_wakeup = asyncio.Event()
+        self._written: dict[world.BindingKey, dict[str, Any]] = {}
+        self._conditions: dict[world.BindingKey, dict[str, Any]] = {}
+        self._phases: dict[world.BindingKey, str] = {}
+        self._owned_dirty: set[world.PodKey] = set()
+        self._owned_wakeup = asyncio.Event()
+        self._owned_created: dict[world.PodKey, str] = {}  # created, not seen back yet: pod uid
+        self._emitted: dict[tuple[str, str], str] = {}  # (object uid, reason) -> message, to post each Event once
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def start(self, indexes: Indexes) -> None:
+        """Once, at the first handler call: load the complete picture, fetch credentials, then push."""
+        async with self._start_lock:
+            if self.started:
+                return
+            for namespace in indexes.namespaces:
+                self.world.set_namespace(namespace)
+            for binding in indexes.bindings:
+                self.world.set_binding(binding)
+            for pod in indexes.pods:
+                self.world.set_pod(pod)
+            for proxy in indexes.proxies:
+                self.world.set_proxy(proxy.node, proxy)
+                self.pusher.set_proxy(proxy.node, proxy)
+            self.tainted = set(indexes.tainted_nodes)
+            if self.leadership is not None:
+                await self.leadership.wait_until_leader()
+            keys = self.world.used_keys()
+            logger.info("starting with %d pods, %d bindings, %d proxies, %d credential sets to fetch",
+                        len(self.world.pods), len(self.world.bindings), len(self.world.proxies), len(keys))
+            # A new leader's first snapshots replace what the proxies hold: fetch
+            # every credential set first, so that no pod loses its credentials.
+            fetches = [asyncio.ensure_future(self._fetch(key)) for key in keys]
+            if fetches:
+                await asyncio.wait(fetches, timeout=WARMUP_TIMEOUT)
+            self.started = True
+            self.pusher.start()
+            self._spawn(self.cache.run_refresher(self._in_use, self._refreshed), "refresher")
+            self._spawn(self._status_loop(), "status-writer")
+            self._spawn(self._owned_loop(), "owned-bindings")
+            if self.leadership is not None:
+                self._spawn(self.leadership.watch(), "leadership")
+            self._status_dirty |= set(self.world.bindings)
+            self._status_wakeup.set()
+            self._owned_dirty |= {k for k, p in self.world.pods.items() if p.role is not None or self.world.bindings.get(k)}
+            self._owned_wakeup.set()
+            for key, decision in self.world.decisions.items():
+                self._pod_events(key, decision)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pusher.close()
+
+    # --- facts in -----------------------------------------------------------------
+
+    def pod_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        if event_type == "DELETED":
+            delta = self.world.delete_pod(meta.get("namespace", ""), meta.get("name", ""))
+        else:
+            delta = self.world.set_pod(facts.pod_facts(body))
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        self._apply(delta)
+        if event_type != "DELETED":
+            self._owned_dirty.add(key)
+            self._owned_wakeup.set()
+        else:
+            self._forget_events(meta.get("uid", ""))
+
+    def proxy_event(self, event_type: str | None, body: dict[str, Any], node_hint: str | None = None) -> None:
+        proxy = None if event_type == "DELETED" else facts.proxy_facts(body)
+        node = proxy.node if proxy else (body.get("spec", {}).get("nodeName") or node_hint)
+        if not node:
+            return
+        current = self.world.proxies.get(node)
+        if proxy is None and current is not None and current.pod_uid != body.get("metadata", {}).get("uid"):
+            return  # an old proxy pod of this node went away; the current one stays
+        if self.world.set_proxy(node, proxy):
+            self.pusher.set_proxy(node, proxy)
+
+    def namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        if event_type == "DELETED":
+            self._apply(self.world.delete_namespace(body.get("metadata", {}).get("name", "")))
+        else:
+            self._apply(self.world.set_namespace(facts.namespace_policy(body)))
+
+    def binding_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            delta = self.world.delete_binding(*key)
+            self._written.pop(key, None)
+            self._conditions.pop(key, None)
+            if self._phases.pop(key, None) is not None:
+                self._phase_gauge()
+            self._forget_events(meta.get("uid", ""))
+        else:
+            binding = facts.binding_facts(body)
+            delta = self.world.set_binding(binding)
+            if binding.pod_owned:
+                self._owned_created.pop(key, None)
+            status = body.get("status") or {}
+            if status.get("observedGeneration") != binding.generation:
+                delta.bindings.add(key)
+        self._apply(delta)
+        # Pod-owned: recreate it if a user deleted it while the annotation stays; fix edited specs.
+        if key in self.world.pods:
+            self._owned_dirty.add(key)
+            self._owned_wakeup.set()
+
+    def node_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body.get("metadata", {}).get("name", "")
+        if event_type != "DELETED" and facts.node_has_taint(body, self.node_taint):
+            if name not in self.tainted:
+                self.tainted.add(name)
+                worker = self.pusher.workers.get(name)
+                if worker is not None and worker.synced_once and self.started:
+                    self._spawn(self._synced(name), f"untaint-{name}")
+        else:
+            self.tainted.discard(name)
+
+    # --- consequences ----------------------------------------------------------------
+
+    def _apply(self, delta: world.Delta) -> None:
+        if not delta or not self.started:
+            return
+        for key in delta.keys_used:
+            self._spawn(self._fetch(key), "fetch")
+        ready_keys = {k for k in delta.keys_used if self.cache.usable(k) is not None}
+        nodes = set(delta.nodes)
+        for key in ready_keys:
+            nodes |= self.world.nodes_using(key)
+        self.pusher.poke(nodes)
+        if delta.bindings:
+            self._status_dirty |= delta.bindings
+            self._status_wakeup.set()
+        for pod_key in delta.pods:
+            decision = self.world.decisions.get(pod_key)
+            if decision is not None:
+                self._pod_events(pod_key, decision)
+
+    async def _fetch(self, key: str) -> None:
+        grant = self.world.grants.get(key)
+        if grant is None or key in self._fetching:
+            return
+        self._fetching.add(key)
+        try:
+            await self.cache.get(key, sts.AssumeRequest.for_grant(grant))
+        except sts.StsError as error:
+            await self._refreshed(key, None, error)
+        else:
+            await self._refreshed(key, self.cache.usable(key), None)
+        finally:
+            self._fetching.discard(key)
+
+    def _in_use(self, key: str) -> bool:
+        return bool(self.world.key_users.get(key))
+
+    async def _refreshed(self, key: str, credentials: sts.Credentials | None, error: sts.StsError | None) -> None:
+        """New credentials go to every node that needs them; failures to statuses and Events."""
+        if credentials is not None:
+            self.pusher.poke(self.world.nodes_using(key))
+        bindings = self.world.bindings_using(key)
+        self._status_dirty |= bindings
+        self._status_wakeup.set()
+        if error is not None and self.cache.usable(key) is None:
+            grant = self.world.grants.get(key)
+            arn = grant.role.arn if grant else "?"
+            message = f"AssumeRole {arn} failed: {error.code}: {error.message}; retried later"
+            for count, pod_key in enumerate(sorted(self.world.key_users.get(key, ()))):
+                if count >= MAX_POD_EVENTS_PER_FAILURE:
+                    break
+                pod = self.world.pods.get(pod_key)
+                if pod is not None:
+                    self._post_event(_ref("v1", "Pod", pod.namespace, pod.name, pod.uid), "Warning", "AssumeRoleFailed", message)
+
+    def _desired(self, node: str) -> world.NodeDesired:
+        return self.world.desired_for_node(node)
+
+    def _credentials(self, key: str) -> wire.RoleCredentials | None:
+        credentials = self.cache.usable(key)
+        grant = self.world.grants.get(key)
+        if credentials is None or grant is None:
+            return None
+        return wire.RoleCredentials(
+            key=key,
+            role_arn=grant.role.arn,
+            role_name=grant.role.name,
+            access_key_id=credentials.access_key_id,
+            secret_access_key=credentials.secret_access_key,
+            session_token=credentials.session_token,
+            expiration=credentials.expiration,
+            last_updated=credentials.issued,
+        )
+
+    async def _synced(self, node: str) -> None:
+        """A proxy has its snapshot: its node may now run pods (lift the start-up taint)."""
+        self.pusher._gauge()
+        if not self.manage_node_taint or node not in self.tainted:
+            return
+        try:
+            if await self.kube.remove_node_taint(node, self.node_taint):
+                logger.info("node %s: proxy synced, start-up taint %s removed", node, self.node_taint)
+            self.tainted.discard(node)
+        except ApiException as error:
+            logger.error("could not remove taint %s from node %s: HTTP %s %s", self.node_taint, node, error.status, error.reason)
+
+    # --- Events ------------------------------------------------------------------------
+
+    def _post_event(self, ref: dict[str, str], kind: str, reason: str, message: str) -> None:
+        memory_key = (ref["uid"], reason)
+        if self._emitted.get(memory_key) == message:
+            return
+        self._emitted[memory_key] = message
+        self._spawn(self.kube.event(ref, kind, reason, message), "event")
+
+    def _forget_events(self, uid: str) -> None:
+        for memory_key in [k for k in self._emitted if k[0] == uid]:
+            del self._emitted[memory_key]
+
+    def _pod_events(self, key: world.PodKey, decision: decide.PodDecision) -> None:
+        pod = self.world.pods.get(key)
+        if pod is None:
+            return
+        if decision.outcome in ("denied", "conflict", "error"):
+            self._post_event(_ref("v1", "Pod", pod.namespace, pod.name, pod.uid), "Warning", decision.reason, decision.message)
+        elif decision.outcome == "granted":
+            # A later failure of the same kind is news again.
+            for reason in ("HostNetwork", "NamespaceNotPermitted", "RoleNotPermitted", "InvalidPermittedRegex", "ConflictingBindings", "InvalidRole"):
+                self._emitted.pop((pod.uid, reason), None)
+
+    # --- binding statuses --------------------------------------------------------------------
+
+    def _status_of(self, key: world.BindingKey) -> tuple[decide.BindingStatus, facts.BindingFacts] | None:
+        binding = self.world.bindings.get(key)
+        if binding is None:
+            return None
+        decisions = self.world.binding_decisions(key)
+        if binding.pod_owned:
+            # A pod-owned binding speaks for its owner pod only.
+            decisions = [(p, d) for p, d in decisions if p.uid == binding.owner_pod_uid]
+        states = {d.grant.key: self.cache.state(d.grant.key) for _, d in decisions if d.grant is not None}
+        return decide.binding_status(self.world.evals.get(key), decisions, states), binding
+
+    async def _status_loop(self) -> None:
+        semaphore = asyncio.Semaphore(STATUS_CONCURRENCY)
+        while True:
+            await self._status_wakeup.wait()
+            self._status_wakeup.clear()
+            await asyncio.sleep(0.05)  # coalesce bursts
+            batch, self._status_dirty = self._status_dirty, set()
+
+            async def write(key: world.BindingKey) -> None:
+                async with semaphore:
+                    await self._write_status(key)
+
+            await asyncio.gather(*(write(key) for key in batch))
+
+    async def _write_status(self, key: world.BindingKey) -> None:
+        computed = self._status_of(key)
+        if computed is None:
+            return
+        status, binding = computed
+        ready = "True" if status.phase == "Bound" else "False"
+        previous = self._conditions.get(key)
+        transition = previous["lastTransitionTime"] if previous and previous["status"] == ready else sts.rfc3339(self.clock.now())
+        condition = {
+            "type": "Ready", "status": ready, "reason": status.reason, "message": status.message,
+            "lastTransitionTime": transition, "observedGeneration": binding.generation,
+        }
+        body: dict[str, Any] = {
+            "phase": status.phase,
+            "roleArn": status.role_arn,
+            "pods": status.pods,
+            "expiration": status.expiration,
+            "message": status.message,
+            "observedGeneration": binding.generation,
+            "conditions": [condition],
+        }
+        comparable = {k: v for k, v in body.items() if k != "conditions"} | {"reason": status.reason}
+        if self._written.get(key) == comparable:
+            return
+        try:
+            await self.kube.patch_binding_status(binding.namespace, binding.name, body)
+        except ApiException as error:
+            if error.status != 404:
+                logger.warning("status of binding %s/%s not written: HTTP %s", *key, error.status)
+                self._status_dirty.add(key)
+                self._status_wakeup.set()
+                await asyncio.sleep(1.0)
+            return
+        old_phase = self._phases.get(key)
+        self._written[key] = comparable
+        self._conditions[key] = condition
+        self._phases[key] = status.phase
+        self._phase_gauge()
+        ref = _ref(facts.API_VERSION, facts.KIND, binding.namespace, binding.name, binding.uid)
+        if status.phase in ("Denied", "Conflict", "Error"):
+            self._post_event(ref, "Warning", status.reason, status.message)
+        elif status.phase == "Bound" and old_phase != "Bound":
+            self._post_event(ref, "Normal", "Bound", status.message)
+            for reason in list(self._emitted):
+                if reason[0] == binding.uid and reason[1] != "Bound":
+                    del self._emitted[reason]
+
+    def _phase_gauge(self) -> None:
+        counts = collections.Counter(self._phases.values())
+        for phase in ("Pending", "Bound", "Denied", "Conflict", "Error"):
+            _metrics.BINDINGS.labels(phase).set(counts.get(phase, 0))
+
+    # --- pod-owned bindings ---------------------------------------------------------------------
+
+    async def _owned_loop(self) -> None:
+        semaphore = asyncio.Semaphore(STATUS_CONCURRENCY)
+        while True:
+            await self._owned_wakeup.wait()
+            self._owned_wakeup.clear()
+            batch, self._owned_dirty = self._owned_dirty, set()
+
+            async def sync(key: world.PodKey) -> None:
+                async with semaphore:
+                    try:
+                        await self._sync_owned(key)
+                    except ApiException as error:
+                        logger.warning("pod-owned binding %s/%s: HTTP %s %s; retrying", *key, error.status, error.reason)
+                        await asyncio.sleep(1.0)
+                        self._owned_dirty.add(key)
+                        self._owned_wakeup.set()
+
+            await asyncio.gather(*(sync(key) for key in batch))
+
+    async def _sync_owned(self, key: world.PodKey) -> None:
+        pod = self.world.pods.get(key)
+        binding = self.world.bindings.get(key)
+        if pod is None:
+            return  # the garbage collector deletes bindings of deleted pods
+        owned = binding if binding is not None and binding.owner_pod_uid == pod.uid else None
+        if pod.role is None:
+            if owned is not None:
+                logger.info("pod %s/%s lost its role annotation: deleting its binding", *key)
+                await self.kube.delete_binding(pod.namespace, pod.name, owned.uid)
+            return
+        if binding is not None and owned is None:
+            if binding.pod_owned:  # owned by an earlier pod of that name: replace it
+                await self.kube.delete_binding(pod.namespace, pod.name, binding.uid)
+            else:
+                self._post_event(_ref("v1", "Pod", pod.namespace, pod.name, pod.uid), "Warning", "BindingNameTaken",
+                                 f"a PodRoleBinding named {pod.name} already exists and is not this pod's; "
+                                 "the pod's role annotation still applies, its status shows on the pod's Events only")
+            return
+        if owned is None:
+            if self._owned_created.get(key) == pod.uid:
+                return
+            try:
+                await self.kube.create_owned_binding(pod)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+            self._owned_created[key] = pod.uid
+            return
+        if owned.role != pod.role or owned.external_id != pod.external_id:
+            await self.kube.patch_binding_spec(pod.namespace, pod.name, {"role": pod.role, "externalId": pod.external_id})

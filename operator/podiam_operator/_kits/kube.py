@@ -1,0 +1,163 @@
+"""The API calls kopf does not make for us (kubernetes-asyncio): bindings, statuses, Events, taints, peering."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
+
+from podiam_operator._core import facts
+
+logger = logging.getLogger(__name__)
+COMPONENT = "podiam-operator"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Kube:
+    def __init__(self) -> None:
+        self.api: client.ApiClient | None = None
+
+    async def __aenter__(self) -> Kube:
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config()
+            configuration = client.Configuration.get_default_copy()
+        else:
+            configuration = client.Configuration()
+            await config.load_kube_config(client_configuration=configuration)
+        self.api = client.ApiClient(configuration)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.api is not None:
+            await self.api.close()
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    # --- PodRoleBindings -------------------------------------------------------
+
+    async def create_owned_binding(self, pod: facts.PodFacts) -> None:
+        spec: dict[str, Any] = {"role": pod.role}
+        if pod.external_id:
+            spec["externalId"] = pod.external_id
+        body = {
+            "apiVersion": facts.API_VERSION,
+            "kind": facts.KIND,
+            "metadata": {
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "labels": {facts.POD_LABEL: pod.name[:63], "app.kubernetes.io/managed-by": COMPONENT},
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": pod.uid, "controller": True, "blockOwnerDeletion": False}
+                ],
+            },
+            "spec": spec,
+        }
+        await self.custom.create_namespaced_custom_object(facts.GROUP, facts.VERSION, pod.namespace, facts.PLURAL, body)
+
+    async def patch_binding_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        await self.custom.patch_namespaced_custom_object(
+            facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, {"spec": spec}, _content_type=MERGE_PATCH
+        )
+
+    async def delete_binding(self, namespace: str, name: str, uid: str) -> None:
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        try:
+            await self.custom.delete_namespaced_custom_object(facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, body=body)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+
+    async def patch_binding_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self.custom.patch_namespaced_custom_object_status(
+            facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+        )
+
+    # --- Events ------------------------------------------------------------------
+
+    async def event(self, ref: dict[str, str], kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on ``ref`` (apiVersion, kind, name, namespace, uid)."""
+        now = _now()
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{ref['name'][:200]}.", namespace=ref["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=ref["apiVersion"], kind=ref["kind"], name=ref["name"], namespace=ref["namespace"], uid=ref["uid"]
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=kind,
+            source=client.V1EventSource(component=COMPONENT),
+            reporting_component=COMPONENT,
+            reporting_instance=os.environ.get("POD_NAME", COMPONENT),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            await self.core.create_namespaced_event(ref["namespace"], body)
+        except ApiException as error:
+            logger.warning("could not post Event %s on %s %s/%s: HTTP %s", reason, ref["kind"], ref["namespace"], ref["name"], error.status)
+
+    # --- nodes ---------------------------------------------------------------------
+
+    async def remove_node_taint(self, node: str, key: str) -> bool:
+        """Remove taint ``key`` from ``node``; True if it was there. Optimistic concurrency, retried on conflicts."""
+        for _ in range(5):
+            try:
+                body = await self.core.read_node(node)
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                raise
+            taints = body.spec.taints or []
+            kept = [t for t in taints if t.key != key]
+            if len(kept) == len(taints):
+                return False
+            patch = {
+                "metadata": {"resourceVersion": body.metadata.resource_version},
+                "spec": {"taints": [self.api.sanitize_for_serialization(t) for t in kept] or None},  # type: ignore[union-attr]
+            }
+            try:
+                await self.core.patch_node(node, patch, _content_type=MERGE_PATCH)
+                return True
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+            await asyncio.sleep(0.1)
+        return False
+
+    # --- peering ---------------------------------------------------------------------
+
+    async def ensure_peering(self, name: str) -> None:
+        """kopf's peering needs its ClusterKopfPeering object; create it if missing."""
+        try:
+            await self.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            try:
+                await self.custom.create_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+                )
+            except ApiException as create_error:
+                if create_error.status != 409:
+                    raise
+
+    async def peers(self, name: str) -> dict[str, Any]:
+        body = await self.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
+        status = body.get("status") if isinstance(body, dict) else None
+        return status if isinstance(status, dict) else {}

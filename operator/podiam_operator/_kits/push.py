@@ -1,0 +1,335 @@
+"""Pushes to the proxies: one worker per node, each with its own queue and backoff.
+
+A worker holds what it believes its proxy holds (``sent``) and turns the
+difference to the node's desired state into one ``POST /v1/changes`` at a
+time; many changes coalesce into one request. Whenever that belief may be
+wrong (first contact, a new or restarted proxy pod, a failed or rejected
+push, a status that does not add up), the worker sends a full snapshot
+instead. Every request has a timeout and the workers share nothing but a
+concurrency bound, so a dead or slow node never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pydantic
+
+from metadata_proxy import wire
+from podiam_operator import _metrics
+from podiam_operator._core import facts, world
+from podiam_operator._kits import tlsfiles
+
+logger = logging.getLogger(__name__)
+
+DesiredFn = Callable[[str], world.NodeDesired]
+CredentialsFn = Callable[[str], "wire.RoleCredentials | None"]
+SyncedFn = Callable[[str], Awaitable[None]]
+
+
+class PushFailed(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class _Sent:
+    pods: dict[str, world.PodEntryPlan] = dataclasses.field(default_factory=dict)  # by uid
+    roles: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> access key id (never the secret)
+
+
+class Client:
+    """HTTPS to the proxies' control ports with the operator's client certificate."""
+
+    def __init__(self, tls: tlsfiles.ClientTls, *, server_name: str, timeout: float, concurrency: int) -> None:
+        self.tls = tls
+        self.server_name = server_name
+        self.timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 3.0))
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+        self._version = -1
+
+    def _current(self) -> aiohttp.ClientSession:
+        context = self.tls.context()
+        if self._session is None or self._version != self.tls.version:
+            old = self._session
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context, limit=0, limit_per_host=2, keepalive_timeout=30),
+                timeout=self.timeout,
+                raise_for_status=False,
+            )
+            self._version = self.tls.version
+            if old is not None:
+                asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
+        return self._session
+
+    async def request(self, method: str, url: str, body: bytes | None, kind: str) -> bytes:
+        started = time.monotonic()
+        result = "error"
+        try:
+            async with self.semaphore:
+                session = self._current()
+                headers = {"Content-Type": "application/json"} if body is not None else {}
+                async with session.request(method, url, data=body, headers=headers, server_hostname=self.server_name) as response:
+                    payload = await response.read()
+                    result = str(response.status)
+                    if response.status != 200:
+                        raise PushFailed(f"{method} {url}: HTTP {response.status}: {payload[:300].decode(errors='replace')}")
+                    result = "ok"
+                    return payload
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, tlsfiles.TlsMaterialError) as error:
+            result = type(error).__name__
+            raise PushFailed(f"{method} {url}: {type(error).__name__}: {error}") from None
+        finally:
+            _metrics.PUSHES.labels(kind, result).inc()
+            _metrics.PUSH_LATENCY.labels(kind, result).observe(time.monotonic() - started)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class NodeWorker:
+    def __init__(
+        self,
+        node: str,
+        client: Client,
+        desired: DesiredFn,
+        credentials: CredentialsFn,
+        on_synced: SyncedFn,
+        *,
+        port: int,
+        anti_entropy: float,
+    ) -> None:
+        self.node = node
+        self.client = client
+        self.desired = desired
+        self.credentials = credentials
+        self.on_synced = on_synced
+        self.port = port
+        self.anti_entropy = anti_entropy
+        self.proxy: facts.ProxyFacts | None = None
+        self.sent = _Sent()
+        self.need_snapshot = True
+        self.generation = 0
+        self.synced_once = False
+        self.dirty = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self.proxy is not None and self.proxy.host_ip is not None
+        host = self.proxy.host_ip
+        return f"https://[{host}]:{self.port}" if ":" in host else f"https://{host}:{self.port}"
+
+    def set_proxy(self, proxy: facts.ProxyFacts | None) -> None:
+        old = self.proxy
+        self.proxy = proxy
+        if proxy is None or old is None or (old.pod_uid, old.restarts, old.host_ip) != (proxy.pod_uid, proxy.restarts, proxy.host_ip):
+            # A new or restarted proxy holds nothing we sent: start over with a snapshot.
+            self.need_snapshot = True
+            self.sent = _Sent()
+        self.dirty.set()
+
+    def poke(self) -> None:
+        self.dirty.set()
+
+    def resync(self) -> None:
+        self.need_snapshot = True
+        self.dirty.set()
+
+    async def run(self) -> None:
+        backoff = 0.0
+        next_check = time.monotonic() + self.anti_entropy
+        while True:
+            timeout = max(0.0, next_check - time.monotonic())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.dirty.wait(), timeout)
+            self.dirty.clear()
+            if self.proxy is None or not self.proxy.reachable:
+                self.need_snapshot = True
+                continue
+            check = time.monotonic() >= next_check
+            try:
+                if check:
+                    next_check = time.monotonic() + self.anti_entropy
+                    await self._check()
+                if self.need_snapshot:
+                    await self._snapshot()
+                else:
+                    await self._changes()
+                backoff = 0.0
+                if self.last_error is not None:
+                    logger.info("proxy on node %s reachable again", self.node)
+                    self.last_error = None
+            except PushFailed as error:
+                self.need_snapshot = True
+                if str(error) != self.last_error:
+                    logger.warning("push to the proxy on node %s failed: %s", self.node, error)
+                self.last_error = str(error)
+                backoff = min(5.0, max(0.2, backoff * 2))
+                await asyncio.sleep(backoff)
+                self.dirty.set()  # try again
+
+    def _roles_and_pods(self, desired: world.NodeDesired) -> tuple[dict[str, wire.RoleCredentials], dict[str, world.PodEntryPlan]]:
+        roles = {}
+        for key in desired.keys:
+            credentials = self.credentials(key)
+            if credentials is not None:
+                roles[key] = credentials
+        pods = {uid: plan for uid, plan in desired.pods.items() if plan.key in roles or plan.key in self.sent.roles}
+        return roles, pods
+
+    async def _snapshot(self) -> None:
+        desired = self.desired(self.node)
+        roles, pods = self._roles_and_pods(desired)
+        pods = {uid: plan for uid, plan in pods.items() if plan.key in roles}
+        self.generation = max(self.generation + 1, time.time_ns() // 1000)
+        snapshot = wire.Snapshot(
+            generation=self.generation,
+            roles=list(roles.values()),
+            pods=[wire.PodEntry(ip=p.ip, uid=p.uid, namespace=p.namespace, name=p.name, role_key=p.key) for p in pods.values()],
+        )
+        ack = self._ack(await self.client.request("PUT", self.base_url + wire.SNAPSHOT_PATH, wire.encode(snapshot), "snapshot"))
+        self.sent = _Sent(pods=dict(pods), roles={k: c.access_key_id for k, c in roles.items()})
+        self.need_snapshot = False
+        if ack.rejected:
+            # A snapshot replaces everything, so a rejection means bad entries of ours: drop them, say so.
+            for rejection in ack.rejected:
+                logger.error("proxy on node %s rejected pod %s (%s): %s", self.node, rejection.uid, rejection.ip, rejection.reason)
+                self.sent.pods.pop(rejection.uid, None)
+        logger.info("snapshot %d sent to node %s: %d pods, %d roles", self.generation, self.node, len(pods), len(roles))
+        self.synced_once = True
+        await self.on_synced(self.node)
+
+    async def _changes(self) -> None:
+        desired = self.desired(self.node)
+        roles, pods = self._roles_and_pods(desired)
+        upsert_roles = [c for key, c in roles.items() if self.sent.roles.get(key) != c.access_key_id]
+        remove_roles = [key for key in self.sent.roles if key not in desired.keys]
+        remove_pods = [plan for uid, plan in self.sent.pods.items() if pods.get(uid) != plan]
+        upsert_pods = [plan for uid, plan in pods.items() if self.sent.pods.get(uid) != plan]
+        if not (upsert_roles or remove_roles or remove_pods or upsert_pods):
+            return
+        changes = wire.Changes(
+            upsert_roles=upsert_roles,
+            remove_roles=remove_roles,
+            upsert_pods=[wire.PodEntry(ip=p.ip, uid=p.uid, namespace=p.namespace, name=p.name, role_key=p.key) for p in upsert_pods],
+            remove_pods=[wire.PodRemoval(ip=p.ip, uid=p.uid) for p in remove_pods],
+        )
+        ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes"))
+        for credentials in upsert_roles:
+            self.sent.roles[credentials.key] = credentials.access_key_id
+        for key in remove_roles:
+            self.sent.roles.pop(key, None)
+        for plan in remove_pods:
+            self.sent.pods.pop(plan.uid, None)
+        for plan in upsert_pods:
+            self.sent.pods[plan.uid] = plan
+        if ack.rejected:
+            logger.warning("proxy on node %s rejected %d pod entries (%s); sending a snapshot",
+                           self.node, len(ack.rejected), ack.rejected[0].reason)
+            self.need_snapshot = True
+            self.dirty.set()
+
+    async def _check(self) -> None:
+        """Anti-entropy: does the proxy hold what we think it holds?"""
+        payload = await self.client.request("GET", self.base_url + wire.STATUS_PATH, None, "status")
+        try:
+            status = wire.ProxyStatus.model_validate_json(payload)
+        except pydantic.ValidationError as error:
+            raise PushFailed(f"bad status from node {self.node}: {error}") from None
+        if self.need_snapshot:
+            return
+        if (
+            not status.ready
+            or status.snapshot_generation != self.generation
+            or status.pods != len(self.sent.pods)
+            or status.roles != len(self.sent.roles)
+        ):
+            logger.warning(
+                "proxy on node %s drifted (generation %s, %d pods, %d roles; expected %s, %d, %d): resyncing",
+                self.node, status.snapshot_generation, status.pods, status.roles, self.generation, len(self.sent.pods), len(self.sent.roles),
+            )
+            self.need_snapshot = True
+
+    @staticmethod
+    def _ack(payload: bytes) -> wire.Ack:
+        try:
+            return wire.Ack.model_validate_json(payload)
+        except pydantic.ValidationError as error:
+            raise PushFailed(f"bad acknowledgement: {error}") from None
+
+
+class Pusher:
+    """The set of node workers; the engine tells it which nodes changed."""
+
+    def __init__(
+        self,
+        client: Client,
+        desired: DesiredFn,
+        credentials: CredentialsFn,
+        on_synced: SyncedFn,
+        *,
+        port: int,
+        anti_entropy: float,
+    ) -> None:
+        self.client = client
+        self._desired = desired
+        self._credentials = credentials
+        self._on_synced = on_synced
+        self.port = port
+        self.anti_entropy = anti_entropy
+        self.workers: dict[str, NodeWorker] = {}
+        self.enabled = False
+
+    def _worker(self, node: str) -> NodeWorker:
+        worker = self.workers.get(node)
+        if worker is None:
+            worker = self.workers[node] = NodeWorker(
+                node, self.client, self._desired, self._credentials, self._on_synced, port=self.port, anti_entropy=self.anti_entropy
+            )
+            if self.enabled:
+                worker.task = asyncio.ensure_future(worker.run())
+        return worker
+
+    def start(self) -> None:
+        """Begin pushing (once the operator's model of the cluster is complete)."""
+        self.enabled = True
+        for worker in self.workers.values():
+            if worker.task is None:
+                worker.task = asyncio.ensure_future(worker.run())
+                worker.dirty.set()
+
+    def set_proxy(self, node: str, proxy: facts.ProxyFacts | None) -> None:
+        self._worker(node).set_proxy(proxy)
+        self._gauge()
+
+    def poke(self, nodes: set[str]) -> None:
+        for node in nodes:
+            worker = self.workers.get(node)
+            if worker is not None:
+                worker.poke()
+
+    def resync_all(self) -> None:
+        for worker in self.workers.values():
+            worker.resync()
+
+    def _gauge(self) -> None:
+        synced = sum(1 for w in self.workers.values() if w.proxy is not None and w.synced_once and not w.need_snapshot)
+        known = sum(1 for w in self.workers.values() if w.proxy is not None)
+        _metrics.PROXIES.labels("synced").set(synced)
+        _metrics.PROXIES.labels("pending").set(known - synced)
+
+    async def close(self) -> None:
+        for worker in self.workers.values():
+            if worker.task is not None:
+                worker.task.cancel()
+        await asyncio.gather(*(w.task for w in self.workers.values() if w.task is not None), return_exceptions=True)
+        await self.client.close()

@@ -1,0 +1,153 @@
+"""kopf handlers: watch-only (events and indexes), each delegating to the engine.
+
+Pods, namespaces and nodes are only watched: there are no change-detecting
+handlers for them, so kopf never writes progress annotations or finalizers
+to them. PodRoleBindings are watched too; their status is written by the
+engine, not by kopf's handler machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+from typing import Any
+
+import kopf
+
+from podiam_operator import _assembly, _metrics, _settings
+from podiam_operator._core import facts
+from podiam_operator._kits import engine as engines
+
+logger = logging.getLogger(__name__)
+
+
+def _ops(memo: Any) -> _settings.OperatorSettings:
+    return memo.podiam_settings  # type: ignore[no-any-return]
+
+
+def _is_proxy(body: Any, ops: _settings.OperatorSettings) -> bool:
+    meta = body.get("metadata", {})
+    labels = meta.get("labels") or {}
+    return meta.get("namespace") == ops.proxy_namespace and all(labels.get(k) == v for k, v in ops.proxy_labels().items())
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, **_: Any) -> None:
+    ops = _ops(memo)
+    # Near-immediate handling: a pod's IP must reach its proxy well within a second.
+    settings.batching.batch_window = 0.01
+    settings.batching.idle_timeout = 60
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.peering.lifetime = ops.peering_lifetime
+    settings.posting.level = logging.ERROR  # our own Events say what users need
+    settings.networking.request_timeout = 30
+    memo.stack = contextlib.AsyncExitStack()
+    if importlib.util.find_spec("podiam_operator.tls") is not None:
+        from podiam_operator import tls
+
+        await tls.prepare(ops, logger)
+        if "proxy_server_name" not in ops.model_fields_set:
+            ops.proxy_server_name = tls.settings().proxy_server_name
+    _metrics.serve(ops.metrics_address, ops.metrics_port)
+    memo.engine = await _assembly.build(ops, memo.stack, identity=memo.identity, priority=memo.priority)
+    if importlib.util.find_spec("podiam_operator.tls") is not None:
+        from podiam_operator import tls
+
+        memo.tls_task = asyncio.ensure_future(tls.run_renewals(is_active=lambda: bool(memo.engine.started)))
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: Any, **_: Any) -> None:
+    task = getattr(memo, "tls_task", None)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    stack = getattr(memo, "stack", None)
+    if stack is not None:
+        await stack.aclose()
+
+
+# --- indexes: the complete picture at start ------------------------------------------
+
+
+@kopf.index("pods")
+def podiam_pods(body: kopf.Body, **_: Any) -> Any:
+    pod = facts.pod_facts(body)
+    return {pod.key: pod}
+
+
+@kopf.index("pods")
+def podiam_proxies(body: kopf.Body, memo: Any, **_: Any) -> Any:
+    if not _is_proxy(body, _ops(memo)):
+        return None
+    proxy = facts.proxy_facts(body)
+    return {proxy.node: proxy} if proxy is not None else None
+
+
+@kopf.index("namespaces")
+def podiam_namespaces(body: kopf.Body, **_: Any) -> Any:
+    namespace = facts.namespace_policy(body)
+    return {namespace.namespace: namespace}
+
+
+@kopf.index(facts.GROUP, facts.VERSION, facts.PLURAL)
+def podiam_bindings(body: kopf.Body, **_: Any) -> Any:
+    binding = facts.binding_facts(body)
+    return {binding.key: binding}
+
+
+@kopf.index("nodes")
+def podiam_tainted_nodes(body: kopf.Body, memo: Any, **_: Any) -> Any:
+    if facts.node_has_taint(body, _ops(memo).node_taint):
+        return {body.get("metadata", {}).get("name"): True}
+    return None
+
+
+def _values(index: kopf.Index[Any, Any]) -> list[Any]:
+    return [value for key in list(index) for value in index.get(key, [])]
+
+
+async def _engine(memo: Any, kwargs: dict[str, Any]) -> engines.Engine:
+    engine: engines.Engine = memo.engine
+    if not engine.started:
+        await engine.start(
+            engines.Indexes(
+                pods=_values(kwargs["podiam_pods"]),
+                namespaces=_values(kwargs["podiam_namespaces"]),
+                bindings=_values(kwargs["podiam_bindings"]),
+                proxies=_values(kwargs["podiam_proxies"]),
+                tainted_nodes=[k for k in kwargs["podiam_tainted_nodes"]],
+            )
+        )
+    return engine
+
+
+# --- events: incremental changes --------------------------------------------------------
+
+
+@kopf.on.event("pods")
+async def pod_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    engine = await _engine(memo, kwargs)
+    raw = dict(body)
+    engine.pod_event(type, raw)
+    if _is_proxy(raw, _ops(memo)):
+        engine.proxy_event(type, raw)
+
+
+@kopf.on.event("namespaces")
+async def namespace_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    (await _engine(memo, kwargs)).namespace_event(type, dict(body))
+
+
+@kopf.on.event(facts.GROUP, facts.VERSION, facts.PLURAL)
+async def binding_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    (await _engine(memo, kwargs)).binding_event(type, dict(body))
+
+
+@kopf.on.event("nodes")
+async def node_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    (await _engine(memo, kwargs)).node_event(type, dict(body))

@@ -1,0 +1,59 @@
+"""Integration tests of the operator: real control plane, moto STS, real proxies and operator processes.
+
+One :class:`tests.support.stack.Stack` per module (``stack``); each test uses
+its own namespace so tests do not see each other's pods.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.controlplane import ControlPlane
+from tests.support import moto
+from tests.support import stack as stacks
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: pytest.TempPathFactory) -> Iterator[stacks.Stack]:
+    workdir = tmp_path_factory.mktemp("stack")
+    running = stacks.Stack(controlplane, sts, workdir, nodes=2)
+    try:
+        running.start()
+        yield running
+    except BaseException:
+        for process in running.operators:
+            print(f"--- {process.name} log ---\n{process.log()[-6000:]}")
+        raise
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def ns(stack: stacks.Stack, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace that permits every role."""
+    name = f"t{next(_names)}-{request.node.name[:40].replace('_', '-').lower().strip('-')}"
+    stack.create_namespace(name, ".*")
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _dump_logs_on_failure(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "stack" in request.fixturenames:
+        running: stacks.Stack = request.getfixturevalue("stack")
+        for process in running.operators:
+            print(f"--- {process.name} log (tail) ---\n{process.log()[-8000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

@@ -1,0 +1,109 @@
+"""Annotation to credentials, per-node strictness, the AWS CLI, the taint, the CRD's validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.controlplane import KubectlError
+from tests.support import stack as stacks
+
+pytestmark = pytest.mark.integration
+ACCOUNT = "123456789012"
+
+
+def test_annotation_binds_and_only_the_pods_node_serves(stack: stacks.Stack, ns: str) -> None:
+    node, other = stack.nodes[0], stack.nodes[1]
+    ip = stack.next_ip()
+    stack.create_pod(ns, "app", role="app-role", node=node, ip=ip)
+    binding = stack.wait_binding_phase(ns, "app", "Bound")
+    assert binding["status"]["roleArn"] == f"arn:aws:iam::{ACCOUNT}:role/app-role"
+    assert binding["status"]["pods"] == 1
+    assert binding["status"]["expiration"]
+    assert binding["metadata"]["ownerReferences"][0]["kind"] == "Pod"
+    credentials = stack.wait_credentials(node, ip)
+    assert credentials["RoleName"] == "app-role"
+    assert credentials["Code"] == "Success"
+    # The other node's proxy knows nothing of this pod.
+    assert stack.imds(other, ip).status == 404
+    # No secret in the binding.
+    assert credentials["SecretAccessKey"] not in json.dumps(binding)
+    assert credentials["Token"] not in json.dumps(binding)
+
+
+def test_aws_cli_sees_the_assumed_role(stack: stacks.Stack, ns: str, tmp_path: Path) -> None:
+    node = stack.nodes[1]
+    ip = stack.next_ip()
+    stack.create_pod(ns, "cli", role="cli-role", node=node, ip=ip)
+    credentials = stack.wait_credentials(node, ip)
+    env = {
+        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": credentials["Token"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "aws"), "sts", "get-caller-identity", "--endpoint-url", stack.sts.url, "--output", "json"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    identity = json.loads(result.stdout)
+    assert identity["Arn"].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/cli-role/")
+
+
+def test_start_up_taint_is_removed_once_the_proxy_is_synced(stack: stacks.Stack) -> None:
+    for node in stack.nodes:
+        stacks.wait_for(lambda node=node: stacks.TAINT not in stack.node_taints(node), 30, f"taint gone from {node.name}")  # type: ignore[misc]
+
+
+def test_kopf_never_writes_to_pods_or_namespaces(stack: stacks.Stack, ns: str) -> None:
+    node = stack.nodes[0]
+    ip = stack.next_ip()
+    stack.create_pod(ns, "untouched", role="r1", node=node, ip=ip)
+    stack.wait_binding_phase(ns, "untouched", "Bound")
+    pod = stack.cp.api("GET", f"/api/v1/namespaces/{ns}/pods/untouched")
+    namespace = stack.cp.api("GET", f"/api/v1/namespaces/{ns}")
+    for obj in (pod, namespace):
+        meta = obj["metadata"]
+        assert not [k for k in (meta.get("annotations") or {}) if "kopf" in k], meta.get("annotations")
+        assert not [f for f in (meta.get("finalizers") or []) if "kopf" in f or "podiam" in f]
+        assert not [m for m in meta.get("managedFields", []) if m.get("manager", "").startswith(("kopf", "podiam", "python"))], \
+            meta.get("managedFields")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"role": "not a role"}, "spec.role"),
+        ({"role": "arn:aws:iam::12:role/x"}, "spec.role"),
+        ({"role": "ok", "podSelector": {"matchLabels": {"a": "!"}}}, "matchLabels"),
+        ({"role": "ok", "podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}, "operator"),
+        ({"role": "ok", "podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "values"),
+        ({"role": "ok", "sessionDuration": 60}, "sessionDuration"),
+        ({"role": "ok", "podSelector": "app=web"}, "podSelector"),
+        ({"role": "ok", "extra": 1}, "extra"),
+    ],
+)
+def test_crd_rejects_malformed_bindings_at_apply_time(stack: stacks.Stack, ns: str, spec: dict[str, object], message: str) -> None:
+    manifest = json.dumps({"apiVersion": "podiam.io/v1alpha1", "kind": "PodRoleBinding",
+                           "metadata": {"name": "bad", "namespace": ns}, "spec": spec})
+    with pytest.raises(KubectlError) as error:
+        stack.cp.kubectl("apply", "-f", "-", input=manifest)
+    assert message in str(error.value), str(error.value)
+
+
+def test_printer_columns(stack: stacks.Stack, ns: str) -> None:
+    ip = stack.next_ip()
+    stack.create_pod(ns, "shown", role="shown-role", node=stack.nodes[0], ip=ip)
+    stack.wait_binding_phase(ns, "shown", "Bound")
+    out = stack.cp.kubectl("get", "prb", "-n", ns)
+    header, row = out.splitlines()[:2]
+    assert header.split() == ["NAME", "ROLE", "PHASE", "PODS", "EXPIRES", "AGE"]
+    assert row.split()[:4] == ["shown", "shown-role", "Bound", "1"]
