@@ -35,10 +35,12 @@ async def serve(settings: _settings.ProxySettings) -> None:
         _iptables.install(settings.host_interface, str(settings.host_ip), settings.metadata_port)
 
     runners = [
-        (web.AppRunner(_imds.make_app(settings, store, metrics), handle_signals=False, access_log=None), settings.metadata_port, None),
-        (web.AppRunner(_control.make_app(store, metrics, settings.node_name, settings.operator_identity), handle_signals=False),
+        (web.AppRunner(_imds.make_app(settings, store, metrics), handle_signals=False, access_log=None, shutdown_timeout=5), settings.metadata_port, None),
+        (web.AppRunner(_control.make_app(store, metrics, settings.node_name, settings.operator_identity), handle_signals=False,
+                       shutdown_timeout=5),
          settings.control_port, tls.listener_context),
-        (web.AppRunner(_health.make_app(store, metrics), handle_signals=False, access_log=None), settings.health_port, None),
+        (web.AppRunner(_health.make_app(store, metrics), handle_signals=False, access_log=None, shutdown_timeout=5),
+         settings.health_port, None),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

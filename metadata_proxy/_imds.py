@@ -7,6 +7,7 @@ two dict lookups and returns bytes rendered when the credentials arrived.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -57,6 +58,14 @@ def _safe_for_upstream(raw: str) -> bool:
     # Only plain paths go upstream: no dot segments, escapes or empty segments
     # that the real service might resolve differently from our allow-list.
     return "%" not in raw and "//" not in raw and "/." not in raw and raw.startswith("/")
+
+
+def _ipv6_caller(text: str) -> str:
+    # On a dual-stack listener (--bind-address ::) IPv4 pods arrive as
+    # ::ffff:a.b.c.d; the store holds them as a.b.c.d.
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 class _Counters:
@@ -156,6 +165,8 @@ async def _dispatch(request: web.Request, route: str) -> web.Response:
         # sent it is not the pod this source IP belongs to.
         return _text(403, "podiam: requests with X-Forwarded-For are refused\n")
     ip = request.remote or ""
+    if ":" in ip:
+        ip = _ipv6_caller(ip)
     if route == "token":
         if request.method != "PUT":
             return _text(405, b"", headers={"Allow": "PUT"})

@@ -14,7 +14,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 class Metrics:
     def __init__(self) -> None:
         # *_created series double the exposition for no use here.
-        prom.disable_created_metrics()
+        prom.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = prom.CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = prom.Counter(

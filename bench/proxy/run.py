@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import shutil
 import subprocess
@@ -55,6 +56,12 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid``: per-request cost that other load on the machine does not distort."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def snapshot(pods: int) -> wire.Snapshot:
     # One role per pod: the per-pod-session worst case for memory.
     roles = [proxy.role_credentials(f"role-{i}", f"bench-role-{i}", expires_in=7200) for i in range(pods)]
@@ -94,6 +101,7 @@ def main() -> None:
         if not shutil.which(tool):
             sys.exit(f"{tool} missing: run `make system-deps` (Debian packages wrk, nginx-light)")
 
+    load = Path("/proc/loadavg").read_text().split()[0]
     work = Path(tempfile.mkdtemp(prefix="podiam-bench-"))
     work.chmod(0o755)  # nginx workers run as nobody and read the JSON from here
     nginx = None
@@ -118,7 +126,11 @@ def main() -> None:
 
         results = {}
         for name, url in (("proxy", f"{server.metadata_url}{ROLE_PATH}{role}"), ("nginx", f"http://{HOST}:{nginx_port}{ROLE_PATH}{role}")):
+            cpu_before = cpu_seconds(server.process.pid)
             results[name] = wrk(url, args.duration, args.connections, args.threads)
+            if name == "proxy":
+                cpu = cpu_seconds(server.process.pid) - cpu_before
+                results[name]["cpu_us_per_request"] = cpu / (results[name]["rps"] * args.duration) * 1e6
             time.sleep(1)
         rss_after = rss_mib(server.process.pid)
     finally:
@@ -132,6 +144,8 @@ def main() -> None:
     print(f"{'server':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}  socket errors")
     for name, r in results.items():
         print(f"{name:8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non2xx']:>8.0f}  {r['socket_errors']}")
+    print(f"proxy CPU per request: {results['proxy']['cpu_us_per_request']:.0f} us (one core: at most "
+          f"{1e6 / results['proxy']['cpu_us_per_request']:.0f} req/s); load average before the run: {load}")
     print(f"proxy/nginx throughput: {results['proxy']['rps'] / results['nginx']['rps']:.2f}")
     print(f"proxy RSS: {rss_empty:.1f} MiB empty, {rss_loaded:.1f} MiB with {args.pods} pods, {rss_after:.1f} MiB after the run")
     shutil.rmtree(work, ignore_errors=True)

@@ -28,6 +28,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pydantic
+
 from metadata_proxy import wire
 from tests.support import certs, ports, processes
 
@@ -59,8 +61,8 @@ def role_credentials(
         role_arn=f"arn:aws:iam::{account}:role/{role_name}",
         role_name=role_name,
         access_key_id=access_key_id or "ASIA" + uuid.uuid4().hex[:16].upper(),
-        secret_access_key=secret_access_key or "secret-" + uuid.uuid4().hex,
-        session_token=session_token or "token-" + uuid.uuid4().hex,
+        secret_access_key=pydantic.SecretStr(secret_access_key or "secret-" + uuid.uuid4().hex),
+        session_token=pydantic.SecretStr(session_token or "token-" + uuid.uuid4().hex),
         expiration=now + datetime.timedelta(seconds=expires_in),
         last_updated=now,
     )

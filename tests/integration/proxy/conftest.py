@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
+import boto3  # type: ignore[import-untyped]
+import pydantic
 import pytest
 
 from metadata_proxy import wire
@@ -62,8 +63,8 @@ def assumed_role(sts: moto.StsFront, role_name: str, key: str | None = None) -> 
     creds = answer["Credentials"]
     return wire.RoleCredentials(
         key=key or role_name, role_arn=role_arn, role_name=role_name,
-        access_key_id=creds["AccessKeyId"], secret_access_key=creds["SecretAccessKey"],
-        session_token=creds["SessionToken"], expiration=creds["Expiration"],
+        access_key_id=creds["AccessKeyId"], secret_access_key=pydantic.SecretStr(creds["SecretAccessKey"]),
+        session_token=pydantic.SecretStr(creds["SessionToken"]), expiration=creds["Expiration"],
         last_updated=datetime.datetime.now(datetime.timezone.utc),
     ), answer["AssumedRoleUser"]["Arn"]
 

@@ -182,3 +182,34 @@ def test_logs_hold_no_secrets(start_proxy: ProxyFactory, sts: moto.StsFront, tmp
     assert "push applied" in log
     for secret in (creds.secret_access_key.get_secret_value(), creds.session_token.get_secret_value(), "REJECTED-SECRET", "INVALID-SECRET"):
         assert secret not in log
+
+
+def test_rotated_certificates_are_picked_up_without_a_restart(tmp_path: Path) -> None:
+    import datetime
+    import socket
+
+    from tests.support import certs as certs_support
+    from tests.support.proxy import ProxyProcess, client_tls_context
+
+    pki = certs_support.make_pki(tmp_path / "pki")
+    proxy = ProxyProcess(tmp_path, pki, "127.0.0.38", args=["--tls-reload-interval", "0.1"]).start()
+    try:
+        def server_cert_der() -> bytes:
+            with socket.create_connection((proxy.host, proxy.control_port), timeout=5) as sock:
+                with client_tls_context(pki.ca, pki.operator).wrap_socket(sock, server_hostname=wire.PROXY_SERVER_NAME) as tls:
+                    der = tls.getpeercert(binary_form=True)
+                    assert der is not None
+                    return der
+
+        before = server_cert_der()
+        expiry_before = metric(proxy.metrics(), "podiam_proxy_tls_certificate_expiry_timestamp_seconds", file="cert")
+        assert expiry_before > time.time()
+        not_after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=7)
+        pki.issue("server", wire.PROXY_SERVER_NAME, common_name=wire.PROXY_SERVER_NAME, not_after=not_after)
+        proxy.process.wait_until(lambda: server_cert_der() != before, timeout=10, what="serving the renewed certificate")
+        assert abs(metric(proxy.metrics(), "podiam_proxy_tls_certificate_expiry_timestamp_seconds", file="cert") - not_after.timestamp()) < 2
+        assert metric(proxy.metrics(), "podiam_proxy_tls_reloads_total", outcome="reloaded") == 1
+        assert proxy.push_snapshot(wire.Snapshot(generation=1)).applied == 0
+        assert proxy.status().ready
+    finally:
+        proxy.stop()

@@ -286,3 +286,10 @@ async def test_upstream_404_passes_through(imds: ImdsFactory, real_imds: TestSer
     client = await imds(upstream=str(real_imds.make_url("")), allow_route=["/latest/meta-data/nothing-here"])
     assert (await client.get("/latest/meta-data/nothing-here")).status == 404
     assert real_imds.app[SEEN] == ["/latest/meta-data/nothing-here"]
+
+
+async def test_ipv4_pods_on_a_dual_stack_listener_are_known_by_their_ipv4(store: _store.Store, served: wire.RoleCredentials) -> None:
+    from metadata_proxy import _imds
+
+    assert _imds._ipv6_caller("::ffff:127.0.0.1") == POD_IP
+    assert _imds._ipv6_caller("fd00:0:0::1") == "fd00::1"
