@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import base64
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -133,15 +134,22 @@ class ControlPlane:
         if (plane.dir / STATE_FILE).exists() and any(r.alive() for r in _read_records(plane.dir)):
             raise ControlPlaneError(f"a control plane is already running in {plane.dir}; stop it first (down --dir)")
         began = time.monotonic()
-        with _live_lock:
-            _live.add(plane)
-        try:
-            plane._prepare(binary)
-            plane._start_processes()
-            plane._wait_ready(timeout)
-        except BaseException:
-            plane.stop()
-            raise
+        for attempt in range(3):
+            with _live_lock:
+                _live.add(plane)
+            try:
+                plane._prepare(binary)
+                plane._start_processes()
+                plane._wait_ready(timeout)
+                break
+            except ControlPlaneError as error:
+                plane.stop()
+                # The free ports were picked before binding them: another session may have won the race.
+                if "address already in use" not in str(error) or attempt == 2:
+                    raise
+            except BaseException:
+                plane.stop()
+                raise
         plane.startup_seconds = time.monotonic() - began
         plane._write_state()
         return plane
@@ -233,6 +241,10 @@ class ControlPlane:
 
     def client_for_token(self, token: str) -> client.Client:
         return client.Client(self.server, self.ca_file, token=token)
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        """This process's environment with ``KUBECONFIG`` pointing here, for subprocesses (the operator, helm)."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), **extra}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 kubeconfig: Path | None = None, timeout: float = 120.0) -> str:

@@ -10,15 +10,20 @@ record makes ``down`` leave alone a process that merely reuses a recorded PID.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -33,6 +38,41 @@ def _own_session_dying_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not glibc: atexit and the signal handlers still clean up
         pass
+
+
+class _Spawner:
+    """Forks the non-detached processes from one thread that lives as long as the process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
+    the process: a control plane (re)started from a short-lived thread (say
+    ``asyncio.to_thread(cp.restart_apiserver)``) would be killed with it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, job: Callable[[], T]) -> T:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                # A daemon thread is never joined at interpreter exit, so it dies with the process.
+                self._thread = threading.Thread(target=self._serve, name="controlplane-spawner", daemon=True)
+                self._thread.start()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((job, future))
+        return future.result()
+
+    def _serve(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            try:
+                future.set_result(job())
+            except BaseException as error:
+                future.set_exception(error)
+
+
+_spawner = _Spawner()
 
 
 def start_time(pid: int) -> int | None:
@@ -83,16 +123,19 @@ class Process:
         self.record: Record | None = None
 
     def start(self) -> Process:
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.log_path.parent,
-                preexec_fn=_own_session if self.detached else _own_session_dying_with_parent,
-                close_fds=True,
-            )
+        def spawn() -> subprocess.Popen[bytes]:
+            with self.log_path.open("ab") as log:
+                return subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.log_path.parent,
+                    preexec_fn=_own_session if self.detached else _own_session_dying_with_parent,
+                    close_fds=True,
+                )
+
+        self.popen = spawn() if self.detached else _spawner.run(spawn)
         started = start_time(self.popen.pid)
         self.record = Record(self.name, self.popen.pid, started if started is not None else -1)
         return self

@@ -67,14 +67,38 @@ def _install_sigterm_handler() -> None:
         pass
 
 
+def _build_uncaptured(config: pytest.Config) -> Path:
+    capture: Any = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        return build.ensure_built()
+    with capture.global_and_fixture_disabled():
+        return build.ensure_built()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Build before the first test when any selected test needs the control plane.
+
+    A cold build takes minutes: inside a fixture it would count against the
+    first test's timeout (pytest-timeout), so it happens here instead.
+    """
+    if session.config.option.collectonly:
+        return
+    if not any("controlplane_binary" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    try:
+        if not build.binary_path().is_file():
+            _build_uncaptured(session.config)
+    except build.BuildError as error:
+        pytest.exit(f"building the control plane failed: {error}", returncode=1)
+
+
 @pytest.fixture(scope="session")
 def controlplane_binary(request: pytest.FixtureRequest) -> Path:
-    """The built multi-call binary; the build's progress goes to the terminal, uncaptured."""
-    capture: Any = request.config.pluginmanager.getplugin("capturemanager")
-    if capture is not None and not build.binary_path().is_file():
-        with capture.global_and_fixture_disabled():
-            return build.ensure_built()
-    return build.ensure_built()
+    """The built multi-call binary (normally built already by ``pytest_runtestloop``)."""
+    if build.binary_path().is_file():
+        return build.binary_path()
+    return _build_uncaptured(request.config)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 import time
 import uuid
 
@@ -280,7 +281,13 @@ def test_restart_apiserver_keeps_data(controlplane: ControlPlane, namespace: str
     controlplane.stop_apiserver()
     with pytest.raises(OSError):
         controlplane.api("GET", "/readyz", timeout=2)
-    controlplane.start_apiserver()
+    # From a thread that then ends, as asyncio.to_thread would: the new
+    # apiserver must not die with that thread (PR_SET_PDEATHSIG is per thread).
+    starter = threading.Thread(target=controlplane.start_apiserver)
+    starter.start()
+    starter.join()
+    time.sleep(0.5)
+    assert controlplane.running()["kube-apiserver"]
     assert controlplane.server == server
     assert controlplane.api("GET", f"/api/v1/namespaces/{namespace}/configmaps/survivor")["data"] == {"k": "v"}
     # The controller manager reconnects: a new namespace still gets its ServiceAccount.
