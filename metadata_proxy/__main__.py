@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -51,6 +52,10 @@ async def serve(settings: _settings.ProxySettings) -> None:
         for runner, port, ssl_context in runners:
             await runner.setup()
             await web.TCPSite(runner, settings.bind_address, port, ssl_context=ssl_context, backlog=1024).start()
+        # Everything allocated so far lives as long as the process: keep the
+        # collector from rescanning it (shorter pauses on the request path).
+        gc.collect()
+        gc.freeze()
         logger.info(
             "listening",
             extra={"node": settings.node_name, "address": settings.bind_address, "metadata_port": settings.metadata_port,
