@@ -1,0 +1,317 @@
+"""helm lint and helm template on charts/podiam: what each value turns into, and what the schema refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart import helm as _helm
+
+pytestmark = pytest.mark.chart
+
+CI_VALUES = sorted((_helm.CHART / "ci").glob("*.yaml"))
+GUIDE_VALUES = _helm.CHART / "ci" / "kiam-guide-values.yaml"
+
+
+# -- lint, CRDs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_lint_passes(helm: _helm.Helm, values_file: Path | None) -> None:
+    out = helm.lint(values_files=[values_file] if values_file else [])
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_chart_crds_are_byte_identical_copies_of_crds() -> None:
+    source = {p.name: p.read_bytes() for p in (_helm.REPO / "crds").glob("*.yaml")}
+    copy = {p.name: p.read_bytes() for p in (_helm.CHART / "crds").glob("*.yaml")}
+    assert source, "crds/ is empty"
+    assert sorted(copy) == sorted(source), "charts/podiam/crds/ must hold exactly the files of crds/ (cp crds/*.yaml charts/podiam/crds/)"
+    for name, content in source.items():
+        assert copy[name] == content, f"charts/podiam/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/podiam/crds/"
+
+
+def test_include_crds_renders_the_podrolebinding_crd(helm: _helm.Helm) -> None:
+    rendered = helm.template(include_crds=True)
+    crds = {o["metadata"]["name"] for o in rendered.objects if o["kind"] == "CustomResourceDefinition"}
+    assert "podrolebindings.podiam.io" in crds and "clusterkopfpeerings.kopf.dev" in crds
+
+
+# -- defaults ----------------------------------------------------------------------
+
+
+def test_default_objects(helm: _helm.Helm) -> None:
+    rendered = helm.template()
+    assert sorted(rendered.kinds()) == sorted([
+        "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+        "Deployment", "DaemonSet", "PodDisruptionBudget", "Service", "Service", "ClusterKopfPeering",
+    ])
+    for obj in rendered.objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "podiam" and labels["app.kubernetes.io/instance"] == "podiam"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm" and "app.kubernetes.io/name" in labels
+
+
+def test_operator_deployment_defaults(helm: _helm.Helm) -> None:
+    deployment = helm.template().get("Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2 and spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "podiam-operator"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    operator = _helm.container(deployment, "operator")
+    assert operator["image"] == "ghcr.io/podiam/podiam-operator:0.1.0"
+    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert operator["securityContext"]["readOnlyRootFilesystem"] is True
+    assert operator["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert operator["resources"]["requests"] and operator["resources"]["limits"]["memory"]
+    env = _helm.env_of(operator)
+    assert env["PODIAM_TLS_MODE"] == "auto"
+    assert env["PODIAM_PROXY_SELECTOR"] == "app.kubernetes.io/name=podiam-proxy,app.kubernetes.io/instance=podiam"
+    assert env["PODIAM_PROXY_NAMESPACE"] == "podiam-system"
+    assert env["PODIAM_PEERING_NAME"] == "podiam"
+    assert env["PODIAM_SESSION_DURATION"] == "3600"
+    assert env["PODIAM_TLS_PROXY_SECRET"] == "podiam-proxy-tls" and env["PODIAM_TLS_CA_SECRET"] == "podiam-ca"
+    assert env["PODIAM_TLS_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # auto mode writes the client files into a memory-backed emptyDir.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["emptyDir"]["medium"] == "Memory"
+    assert "PODIAM_ASSUME_ROLE_ARN" not in env
+
+
+def test_proxy_daemonset_defaults(helm: _helm.Helm) -> None:
+    rendered = helm.template()
+    daemonset = rendered.get("DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]  # every node, tainted or not
+    proxy = _helm.container(daemonset, "proxy")
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert ports == {"metadata": 8181, "control": 8182, "health": 8183}
+    security = proxy["securityContext"]
+    assert security["runAsUser"] == 10001 and security["runAsNonRoot"] is True
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    env = _helm.env_of(proxy)
+    assert env["PODIAM_PROXY_IPTABLES"] == "true" and env["PODIAM_PROXY_HOST_INTERFACE"] == "cali+"
+    assert env["PODIAM_PROXY_CREDENTIAL_WAIT"] == "800ms"
+    assert env["PODIAM_PROXY_HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert env["PODIAM_PROXY_BIND_ADDRESS"] == "$(PODIAM_PROXY_HOST_IP)"
+    assert env["PODIAM_PROXY_TLS_CERT"] == "/var/run/podiam/tls/tls.crt"
+    # The operator's proxy selector matches the DaemonSet's pods.
+    labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    selector = _helm.env_of(_helm.container(rendered.get("Deployment"), "operator"))["PODIAM_PROXY_SELECTOR"]
+    assert all(labels[k] == v for k, v in (pair.split("=") for pair in selector.split(",")))
+    # The Secret the operator creates in auto mode is the one the proxies mount (deliberately not optional).
+    tls = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert tls["secret"]["secretName"] == "podiam-proxy-tls" and "optional" not in tls["secret"]
+
+
+def test_proxy_service_account_has_no_rbac(helm: _helm.Helm) -> None:
+    rendered = helm.template()
+    bound = [s["name"] for o in rendered.objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding") for s in o["subjects"]]
+    assert bound == ["podiam-operator", "podiam-operator"]
+    proxy_sa = rendered.get("ServiceAccount", "podiam-proxy")
+    assert proxy_sa["automountServiceAccountToken"] is False
+
+
+def test_operator_rbac_is_least_privilege(helm: _helm.Helm) -> None:
+    rendered = helm.template()
+    rules = rendered.get("ClusterRole")["rules"]
+    for rule in rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+    by_resource = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
+    # Never writes to pods or namespaces; no Secrets cluster-wide.
+    assert by_resource[("", "pods")] <= {"get", "list", "watch"}
+    assert by_resource[("", "namespaces")] <= {"get", "list", "watch"}
+    assert ("", "secrets") not in by_resource
+    role = rendered.get("Role")
+    named = [r for r in role["rules"] if "resourceNames" in r]
+    assert named and set(named[0]["resourceNames"]) == {"podiam-ca", "podiam-proxy-tls", "podiam-operator-tls"}
+    assert all(r["resources"] == ["secrets"] for r in role["rules"])
+    # Without the taint duty, no write access to nodes.
+    rules = helm.template(values={"operator": {"manageNodeTaint": False}}).get("ClusterRole")["rules"]
+    node_rule = next(r for r in rules if r["resources"] == ["nodes"])
+    assert "patch" not in node_rule["verbs"]
+
+
+# -- the guide's values, migrated -------------------------------------------------
+
+
+def test_kiam_guide_values(helm: _helm.Helm) -> None:
+    rendered = helm.template(values_files=[GUIDE_VALUES])
+    daemonset, deployment = rendered.get("DaemonSet"), rendered.get("Deployment")
+    proxy_env = _helm.env_of(_helm.container(daemonset, "proxy"))
+    assert proxy_env["PODIAM_PROXY_HOST_INTERFACE"] == "!eth0"
+    assert proxy_env["PODIAM_PROXY_IPTABLES"] == "true"
+    assert proxy_env["PODIAM_PROXY_LOG_LEVEL"] == "debug"
+    assert proxy_env["PODIAM_PROXY_TLS_CERT"] == "/var/run/podiam/tls/agent.pem"
+    assert proxy_env["PODIAM_PROXY_TLS_KEY"] == "/var/run/podiam/tls/agent-key.pem"
+    assert proxy_env["PODIAM_PROXY_TLS_CA"] == "/var/run/podiam/tls/ca.pem"
+    assert proxy_env["PODIAM_PROXY_OPERATOR_IDENTITY"] == "kiam-server"
+    proxy_pod = daemonset["spec"]["template"]["spec"]
+    assert {"name": "ssl-certs", "hostPath": {"path": "/etc/pki/ca-trust/extracted/pem"}} in proxy_pod["volumes"]
+    assert next(v for v in proxy_pod["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "kiam-agent-tls"
+    mounts = _helm.container(daemonset, "proxy")["volumeMounts"]
+    assert {"name": "ssl-certs", "mountPath": "/etc/ssl/certs", "readOnly": True} in mounts
+
+    operator = _helm.container(deployment, "operator")
+    env = _helm.env_of(operator)
+    assert env["PODIAM_ASSUME_ROLE_ARN"] == "arn:aws:iam::123456789012:role/kiam-server"
+    assert env["PODIAM_TLS_MODE"] == "secrets"
+    assert env["PODIAM_TLS_CLIENT_CERT_FILE"] == "/var/run/podiam/tls/server.pem"
+    assert env["PODIAM_TLS_CLIENT_KEY_FILE"] == "/var/run/podiam/tls/server-key.pem"
+    assert env["PODIAM_TLS_CA_FILE"] == "/var/run/podiam/tls/ca.pem"
+    assert env["PODIAM_TLS_PROXY_SECRET"] == "kiam-agent-tls"
+    assert env["PODIAM_TLS_PROXY_CERT_KEY"] == "agent.pem"
+    assert env["PODIAM_LOG_LEVEL"] == "DEBUG"
+    assert env["AWS_CA_BUNDLE"] == "/etc/ssl/certs/tls-ca-bundle.pem"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "kiam-server-tls"
+    # secrets mode: the operator may read the proxies' Secret only, and create none.
+    role = rendered.get("Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kiam-agent-tls"], "verbs": ["get"]}]
+
+
+def test_legacy_iptables_runs_as_root_with_two_capabilities_and_the_shared_lock(helm: _helm.Helm) -> None:
+    daemonset = helm.template(values={"proxy": {"host": {"iptablesBackend": "legacy"}}}).get("DaemonSet")
+    proxy = _helm.container(daemonset, "proxy")
+    assert proxy["securityContext"]["runAsUser"] == 0
+    assert proxy["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert proxy["securityContext"]["allowPrivilegeEscalation"] is False
+    assert _helm.env_of(proxy)["PATH"].startswith("/opt/podiam/iptables-legacy:")
+    assert {"name": "xtables-lock", "mountPath": "/run/xtables.lock"} in proxy["volumeMounts"]
+
+
+def test_without_iptables_the_proxy_holds_no_capability(helm: _helm.Helm) -> None:
+    proxy = _helm.container(helm.template(values={"proxy": {"host": {"iptables": False}}}).get("DaemonSet"), "proxy")
+    assert proxy["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert proxy["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_cleanup_iptables_runs_the_removal_on_every_node(helm: _helm.Helm) -> None:
+    daemonset = helm.template(values={"proxy": {"host": {"iptables": False, "cleanupIptables": True}}}).get("DaemonSet")
+    (init,) = daemonset["spec"]["template"]["spec"]["initContainers"]
+    assert init["args"] == ["--remove-iptables-rules"]
+    assert init["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    assert _helm.env_of(_helm.container(daemonset, "proxy"))["PODIAM_PROXY_IPTABLES"] == "false"
+
+
+def test_values_reach_the_environment(helm: _helm.Helm) -> None:
+    rendered = helm.template(values={
+        "operator": {"sessionDuration": 7200, "perPodSessions": True, "log": {"level": "warn"},
+                     "sts": {"region": "ap-northeast-2"}, "baseRoleArn": "arn:aws:iam::123456789012:role/",
+                     "extraEnv": {"PODIAM_STS_ATTEMPTS": 8}, "extraArgs": ["--failure-retry-max=120"],
+                     "peering": {"enabled": False}, "replicas": 1},
+        "proxy": {"allowRoutes": ["/latest/meta-data/instance-type/?"], "requireImdsv2": True,
+                  "log": {"level": "WARN"}, "bindAddress": "0.0.0.0", "gatewayTimeoutCreation": "500ms",
+                  "image": {"repository": "registry.example/podiam-proxy", "tag": "1.2.3", "pullPolicy": "Always"}},
+    })
+    env = _helm.env_of(_helm.container(rendered.get("Deployment"), "operator"))
+    assert env["PODIAM_SESSION_DURATION"] == "7200" and env["PODIAM_PER_POD_SESSIONS"] == "true"
+    assert env["PODIAM_LOG_LEVEL"] == "WARNING" and env["PODIAM_STS_REGION"] == "ap-northeast-2"
+    assert env["PODIAM_BASE_ROLE_ARN"] == "arn:aws:iam::123456789012:role/"
+    assert env["PODIAM_STS_ATTEMPTS"] == "8" and env["PODIAM_STANDALONE"] == "true"
+    assert "PODIAM_PEERING_NAME" not in env and "ClusterKopfPeering" not in rendered.kinds()
+    assert _helm.container(rendered.get("Deployment"), "operator")["args"] == ["--failure-retry-max=120"]
+    proxy = _helm.container(rendered.get("DaemonSet"), "proxy")
+    proxy_env = _helm.env_of(proxy)
+    assert json.loads(proxy_env["PODIAM_PROXY_ALLOW_ROUTE"]) == ["/latest/meta-data/instance-type/?"]
+    assert proxy_env["PODIAM_PROXY_REQUIRE_IMDSV2"] == "true" and proxy_env["PODIAM_PROXY_LOG_LEVEL"] == "warning"
+    assert proxy_env["PODIAM_PROXY_BIND_ADDRESS"] == "0.0.0.0" and proxy_env["PODIAM_PROXY_CREDENTIAL_WAIT"] == "500ms"
+    assert proxy["image"] == "registry.example/podiam-proxy:1.2.3" and proxy["imagePullPolicy"] == "Always"
+
+
+def test_service_monitors(helm: _helm.Helm) -> None:
+    rendered = helm.template(values={"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}})
+    monitors = [o for o in rendered.objects if o["kind"] == "ServiceMonitor"]
+    assert len(monitors) == 2
+    services = [o for o in rendered.objects if o["kind"] == "Service"]
+    for monitor in monitors:
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        (service,) = [s for s in services if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+        port = monitor["spec"]["endpoints"][0]["port"]
+        assert port in [p["name"] for p in service["spec"]["ports"]]
+
+
+def test_notes_tell_the_next_two_steps(helm: _helm.Helm) -> None:
+    notes = helm.notes()
+    assert "kubectl annotate namespace default iam.amazonaws.com/permitted='.*'" in notes
+    assert "iam.amazonaws.com/role:" in notes
+    assert "cleanupIptables=true" in notes  # the uninstall path for the iptables rule
+
+
+# -- refusals -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"proxy": {"host": {"iptables": "yes"}}}, "at '/proxy/host/iptables': got string, want boolean"),
+    ({"proxy": {"host": {"interface": "eth0; reboot"}}}, "/proxy/host/interface"),
+    ({"proxy": {"host": {"iptablesBackend": "auto"}}}, "/proxy/host/iptablesBackend"),
+    ({"proxy": {"gatewayTimeoutCreation": "soon"}}, "/proxy/gatewayTimeoutCreation"),
+    ({"proxy": {"log": {"level": "verbose"}}}, "/proxy/log/level"),
+    ({"proxy": {"tlsCerts": {"certFileName": "../agent.pem"}}}, "/proxy/tlsCerts/certFileName"),
+    ({"proxy": {"extraHostPathMounts": [{"name": "x", "hostPath": "relative", "mountPath": "/x"}]}}, "/proxy/extraHostPathMounts/0/hostPath"),
+    ({"operator": {"sessionDuration": 600}}, "/operator/sessionDuration"),
+    ({"operator": {"assumeRoleArn": "kiam-server"}}, "/operator/assumeRoleArn"),
+    ({"operator": {"extraEnv": {"BAD-NAME": "x"}}}, "invalid propertyName 'BAD-NAME'"),
+    ({"tls": {"mode": "manual"}}, "/tls/mode"),
+    ({"operator": {"replicaz": 2}}, "additional properties 'replicaz' not allowed"),
+], ids=lambda v: json.dumps(v) if isinstance(v, dict) else "")
+def test_schema_rejects_bad_values(helm: _helm.Helm, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(_helm.HelmError) as error:
+        helm.template(values=values)
+    assert "don't meet the specifications of the schema" in error.value.output
+    assert message in error.value.output
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"tls": {"mode": "secrets"}}, "tls.mode=secrets needs operator.tlsSecret (the guide's kiam-server-tls) and proxy.tlsSecret"),
+    ({"proxy": {"tlsSecret": "kiam-agent-tls"}}, "used only with tls.mode=secrets"),
+    ({"proxy": {"host": {"cleanupIptables": True}}}, "set proxy.host.iptables=false with it"),
+    ({"operator": {"peering": {"enabled": False}}}, "keep peering on or use 1 replica"),
+    ({"proxy": {"controlPort": 8181}}, "must differ"),
+    ({"agent": {"host": {"interface": "!eth0"}}}, "this values file is Kiam's: podiam calls agent: proxy:"),
+], ids=["secrets-without-secrets", "secret-in-auto-mode", "cleanup-with-iptables", "replicas-without-peering", "ports", "kiam-file"])
+def test_template_explains_inconsistent_values(helm: _helm.Helm, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(_helm.HelmError) as error:
+        helm.template(values=values)
+    assert message in error.value.output
+
+
+def test_the_guides_kiam_file_verbatim_is_refused_with_a_pointer(helm: _helm.Helm, tmp_path: Path) -> None:
+    guide = {
+        "agent": {"tlsSecret": "kiam-agent-tls", "log": {"level": "debug"}, "gatewayTimeoutCreation": "1s",
+                  "host": {"interface": "!eth0", "iptables": True}},
+        "server": {"assumeRoleArn": "arn:aws:iam::123456789012:role/kiam-server", "tlsSecret": "kiam-server-tls",
+                   "useHostNetwork": True},
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(guide))
+    with pytest.raises(_helm.HelmError) as error:
+        helm.template(values_files=[path])
+    assert "migration table in the README" in error.value.output
+
+
+def test_every_value_is_in_the_schema() -> None:
+    """values.yaml and values.schema.json describe the same keys (the schema forbids unknown ones)."""
+    values = yaml.safe_load((_helm.CHART / "values.yaml").read_text())
+    schema = json.loads((_helm.CHART / "values.schema.json").read_text())
+
+    def walk(value: Any, node: dict[str, Any], path: str) -> None:
+        if not isinstance(value, dict) or node.get("additionalProperties") is not False:
+            return
+        for key, child in value.items():
+            assert key in node["properties"], f"{path}.{key} is in values.yaml but not in values.schema.json"
+            walk(child, node["properties"][key], f"{path}.{key}")
+
+    walk(values, schema, "")
