@@ -127,3 +127,21 @@ def test_rules_are_idempotent_kept_across_restarts_and_removed_explicitly(node: 
     assert "error" in a.get(CREDS, timeout=1.0)
     again = subprocess.run([sys.executable, "-m", "metadata_proxy", "--remove-iptables-rules"], capture_output=True, text=True, timeout=30)
     assert again.returncode == 0 and "removed 0" in again.stdout
+
+
+def test_a_negated_interface_pattern(node: dict[str, Pod], pki: certs.Pki, tmp_path: Path) -> None:
+    """``--host-interface '!<if>'`` (the guide's '!eth0'): every interface but that one is a pod's."""
+    a, c = node["a"], node["c"]
+    excluded = c.host_if
+    proxy = ProxyProcess(
+        tmp_path, pki, a.host_ip,
+        args=["--iptables", "--host-interface", f"!{excluded}", "--host-ip", a.host_ip, "--credential-wait", "0"],
+    ).start()
+    try:
+        proxy.push_snapshot(wire.Snapshot(generation=1, roles=[role_credentials("k1", "PodRole")], pods=[pod_entry(a.pod_ip, "k1")]))
+        _, ours = rules()
+        assert len(ours) == 1 and f"! -i {excluded}" in ours[0]
+        assert a.get(CREDS) == {"status": 200, "body": "PodRole"}
+        assert "error" in c.get(CREDS, timeout=1.0)
+    finally:
+        proxy.stop()
