@@ -7,6 +7,7 @@ its own namespace so tests do not see each other's pods.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: pyte
 @pytest.fixture
 def ns(stack: stacks.Stack, request: pytest.FixtureRequest) -> str:
     """A fresh namespace that permits every role."""
-    name = f"t{next(_names)}-{request.node.name[:40].replace('_', '-').lower().strip('-')}"
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t{next(_names)}-{slug}"
     stack.create_namespace(name, ".*")
     return name
 

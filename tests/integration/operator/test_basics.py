@@ -107,3 +107,19 @@ def test_printer_columns(stack: stacks.Stack, ns: str) -> None:
     header, row = out.splitlines()[:2]
     assert header.split() == ["NAME", "ROLE", "PHASE", "PODS", "EXPIRES", "AGE"]
     assert row.split()[:4] == ["shown", "shown-role", "Bound", "1"]
+
+
+def test_metrics_and_no_secrets_in_logs(stack: stacks.Stack, ns: str) -> None:
+    node, ip = stack.nodes[0], stack.next_ip()
+    stack.create_pod(ns, "metered", role="metered-role", node=node, ip=ip)
+    credentials = stack.wait_credentials(node, ip)
+    stack.wait_binding_phase(ns, "metered", "Bound")
+    text = stack.operator_metrics()
+    for name in ("podiam_sts_calls_total", "podiam_sts_call_seconds_bucket", "podiam_credentials_cached",
+                 "podiam_credential_cache_lookups_total", "podiam_pushes_total", "podiam_push_seconds_bucket", "podiam_bindings"):
+        assert name in text, name
+    assert 'podiam_sts_calls_total{action="AssumeRole",result="ok"}' in text
+    assert 'podiam_bindings{phase="Bound"}' in text
+    log = "".join(p.log() for p in stack.operators)
+    assert credentials["SecretAccessKey"] not in log
+    assert credentials["Token"] not in log
