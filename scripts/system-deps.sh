@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v iptables >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)
+command -v setcap >/dev/null || need+=(libcap2-bin)  # tests/chart: the proxy image's file capability
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
 [ ${#need[@]} -eq 0 ] && exit 0
