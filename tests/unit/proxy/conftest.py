@@ -58,11 +58,18 @@ ImdsFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
 @pytest.fixture
-def imds(aiohttp_client: Any, store: _store.Store, metrics: _metrics.Metrics, clock: Clock) -> ImdsFactory:
-    """``await imds(**settings)`` → a test client of the metadata app; ``source_ip`` picks the caller's address."""
+def issuer(clock: Clock) -> _tokens.TokenIssuer:
+    return _tokens.TokenIssuer(clock=clock)
+
+
+@pytest.fixture
+def imds(aiohttp_client: Any, store: _store.Store, metrics: _metrics.Metrics, issuer: _tokens.TokenIssuer) -> ImdsFactory:
+    """``await imds(**settings)`` → a test client of the metadata app; ``source_ip`` picks the caller's address.
+
+    Every app of one test shares the token issuer (one proxy's key)."""
 
     async def make(source_ip: str | None = None, **overrides: Any) -> TestClient[web.Request, web.Application]:
-        app = _imds.make_app(settings(**overrides), store, metrics, _tokens.TokenIssuer(clock=clock))
+        app = _imds.make_app(settings(**overrides), store, metrics, issuer)
         kwargs: dict[str, Any] = {}
         if source_ip:
             kwargs["connector"] = aiohttp.TCPConnector(local_addr=(source_ip, 0))
