@@ -318,6 +318,8 @@ class ControlPlane:
                 f"--initial-cluster=podiam={peer}", "--initial-cluster-state=new",
                 # A test cluster's data is thrown away: fsync buys nothing and costs seconds.
                 "--unsafe-no-fsync", "--log-level=warn",
+                # A lone member elects itself after one election timeout: 0.2 s, not 1 s.
+                "--heartbeat-interval=20", "--election-timeout=200",
             ],
             "kube-apiserver": [
                 str(tool / "kube-apiserver"),

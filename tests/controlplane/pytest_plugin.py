@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,7 +110,10 @@ def _started(**options: Any) -> Iterator[_cp.ControlPlane]:
     keep = os.environ.get("PODIAM_KEEP_CONTROLPLANE") == "1"
 
     def remove() -> None:
-        if not keep:
+        if keep:  # and no longer swept as a killed session's leftover
+            (directory / _OWNER_FILE).unlink(missing_ok=True)
+            sys.stderr.write(f"\nkept the control plane's folder: {directory}\n")
+        else:
             _cp.remove_tree(directory)
 
     atexit.register(remove)
