@@ -34,7 +34,7 @@ def _is_proxy(body: Any, ops: _settings.OperatorSettings) -> bool:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     ops = _ops(memo)
     # Near-immediate handling: a pod's IP must reach its proxy well within a second.
     settings.batching.batch_window = 0.01

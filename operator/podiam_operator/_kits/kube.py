@@ -18,8 +18,8 @@ COMPONENT = "podiam-operator"
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
 
 class Kube:
@@ -28,7 +28,7 @@ class Kube:
 
     async def __aenter__(self) -> Kube:
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
             configuration = client.Configuration.get_default_copy()
         else:
             configuration = client.Configuration()
@@ -71,7 +71,7 @@ class Kube:
 
     async def patch_binding_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object(
-            facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, {"spec": spec}, _content_type=MERGE_PATCH
+            facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, {"spec": spec}, _content_type=MERGE_PATCH  # type: ignore[call-arg]
         )
 
     async def delete_binding(self, namespace: str, name: str, uid: str) -> None:
@@ -84,7 +84,7 @@ class Kube:
 
     async def patch_binding_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object_status(
-            facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+            facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH  # type: ignore[call-arg]
         )
 
     # --- Events ------------------------------------------------------------------
@@ -132,7 +132,7 @@ class Kube:
                 "spec": {"taints": [self.api.sanitize_for_serialization(t) for t in kept] or None},  # type: ignore[union-attr]
             }
             try:
-                await self.core.patch_node(node, patch, _content_type=MERGE_PATCH)
+                await self.core.patch_node(node, patch, _content_type=MERGE_PATCH)  # type: ignore[call-arg]
                 return True
             except ApiException as error:
                 if error.status != 409:

@@ -353,8 +353,8 @@ class AioBotocoreSource:
         await self._stack.aclose()
 
     async def _client(self, credentials: Credentials | None = None) -> Any:
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
+        from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+        from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
         session = get_session()
         # Regional endpoints (sts.<region>.amazonaws.com), never the global one.
@@ -392,7 +392,7 @@ class AioBotocoreSource:
             return self._chained
 
     async def _call(self, client: Any, request: AssumeRequest, action: str) -> Credentials:
-        import botocore.exceptions
+        import botocore.exceptions  # type: ignore[import-untyped]
 
         params: dict[str, Any] = {
             "RoleArn": request.role_arn,

@@ -1,0 +1,225 @@
+"""Operator benchmark: a burst of annotated pods over fake nodes, on the real stack.
+
+    .venv/bin/python -m bench.operator [--pods 500] [--nodes 10] [--roles 5] [--rss-pods 5000]
+
+Starts its own control plane (tests/controlplane), moto STS behind the
+counting front, one real proxy per fake node and the operator, then:
+
+1. creates ``--pods`` pods carrying ``iam.amazonaws.com/role`` (``--roles``
+   distinct roles), bound round-robin to the nodes, without IPs yet;
+2. burst: reports every pod Running with its IP (16 threads, as fast as the
+   API server takes them) and measures, per pod, the time from the status
+   write to the first credential document its node's proxy serves to the
+   pod's source address (the proxy holds a request up to 0.8 s while the
+   entry is on its way, so one request per pod in flight measures it);
+3. revocation: removes every pod's annotation in a burst and measures the
+   time to the first request (by its start time) that gets no credentials;
+4. counts AssumeRole calls (moto front) and reads the operator's RSS;
+5. grows the cluster to ``--rss-pods`` annotated, running pods and reads the
+   operator's RSS again once every pod-owned binding exists.
+
+Everything is bounded in time; all traffic is on 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.controlplane import ControlPlane, kubelet
+from tests.support import moto
+from tests.support import stack as stacks
+
+CRED_PATH = "/latest/meta-data/iam/security-credentials/"
+
+
+async def _status(host: str, port: int, source: str, path: str) -> int:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=(source, 0)), 5)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 5)
+        await asyncio.wait_for(reader.read(), 5)
+        return int(line.split()[1])
+    finally:
+        writer.close()
+
+
+async def _until(host: str, port: int, source: str, path: str, want_ok: bool, deadline: float) -> float | None:
+    """Start time (perf_counter) of the first request whose outcome is the wanted one."""
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        try:
+            status = await _status(host, port, source, path)
+        except (OSError, asyncio.TimeoutError):
+            status = 0
+        if (status == 200) == want_ok:
+            return time.perf_counter() if want_ok else started
+        await asyncio.sleep(0.02)
+    return None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def operator_pid(stack: stacks.Stack) -> int:
+    return stack.operator.pid  # ManagedProcess runs python directly (no shell)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="podiam-bench-operator-"))
+    results: dict[str, Any] = {"pods": args.pods, "nodes": args.nodes, "roles": args.roles,
+                               "machine": f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"}
+    cp = ControlPlane.start(workdir / "cp")
+    moto_server = moto.MotoServer(workdir).start()
+    front = moto.StsFront(workdir, moto_server.url).start()
+    stack = stacks.Stack(cp, front, workdir / "stack", nodes=args.nodes, taint_nodes=True, anti_entropy=30.0,
+                         operator_env={"PODIAM_LOG_LEVEL": "WARNING"})
+    pool = concurrent.futures.ThreadPoolExecutor(16)
+    try:
+        stack.start()
+        ns = "bench"
+        stack.create_namespace(ns, "bench-.*")
+        names = [f"pod-{i}" for i in range(args.pods)]
+        nodes = {name: stack.nodes[i % args.nodes] for i, name in enumerate(names)}
+        roles = {name: f"bench-role-{i % args.roles}" for i, name in enumerate(names)}
+        ips = {name: stack.next_ip() for name in names}
+
+        def create(name: str) -> None:
+            stack.create_pod(ns, name, role=roles[name], node=nodes[name])
+
+        t = time.monotonic()
+        list(pool.map(create, names))
+        results["create_seconds"] = round(time.monotonic() - t, 1)
+        time.sleep(args.settle)  # let the operator fetch the roles and push them to the nodes
+
+        # --- burst: IP appears -> credentials served -------------------------------------------
+        marks: dict[str, float] = {}
+
+        def set_ip(name: str) -> None:
+            marks[name] = time.perf_counter()
+            kubelet.set_pod_status(cp, ns, name, pod_ip=ips[name])
+
+        async def measure_grant() -> dict[str, float | None]:
+            deadline = time.perf_counter() + args.timeout
+            loop = asyncio.get_running_loop()
+            burst = loop.run_in_executor(None, lambda: list(pool.map(set_ip, names)))
+            outcomes = await asyncio.gather(*(
+                _until(nodes[n].ip, stack.metadata_port, ips[n], CRED_PATH + roles[n], True, deadline) for n in names))
+            await burst
+            return dict(zip(names, outcomes))
+
+        t = time.monotonic()
+        served = asyncio.run(measure_grant())
+        results["burst_seconds"] = round(time.monotonic() - t, 1)
+        grant = [(served[n] - marks[n]) for n in names if served[n] is not None]
+        results["grant_missing"] = sum(1 for n in names if served[n] is None)
+        results["grant_p50_ms"] = round(1000 * percentile(grant, 0.5), 1)
+        results["grant_p99_ms"] = round(1000 * percentile(grant, 0.99), 1)
+        results["grant_max_ms"] = round(1000 * max(grant), 1)
+        results["assume_role_calls"] = front.assume_role_count()
+        results["rss_mb_at_burst"] = round(rss_mb(operator_pid(stack)), 1)
+
+        # --- revocation: annotation removed -> no credentials ---------------------------------
+        removed: dict[str, float] = {}
+
+        def unannotate(name: str) -> None:
+            removed[name] = time.perf_counter()
+            stack.annotate_pod(ns, name, {"iam.amazonaws.com/role": None})
+
+        async def measure_revoke() -> dict[str, float | None]:
+            deadline = time.perf_counter() + args.timeout
+            loop = asyncio.get_running_loop()
+            burst = loop.run_in_executor(None, lambda: list(pool.map(unannotate, names)))
+            await asyncio.sleep(0)
+            outcomes = await asyncio.gather(*(
+                _until(nodes[n].ip, stack.metadata_port, ips[n], CRED_PATH + roles[n], False, deadline) for n in names))
+            await burst
+            return dict(zip(names, outcomes))
+
+        revoked_at = asyncio.run(measure_revoke())
+        revoke = [max(0.0, revoked_at[n] - removed[n]) for n in names if revoked_at[n] is not None and n in removed]
+        results["revoke_missing"] = sum(1 for n in names if revoked_at[n] is None)
+        results["revoke_p50_ms"] = round(1000 * percentile(revoke, 0.5), 1)
+        results["revoke_p99_ms"] = round(1000 * percentile(revoke, 0.99), 1)
+        results["revoke_max_ms"] = round(1000 * max(revoke), 1)
+
+        # --- RSS with many pods ---------------------------------------------------------------------
+        if args.rss_pods:
+            more = [f"rss-{i}" for i in range(args.rss_pods - args.pods)]
+
+            def create_running(i_name: tuple[int, str]) -> None:
+                i, name = i_name
+                stack.create_pod(ns, name, role=f"bench-role-{i % args.roles}", node=stack.nodes[i % args.nodes], ip="auto")
+
+            t = time.monotonic()
+            list(pool.map(create_running, enumerate(more)))
+            # Re-annotate the first pods too, so every pod carries a role.
+            list(pool.map(lambda n: stack.annotate_pod(ns, n, {"iam.amazonaws.com/role": roles[n]}), names))
+            results["rss_create_seconds"] = round(time.monotonic() - t, 1)
+
+            def bindings() -> int:
+                listing = cp.api("GET", f"/apis/podiam.io/v1alpha1/namespaces/{ns}/podrolebindings?limit=1&labelSelector=podiam.io%2Fpod")
+                return len(listing["items"]) + int(listing["metadata"].get("remainingItemCount", 0))
+
+            try:
+                stacks.wait_for(lambda: bindings() >= args.rss_pods, args.timeout * 4, "all pod-owned bindings", interval=2.0)
+            except TimeoutError as error:
+                results["rss_note"] = str(error)[:200]
+            time.sleep(5)
+            results["rss_pods_total"] = args.rss_pods
+            results["rss_mb_at_rss_pods"] = round(rss_mb(operator_pid(stack)), 1)
+            results["assume_role_calls_total"] = front.assume_role_count()
+            # Spot check: a few of the new pods are served.
+            for name in more[:: max(1, len(more) // 5)]:
+                pod = cp.api("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+                node = next(n for n in stack.nodes if n.name == pod["spec"]["nodeName"])
+                stack.wait_credentials(node, pod["status"]["podIP"], timeout=60)
+        return results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if args.keep:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        stack.stop()
+        front.stop()
+        moto_server.stop()
+        cp.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pods", type=int, default=500)
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--roles", type=int, default=5)
+    parser.add_argument("--rss-pods", type=int, default=5000, help="grow to this many pods for the RSS figure (0: skip)")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds between creating the pods and the IP burst")
+    parser.add_argument("--timeout", type=float, default=120.0, help="bound for each phase")
+    parser.add_argument("--keep", action="store_true", help="keep the logs")
+    args = parser.parse_args()
+    print(json.dumps(run(args), indent=2))
+
+
+if __name__ == "__main__":
+    main()
