@@ -1,4 +1,4 @@
-"""``python -m tests.controlplane build | up --dir DIR | down --dir DIR | status --dir DIR``."""
+"""``python -m tests.controlplane build | up --dir DIR | down --dir DIR | status --dir DIR | bump VERSION``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build the binaries if this version has none yet (cached outside the repo)")
     commands.add_parser("path", help="print the binaries' folder (building them first if needed)")
+    bump = commands.add_parser("bump", help="pin another k8s.io/kubernetes release (go.mod's staging replaces follow)")
+    bump.add_argument("version", help="e.g. v1.37.3")
     up = commands.add_parser("up", help="start etcd, kube-apiserver and kube-controller-manager; leave them running")
     up.add_argument("--dir", type=Path, required=True, help="where the kubeconfig, PKI, logs and etcd data go")
     up.add_argument("--timeout", type=float, default=60.0)
@@ -28,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             path = build.ensure_built()
             print(path)
+        elif args.command == "bump":
+            modules = build.bump(args.version)
+            print(f"pinned k8s.io/kubernetes {args.version} and {len(modules)} staging modules; "
+                  f"`python -m tests.controlplane build` builds it", file=sys.stderr)
         elif args.command == "path":
             print(build.ensure_built().parent)
         elif args.command == "up":

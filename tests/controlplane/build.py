@@ -258,3 +258,37 @@ def _build(target: Path, progress_enabled: bool) -> None:
 def _elapsed(start: float) -> str:
     seconds = int(time.monotonic() - start)
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def bump(version: str) -> list[str]:
+    """Pin k8s.io/kubernetes ``version`` and replace each staging module it requires with its release.
+
+    k8s.io/kubernetes requires its staging modules (k8s.io/api, k8s.io/apiserver,
+    ...) at v0.0.0 and points them at folders of its own repository; that does
+    not carry over to a dependent module, so go.mod here replaces each with its
+    published release (v0.37.3 for v1.37.3). Returns the staging modules.
+    go.etcd.io/etcd/server/v3 stays as pinned: keep it at the etcd release
+    whose client k8s.io/kubernetes requires.
+    """
+    match = re.fullmatch(r"v1\.(\d+\.\d+)", version)
+    if match is None:
+        raise BuildError(f"{version!r} is not a k8s.io/kubernetes release like v1.37.2")
+    staging = f"v0.{match.group(1)}"
+    env = _build_env()
+    download = subprocess.run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"], cwd=GO_MODULE, env=env,
+                              capture_output=True, text=True)
+    if download.returncode != 0:
+        raise BuildError(f"cannot fetch k8s.io/kubernetes {version}:\n{download.stdout}{download.stderr}")
+    upstream = Path(json.loads(download.stdout)["GoMod"]).read_text()
+    modules = sorted(set(re.findall(r"^\s+(k8s\.io/[\w.-]+) v0\.0\.0\s*$", upstream, re.MULTILINE)))
+    go_mod = GO_MODULE / "go.mod"
+    text = re.sub(r"\nreplace \(\n.*?\n\)\n", "\n", go_mod.read_text(), flags=re.DOTALL)
+    for module in modules:  # their require lines too, so go.mod reads consistently
+        text = re.sub(rf"^(\t{re.escape(module)}) v\S+", rf"\g<1> {staging}", text, flags=re.MULTILINE)
+    block = "".join(f"\t{module} => {module} {staging}\n" for module in modules)
+    go_mod.write_text(text.rstrip("\n") + f"\n\nreplace (\n{block})\n")
+    for argv in (["go", "mod", "edit", f"-require=k8s.io/kubernetes@{version}"], ["go", "mod", "tidy"]):
+        result = subprocess.run(argv, cwd=GO_MODULE, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"{' '.join(argv)} failed:\n{result.stderr}")
+    return modules
