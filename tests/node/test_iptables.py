@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import _iptables, wire
-from tests.node.conftest import Pod, run
 from tests.support import certs
+from tests.support.netns import Pod, run
 from tests.support.proxy import ProxyProcess, pod_entry, role_credentials
 
 pytestmark = pytest.mark.node
