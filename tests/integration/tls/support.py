@@ -130,11 +130,20 @@ class Pusher:
         self.reloads = 0
         self.reload_failures: list[str] = []
         self.last_server_cert: dict[str, x509.Certificate] = {}
-        self._signature = files.signature()
-        self._context = files.context()
+        self._signature, self._context = self._first_load()
         self._generation = itertools.count(1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pusher", daemon=True)
+
+    def _first_load(self) -> tuple[tuple[tuple[int, int, int], ...], ssl.SSLContext]:
+        # The files are replaced one at a time: a load between the new key
+        # and the new certificate fails, and is simply tried again.
+        for _ in range(50):
+            try:
+                return self.files.signature(), self.files.context()
+            except ssl.SSLError:
+                time.sleep(0.05)
+        return self.files.signature(), self.files.context()
 
     def _maybe_reload(self) -> None:
         try:

@@ -25,7 +25,7 @@ from tests.support import proxy as proxy_support
 pytestmark = pytest.mark.integration
 
 SECRETS = ("podiam-ca", "podiam-proxy-tls", "podiam-operator-tls")
-FAST = {"check_interval": "0.5", "ca_overlap": "3"}
+FAST = {"check_interval": "0.5", "ca_overlap": "5"}  # overlap: many times the volume + reload delays, even on a loaded machine
 
 
 def _files(directory: Path) -> support.ClientFiles:
@@ -80,24 +80,43 @@ def test_two_replicas_starting_together_create_each_secret_once(
     assert pki.dns_names(_cert(proxy_tls)) == ["podiam-proxy"]
 
 
+class _BarrierStore(store.SecretStore):
+    """The real Secret calls; each replica's first read of each Secret waits until every replica has read it,
+    so all of them see it absent and all try to create it: the race, made certain."""
+
+    def __init__(self, api: object, namespace: str, barriers: dict[str, asyncio.Barrier]) -> None:
+        super().__init__(api, namespace)  # type: ignore[arg-type]
+        self.barriers = barriers
+        self.seen: set[str] = set()
+
+    async def read(self, name: str) -> store.Stored | None:
+        stored = await super().read(name)
+        if name not in self.seen:
+            self.seen.add(name)
+            await self.barriers[name].wait()
+        return stored
+
+
 async def test_concurrent_creators_lose_to_the_first_and_adopt_its_secrets(
     controlplane: _cp.ControlPlane, namespace: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Four replicas' first passes interleaved on one loop: all read "absent", one create wins, three get 409."""
+    """Four replicas' first passes at once: all read "absent", one create wins, three get 409 and adopt the winner's."""
     caplog.set_level(logging.INFO)
     api = await kube_config.new_client_from_config(config_file=str(controlplane.kubeconfig))
     try:
         settings = _settings.TlsSettings(namespace=namespace)
         logger = logging.getLogger("test.tls.race")
-        replicas = [auto.AutoTls(store.SecretStore(api, namespace), settings, report.Reporter(logger, None)) for _ in range(4)]
-        results = await asyncio.gather(*(replica.sync(may_write=True) for replica in replicas))
+        barriers = {name: asyncio.Barrier(4) for name in SECRETS}
+        replicas = [auto.AutoTls(_BarrierStore(api, namespace, barriers), settings, report.Reporter(logger, None)) for _ in range(4)]
+        results = await asyncio.wait_for(asyncio.gather(*(replica.sync(may_write=True) for replica in replicas)), 60)
     finally:
         await api.close()
     assert len({result.pair.cert.serial_number for result in results}) == 1
     assert len({result.bundle_pem for result in results}) == 1
     messages = [record.getMessage() for record in caplog.records]
     assert sum("created CA" in m for m in messages) == 1
-    assert sum("another replica created Secret" in m and "podiam-ca first" in m for m in messages) == 3
+    for name in SECRETS:
+        assert sum(f"another replica created Secret {namespace}/{name} first" in m for m in messages) == 3, name
     assert sum(m.startswith("TLS: issued certificate") for m in messages) == 2
 
 
