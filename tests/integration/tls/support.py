@@ -116,6 +116,14 @@ def push_once(host: str, port: int, context: ssl.SSLContext, generation: int,
     return PushResult(response.status == 200, f"HTTP {response.status} {text[:200]}", cert)
 
 
+def served_certificate(host: str, port: int, context: ssl.SSLContext, server_name: str = wire.PROXY_SERVER_NAME) -> x509.Certificate:
+    """The certificate a proxy presents now (a handshake, no request)."""
+    with socket.create_connection((host, port), timeout=5) as sock, context.wrap_socket(sock, server_hostname=server_name) as tls:
+        peer = tls.getpeercert(binary_form=True)
+    assert peer is not None
+    return x509.load_der_x509_certificate(peer)
+
+
 class Pusher:
     """Pushes to ``proxies`` every ``interval`` seconds from a thread, until stopped."""
 
