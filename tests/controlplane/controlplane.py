@@ -256,7 +256,7 @@ class ControlPlane:
         return result.stdout
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None,
-                         annotations: dict[str, str] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+                         annotations: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, Any]:
         """Create a namespace and wait for its ``default`` ServiceAccount, as pods need it to be admitted."""
         metadata: dict[str, Any] = {"name": name, "labels": labels or {}, "annotations": annotations or {}}
         created: dict[str, Any] = self.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata})

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -153,3 +153,26 @@ def make_controlplane(controlplane_binary: Path) -> Iterator[Callable[..., _cp.C
     """
     with contextlib.ExitStack() as stack:
         yield lambda **options: stack.enter_context(_started(**options))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that used a control plane shows the tail of its components' logs."""
+    report = yield
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    plane = funcargs.get("controlplane")
+    if report.failed and isinstance(plane, _cp.ControlPlane):
+        _attach_logs(report, plane)
+    return report
+
+
+def _attach_logs(report: pytest.TestReport, plane: _cp.ControlPlane) -> None:
+    for name in ("kube-apiserver", "kube-controller-manager", "etcd"):
+        log = plane.dir / f"{name}.log"
+        try:
+            tail = log.read_text(errors="replace")[-3000:]
+        except OSError:
+            continue
+        report.sections.append((f"control plane: tail of {log}", tail))
