@@ -139,7 +139,16 @@ def ensure_built(progress: bool = True) -> Path:
     with _locked(target.parent / ".lock", progress):
         if not target.is_file():  # another builder may have finished while we waited
             _build(target, progress)
+            _prune_other_versions(target.parent)
     return target
+
+
+def _prune_other_versions(keep: Path) -> None:
+    """Remove builds of other pins (130 MiB each); a checkout that still needs one rebuilds it."""
+    for other in keep.parent.iterdir():
+        if other == keep or not other.is_dir() or not (other / BINARY_NAME).is_file():
+            continue  # not a finished build (maybe one in progress)
+        shutil.rmtree(other, ignore_errors=True)
 
 
 @contextlib.contextmanager

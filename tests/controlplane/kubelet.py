@@ -86,6 +86,23 @@ def create_node(
     return node
 
 
+def set_node_ready(cp: _Api, name: str, ready: bool) -> dict[str, Any]:
+    """Report the node Ready or NotReady, as its kubelet's heartbeat would."""
+    now = _now()
+    node = cp.api("GET", f"/api/v1/nodes/{name}")
+    conditions = [c for c in node.get("status", {}).get("conditions", []) if c.get("type") != "Ready"]
+    conditions.append({
+        "type": "Ready",
+        "status": "True" if ready else "False",
+        "reason": "KubeletReady" if ready else "KubeletNotReady",
+        "message": "kubelet is posting ready status" if ready else "kubelet is not ready",
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    })
+    updated: dict[str, Any] = cp.api("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": conditions}})
+    return updated
+
+
 def bind_pod(cp: _Api, namespace: str, pod: str, node: str) -> None:
     """Assign ``pod`` to ``node`` through the binding subresource, as the scheduler does."""
     cp.api("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/binding", {

@@ -244,6 +244,10 @@ def test_kubelet_standins_pod_status_shows_ip(controlplane: ControlPlane, namesp
     ready = [c for c in created["status"]["conditions"] if c["type"] == "Ready"]
     assert ready and ready[0]["status"] == "True"
     assert controlplane.api("GET", f"/api/v1/nodes/{node}")["spec"]["taints"][0]["key"] == "podiam.io/agent-not-ready"
+    kubelet.set_node_ready(controlplane, node, False)
+    assert controlplane.kubectl("get", "node", node, "--no-headers").split()[1] == "NotReady"
+    kubelet.set_node_ready(controlplane, node, True)
+    assert controlplane.kubectl("get", "node", node, "--no-headers").split()[1] == "Ready"
     try:
         controlplane.api("POST", f"/api/v1/namespaces/{namespace}/pods", {
             "metadata": {"name": "app"}, "spec": {"containers": [{"name": "app", "image": "busybox"}]}})
