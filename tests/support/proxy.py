@@ -108,13 +108,30 @@ def http_request(
         connection.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerFiles:
+    """What a proxy's TLS flags name: its certificate and key, and the CA bundle the operator's client chains to.
+
+    From the test PKI (:meth:`of`), or files written from the operator's
+    ``podiam-proxy-tls`` Secret in TLS ``auto`` mode, as the DaemonSet mounts it.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def of(cls, pki: certs.Pki) -> ServerFiles:
+        return cls(pki.server.cert, pki.server.key, pki.ca)
+
+
 class ProxyProcess:
-    """``python -m metadata_proxy`` on ``host`` with the test PKI; ``stop()`` is idempotent."""
+    """``python -m metadata_proxy`` on ``host`` with the test PKI (or given files); ``stop()`` is idempotent."""
 
     def __init__(
         self,
         workdir: Path,
-        pki: certs.Pki,
+        pki: certs.Pki | ServerFiles,
         host: str = "127.0.0.1",
         *,
         metadata_port: int | None = None,
@@ -127,6 +144,7 @@ class ProxyProcess:
     ) -> None:
         self.host = host
         self.pki = pki
+        self.files = ServerFiles.of(pki) if isinstance(pki, certs.Pki) else pki
         self.node_name = node_name
         self.metadata_port = metadata_port or ports.free_port(host)
         self.control_port = control_port or ports.free_port(host)
@@ -138,9 +156,9 @@ class ProxyProcess:
             "--control-port", str(self.control_port),
             "--health-port", str(self.health_port),
             "--node-name", node_name,
-            "--tls-cert", str(pki.server.cert),
-            "--tls-key", str(pki.server.key),
-            "--tls-ca", str(pki.ca),
+            "--tls-cert", str(self.files.cert),
+            "--tls-key", str(self.files.key),
+            "--tls-ca", str(self.files.ca),
             # Never the real IMDS from a test: upstream is a closed loopback port
             # unless the test passes its own --upstream (later flags win).
             "--upstream", f"http://{host}:9",
@@ -181,12 +199,18 @@ class ProxyProcess:
     def control(
         self, method: str, path: str, body: bytes | None = None, *, client: certs.CertFiles | None | bool = True
     ) -> HttpResult:
-        """A raw control request; ``client=True`` is the operator's certificate, None is none."""
-        chosen = self.pki.operator if client is True else (None if client is False else client)
+        """A raw control request; ``client=True`` is the test PKI's operator certificate, None is none."""
+        chosen: certs.CertFiles | None
+        if client is True:
+            if not isinstance(self.pki, certs.Pki):
+                raise ValueError("this proxy has no test PKI: pass the operator's client certificate files")
+            chosen = self.pki.operator
+        else:
+            chosen = None if client is False else client
         return http_request(
             self.host, self.control_port, method, path,
             body=body, headers={"Content-Type": "application/json"} if body is not None else None,
-            tls=client_tls_context(self.pki.ca, chosen),
+            tls=client_tls_context(self.files.ca, chosen),
         )
 
     def push_snapshot(self, snapshot: wire.Snapshot) -> wire.Ack:

@@ -11,6 +11,13 @@ the demo (a plain script can use it as a context manager). Given a running
   bound to its node, Running, hostIP = podIP = the node's address);
 - runs the operator as a real process (``python -m podiam_operator``) with
   the admin kubeconfig and ``PODIAM_*`` settings, TLS files from the test PKI;
+  or, with ``tls="auto"`` (the chart's default), the operator issues the CA
+  and certificates into Secrets of ``podiam-system`` and the proxies get the
+  files of the ``podiam-proxy-tls`` Secret, as the DaemonSet's Secret volume
+  would give them (so the operator starts first there);
+- ``node_addresses`` and ``node_proxy_args`` place a node elsewhere than
+  127.0.0.(10+i) and give its proxy flags of its own (e.g. ``--iptables``
+  on a node whose address is the host side of a pod's veth);
 - offers helpers to create annotated pods with a pod IP from 127.0.1.0/24
   and up (test clients bind that source address to reach their node's proxy,
   which tells pods apart by source IP), to wait for a binding's phase and to
@@ -19,6 +26,7 @@ the demo (a plain script can use it as a context manager). Given a running
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import json
@@ -29,7 +37,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tests.controlplane import ApiError, ControlPlane, kubelet
 from tests.support import certs, moto, ports, processes, proxy
@@ -40,6 +48,9 @@ PROXY_NAMESPACE = "podiam-system"
 PROXY_LABELS = {"app.kubernetes.io/name": "podiam-proxy"}
 TAINT = "podiam.io/agent-not-ready"
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
+# The operator's TLS defaults in auto mode (podiam_operator.tls settings).
+PROXY_TLS_SECRET = "podiam-proxy-tls"
+PROXY_TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")
 T = TypeVar("T")
 
 
@@ -79,6 +90,9 @@ class Stack:
         operator_args: Sequence[str] = (),
         proxy_args: Sequence[str] = (),
         anti_entropy: float = 2.0,
+        tls: Literal["test-pki", "auto"] = "test-pki",
+        node_addresses: Sequence[str] | None = None,
+        node_proxy_args: Mapping[int, Sequence[str]] | None = None,
     ) -> None:
         self.cp = cp
         self.sts = sts
@@ -89,15 +103,20 @@ class Stack:
         self.operator_args = list(operator_args)
         self.proxy_args = list(proxy_args)
         self.anti_entropy = anti_entropy
+        self.tls = tls
+        self.node_proxy_args = {i: list(a) for i, a in (node_proxy_args or {}).items()}
         self.nodes: list[Node] = []
         self.operators: list[processes.ManagedProcess] = []
         self._ips = (f"127.0.{1 + n // 250}.{1 + n % 250}" for n in itertools.count())
         self._operator_count = 0
         self.pki: certs.Pki | None = None
-        addresses = [f"127.0.0.{10 + i}" for i in range(nodes)]
-        self.metadata_port = ports.free_port_on_all(addresses)
-        self.control_port = ports.free_port_on_all(addresses)
-        self.health_port = ports.free_port_on_all(addresses)
+        self.server_files: proxy.ServerFiles | None = None
+        self.addresses = list(node_addresses) if node_addresses else [f"127.0.0.{10 + i}" for i in range(nodes)]
+        if len(self.addresses) != nodes:
+            raise ValueError(f"{nodes} nodes but {len(self.addresses)} node addresses")
+        self.metadata_port = ports.free_port_on_all(self.addresses)
+        self.control_port = ports.free_port_on_all(self.addresses)
+        self.health_port = ports.free_port_on_all(self.addresses)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -109,14 +128,44 @@ class Stack:
 
     def start(self, *, operator: bool = True) -> Stack:
         self.cp.install_crds(*CRDS)
-        self.pki = certs.make_pki(self.workdir / "pki")
         self._ensure_namespace(PROXY_NAMESPACE, None)
+        if self.tls == "auto":
+            if not operator:
+                raise ValueError("tls='auto': the operator issues the proxies' certificate, so it must start first")
+            self.start_operator()
+            self.server_files = self.mount_proxy_secret()
+        else:
+            self.pki = certs.make_pki(self.workdir / "pki")
+            self.server_files = proxy.ServerFiles.of(self.pki)
         for i in range(self.node_count):
             self.add_node(i)
         if operator:
-            self.start_operator()
+            if self.tls != "auto":
+                self.start_operator()
             self.wait_proxies_ready()
         return self
+
+    def mount_proxy_secret(self, timeout: float = 60.0) -> proxy.ServerFiles:
+        """Write the operator's ``podiam-proxy-tls`` Secret to files, as the proxy DaemonSet's Secret volume does.
+
+        Waits for the operator to create it. Written once: a renewal later
+        is not followed (tests and the demo end long before one is due).
+        """
+        def complete() -> dict[str, str] | None:
+            secret = self.cp.api("GET", f"/api/v1/namespaces/{PROXY_NAMESPACE}/secrets/{PROXY_TLS_SECRET}")
+            data: dict[str, str] = secret.get("data") or {}
+            return data if all(data.get(key) for key in PROXY_TLS_KEYS) else None
+
+        data = wait_for(complete, timeout, f"Secret {PROXY_NAMESPACE}/{PROXY_TLS_SECRET} from the operator")
+        directory = self.workdir / "proxy-tls"
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        for key in PROXY_TLS_KEYS:
+            tmp = directory / f".{key}.tmp"
+            tmp.write_bytes(base64.b64decode(data[key]))
+            tmp.chmod(0o600)
+            tmp.replace(directory / key)
+        return proxy.ServerFiles(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
 
     def stop(self) -> None:
         for process in self.operators:
@@ -125,16 +174,18 @@ class Stack:
             node.proxy.stop()
 
     def add_node(self, index: int) -> Node:
-        name, ip = f"node-{index}", f"127.0.0.{10 + index}"
-        assert self.pki is not None
+        name = f"node-{index}"
+        ip = self.addresses[index] if index < len(self.addresses) else f"127.0.0.{10 + index}"
+        assert self.server_files is not None
         try:
             kubelet.create_node(self.cp, name, ip, taints=[f"{TAINT}:NoSchedule"] if self.taint_nodes else ())
         except ApiError as error:
             if error.status != 409:
                 raise
         process = proxy.ProxyProcess(
-            self.workdir, self.pki, ip, metadata_port=self.metadata_port, control_port=self.control_port,
-            health_port=self.health_port, node_name=name, args=self.proxy_args, name=f"proxy-{name}",
+            self.workdir, self.pki or self.server_files, ip, metadata_port=self.metadata_port, control_port=self.control_port,
+            health_port=self.health_port, node_name=name, args=[*self.proxy_args, *self.node_proxy_args.get(index, ())],
+            name=f"proxy-{name}",
         ).start()
         node = Node(index, name, ip, process)
         self.nodes.append(node)
@@ -157,8 +208,16 @@ class Stack:
         kubelet.set_pod_status(self.cp, PROXY_NAMESPACE, pod_name, pod_ip=node.ip, host_ip=node.ip, ready=False)
 
     def operator_environment(self) -> dict[str, str]:
-        assert self.pki is not None
         base = {k: v for k, v in os.environ.items() if not k.startswith(("PODIAM_", "AWS_", "KUBERNETES_"))}
+        if self.tls == "auto":
+            # The operator writes its client certificate, key and CA bundle here (start_operator: one folder each).
+            files = self.workdir / "operator-tls"
+            tls = {"PODIAM_TLS_MODE": "auto", "PODIAM_TLS_CLIENT_CERT_FILE": str(files / "tls.crt"),
+                   "PODIAM_TLS_CLIENT_KEY_FILE": str(files / "tls.key"), "PODIAM_TLS_CA_FILE": str(files / "ca.crt")}
+        else:
+            assert self.pki is not None
+            tls = {"PODIAM_TLS_MODE": "secrets", "PODIAM_TLS_CLIENT_CERT_FILE": str(self.pki.operator.cert),
+                   "PODIAM_TLS_CLIENT_KEY_FILE": str(self.pki.operator.key), "PODIAM_TLS_CA_FILE": str(self.pki.ca)}
         return {
             **base,
             "KUBECONFIG": str(self.cp.kubeconfig),
@@ -170,10 +229,7 @@ class Stack:
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
             "PODIAM_STS_ENDPOINT_URL": self.sts.url,
             "PODIAM_STS_REGION": "us-east-1",
-            "PODIAM_TLS_MODE": "secrets",
-            "PODIAM_TLS_CLIENT_CERT_FILE": str(self.pki.operator.cert),
-            "PODIAM_TLS_CLIENT_KEY_FILE": str(self.pki.operator.key),
-            "PODIAM_TLS_CA_FILE": str(self.pki.ca),
+            **tls,
             "PODIAM_TLS_NAMESPACE": PROXY_NAMESPACE,
             "PODIAM_TLS_CHECK_PROXY_SECRET": "false",
             "PODIAM_PROXY_CONTROL_PORT": str(self.control_port),
@@ -188,7 +244,12 @@ class Stack:
         self._operator_count += 1
         metrics_port, liveness_port = ports.free_port(), ports.free_port()
         environment = {**self.operator_environment(), "PODIAM_METRICS_PORT": str(metrics_port),
-                       "PODIAM_LIVENESS_PORT": str(liveness_port), "POD_ID": f"operator-{self._operator_count}", **(env or {})}
+                       "PODIAM_LIVENESS_PORT": str(liveness_port), "POD_ID": f"operator-{self._operator_count}"}
+        if self.tls == "auto":
+            files = self.workdir / f"operator-{self._operator_count}-tls"
+            environment |= {"PODIAM_TLS_CLIENT_CERT_FILE": str(files / "tls.crt"),
+                            "PODIAM_TLS_CLIENT_KEY_FILE": str(files / "tls.key"), "PODIAM_TLS_CA_FILE": str(files / "ca.crt")}
+        environment |= dict(env or {})
         process = processes.ManagedProcess(
             f"operator-{self._operator_count}",
             [sys.executable, "-m", "podiam_operator", *self.operator_args, *args],
