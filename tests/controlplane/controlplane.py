@@ -140,6 +140,7 @@ class ControlPlane:
             try:
                 plane._prepare(binary)
                 plane._start_processes()
+                plane._write_state()  # now, so `down` finds them even if this process dies while waiting
                 plane._wait_ready(timeout)
                 break
             except ControlPlaneError as error:
