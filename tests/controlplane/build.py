@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -97,6 +98,7 @@ def _build_env() -> dict[str, str]:
     return env
 
 
+@functools.lru_cache(maxsize=1)
 def _go_version() -> str:
     if shutil.which("go") is None:
         raise BuildError("the `go` command is not on PATH; install Go >= 1.26 (scripts/system-deps.sh)")
