@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from tests.chart import helm as _helm
 
@@ -129,13 +129,14 @@ def test_operator_rbac_is_least_privilege(helm: _helm.Helm) -> None:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
     by_resource = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     # Never writes to pods or namespaces; no Secrets cluster-wide.
-    assert by_resource[("", "pods")] <= {"get", "list", "watch"}
-    assert by_resource[("", "namespaces")] <= {"get", "list", "watch"}
+    assert by_resource[("", "pods")] == {"list", "watch"}
+    assert by_resource[("", "namespaces")] == {"list", "watch"}
     assert ("", "secrets") not in by_resource
     role = rendered.get("Role")
     named = [r for r in role["rules"] if "resourceNames" in r]
     assert named and set(named[0]["resourceNames"]) == {"podiam-ca", "podiam-proxy-tls", "podiam-operator-tls"}
-    assert all(r["resources"] == ["secrets"] for r in role["rules"])
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]} in role["rules"]  # its own pod, for TLS Events
+    assert all(r["resources"] == ["secrets"] for r in role["rules"] if r["resources"] != ["pods"])
     # Without the taint duty, no write access to nodes.
     rules = helm.template(values={"operator": {"manageNodeTaint": False}}).get("ClusterRole")["rules"]
     node_rule = next(r for r in rules if r["resources"] == ["nodes"])
@@ -178,7 +179,10 @@ def test_kiam_guide_values(helm: _helm.Helm) -> None:
     assert next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "kiam-server-tls"
     # secrets mode: the operator may read the proxies' Secret only, and create none.
     role = rendered.get("Role")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kiam-agent-tls"], "verbs": ["get"]}]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kiam-agent-tls"], "verbs": ["get"]},
+    ]
 
 
 def test_legacy_iptables_runs_as_root_with_two_capabilities_and_the_shared_lock(helm: _helm.Helm) -> None:

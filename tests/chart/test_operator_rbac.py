@@ -1,0 +1,244 @@
+"""The operator does its whole job with the chart's RBAC and nothing else.
+
+The chart is applied to the real API server; the operator runs as a real
+process with the environment of the chart's container and a token of the
+chart's ServiceAccount (not as admin); proxies run with the chart's proxy
+environment and the certificates of the Secret the operator created. The
+job: TLS Secrets, node taints removed once each node's proxy has its
+snapshot, bindings for annotated pods (created, Bound with status, deleted
+when the annotation goes), a user's PodRoleBinding Bound, denials reported
+as Events, credentials served to the pod. Not a single 403 on the way.
+
+And the test can fail: with one verb taken out of the rendered RBAC, the
+matching part of the job is not done and the 403 shows in the operator's log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart import helm as _helm
+from tests.chart import release as releases
+from tests.controlplane import ApiError, ControlPlane, kubelet
+from tests.support import moto
+from tests.support import proxy as proxy_support
+
+pytestmark = pytest.mark.chart
+
+ROLE = "chart-test-role"
+GROUP_PATH = "/apis/podiam.io/v1alpha1"
+CREDENTIALS = "/latest/meta-data/iam/security-credentials/"
+_octets = itertools.count(100, 2)
+_pod_ips = (f"127.0.3.{n}" for n in itertools.count(1))
+
+
+@pytest.fixture(scope="module")
+def chart_crds(controlplane: ControlPlane) -> None:
+    controlplane.install_crds(*sorted((_helm.CHART / "crds").glob("*.yaml")))
+
+
+@pytest.fixture
+def installed(controlplane: ControlPlane, helm: _helm.Helm, sts: moto.StsFront, chart_crds: None,
+              tmp_path: Path) -> Iterator[Callable[..., releases.Release]]:
+    made: list[releases.Release] = []
+
+    def install(name: str, mutate: releases.Mutation | None = None) -> releases.Release:
+        release = releases.Release(controlplane, helm, tmp_path / name, name, sts=sts, node_octet=next(_octets))
+        made.append(release)
+        release.add_nodes(extra_taints={1: ["dedicated=infra:NoSchedule"]})
+        release.apply(mutate)
+        release.schedule_proxy_pods()
+        release.start_operator()
+        return release
+
+    yield install
+    for release in made:
+        release.stop()
+        print(f"--- {release.name}: operator log (tail) ---\n{release.operator_log()[-6000:]}")
+        release.uninstall()
+
+
+# --- the user's side -----------------------------------------------------------------------
+
+
+def _namespace(cp: ControlPlane, name: str, permitted: str | None) -> None:
+    annotations = {} if permitted is None else {"iam.amazonaws.com/permitted": permitted}
+    cp.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "annotations": annotations}})
+
+
+def _pod(cp: ControlPlane, namespace: str, name: str, node: releases.Node, *, role: str | None = None,
+         labels: dict[str, str] | None = None) -> str:
+    annotations = {"iam.amazonaws.com/role": role} if role else {}
+    cp.api("POST", f"/api/v1/namespaces/{namespace}/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "amazon/aws-cli"}]},
+    })
+    kubelet.bind_pod(cp, namespace, name, node.name)
+    ip = next(_pod_ips)
+    kubelet.set_pod_status(cp, namespace, name, pod_ip=ip)
+    return ip
+
+
+def _binding(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = cp.api("GET", f"{GROUP_PATH}/namespaces/{namespace}/podrolebindings/{name}")
+        return found
+    except ApiError as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def _phase(cp: ControlPlane, namespace: str, name: str) -> str | None:
+    binding = _binding(cp, namespace, name)
+    phase = (binding or {}).get("status", {}).get("phase")
+    return str(phase) if phase is not None else None
+
+
+def _events(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cp.api("GET", f"/api/v1/namespaces/{namespace}/events")["items"]
+    return [e for e in items if e.get("source", {}).get("component") == "podiam-operator" or e.get("reportingComponent") == "podiam-operator"]
+
+
+def _credentials(release: releases.Release, node: releases.Node, pod_ip: str) -> dict[str, Any] | None:
+    port = release.ports["metadata"]
+    listing = proxy_support.http_request(node.ip, port, "GET", CREDENTIALS, source_ip=pod_ip)
+    if listing.status != 200:
+        return None
+    document = proxy_support.http_request(node.ip, port, "GET", CREDENTIALS + listing.text.strip(), source_ip=pod_ip)
+    return json.loads(document.body) if document.status == 200 else None
+
+
+# --- the whole job ----------------------------------------------------------------------------
+
+
+def test_operator_does_its_whole_job_with_the_charts_rbac_and_no_403(
+    controlplane: ControlPlane, installed: Callable[..., releases.Release],
+) -> None:
+    cp = controlplane
+    release = installed("rbac-ok")
+    fullname = release.fullname()
+
+    # TLS: auto mode creates the CA and both leaves in the release namespace...
+    for secret in (f"{fullname}-ca", f"{fullname}-proxy-tls", f"{fullname}-operator-tls"):
+        path = f"/api/v1/namespaces/{release.namespace}/secrets/{secret}"
+        releases.wait_for(lambda p=path: cp.api("GET", p), 60, f"Secret {secret}")  # type: ignore[misc]
+    # ...which the proxies mount; once the operator's snapshot reaches them they are ready...
+    release.start_proxies()
+    release.mark_ready_proxies(timeout=60)
+    # ...and the operator opens their nodes: the start-up taint goes, other taints stay.
+    for node in release.nodes:
+        releases.wait_for(lambda n=node: "podiam.io/agent-not-ready" not in release.taints(n), 30,  # type: ignore[misc]
+                          f"taint removed from {node.name}")
+    assert "dedicated" in release.taints(release.nodes[1])
+
+    # An annotated pod in a permitting namespace: its binding is created, Bound, and it reads credentials.
+    apps, denied = f"{release.name}-apps", f"{release.name}-denied"
+    _namespace(cp, apps, ".*")
+    _namespace(cp, denied, None)
+    node = release.nodes[0]
+    ip = _pod(cp, apps, "tester", node, role=ROLE)
+    releases.wait_for(lambda: _phase(cp, apps, "tester") == "Bound", 30, "binding apps/tester Bound")
+    status = _binding(cp, apps, "tester")["status"]  # type: ignore[index]
+    assert status["roleArn"].endswith(f":role/{ROLE}") and status["pods"] == 1 and status["expiration"]
+    creds = releases.wait_for(lambda: _credentials(release, node, ip), 30, "credentials served to the pod")
+    assert creds["AccessKeyId"] and creds["Code"] == "Success"
+
+    # A user's PodRoleBinding over labelled pods: its status is written too.
+    _pod(cp, apps, "worker", release.nodes[1], labels={"app": "worker"})
+    cp.api("POST", f"{GROUP_PATH}/namespaces/{apps}/podrolebindings", {
+        "apiVersion": "podiam.io/v1alpha1", "kind": "PodRoleBinding", "metadata": {"name": "workers", "namespace": apps},
+        "spec": {"role": ROLE, "podSelector": {"matchLabels": {"app": "worker"}}},
+    })
+    releases.wait_for(lambda: _phase(cp, apps, "workers") == "Bound", 30, "user binding Bound")
+
+    # A pod where no role is permitted: Denied, with Events.
+    _pod(cp, denied, "intruder", node, role=ROLE)
+    releases.wait_for(lambda: _phase(cp, denied, "intruder") == "Denied", 30, "binding denied/intruder Denied")
+    releases.wait_for(lambda: _events(cp, denied), 30, "an Event about the denial")
+
+    # The annotation removed: the operator deletes the binding it made.
+    cp.api("PATCH", f"/api/v1/namespaces/{apps}/pods/tester", {"metadata": {"annotations": {"iam.amazonaws.com/role": None}}})
+    releases.wait_for(lambda: _binding(cp, apps, "tester") is None, 30, "binding apps/tester deleted")
+
+    forbidden = release.forbidden_lines()
+    assert not forbidden, "the chart's RBAC refused the operator:\n" + "\n".join(forbidden)
+    assert release.operator is not None and release.operator.alive()
+    for name in (apps, denied):
+        cp.api("DELETE", f"/api/v1/namespaces/{name}")
+
+
+# --- one verb less: the test notices ---------------------------------------------------------------
+
+
+def _drop_verb(kind: str, resource: str, verb: str) -> releases.Mutation:
+    def mutate(objects: list[dict[str, Any]]) -> None:
+        (role,) = [o for o in objects if o["kind"] == kind]
+        hits = [rule for rule in role["rules"] if resource in rule["resources"] and verb in rule["verbs"]]
+        assert hits, f"the chart's {kind} grants no {verb} on {resource}: nothing to take away"
+        for rule in hits:
+            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+        role["rules"] = [rule for rule in role["rules"] if rule["verbs"]]  # a rule without verbs is invalid
+
+    return mutate
+
+
+# What the operator's log says when that verb is missing.
+EXPECTED_LOG = {
+    "podrolebindings/status:patch": re.compile(r"status of binding \S+ not written: HTTP 403"),
+    "events:create": re.compile(r"could not post Event NamespaceNotPermitted on \w+ \S+: HTTP 403"),
+    "nodes:patch": re.compile(r"could not remove taint podiam.io/agent-not-ready from node \S+: HTTP 403"),
+    "secrets:create": re.compile(r"the operator may not create Secret \S+ \(HTTP 403\)"),
+}
+
+
+def _wait_forbidden(release: releases.Release, expected: re.Pattern[str], timeout: float = 45.0) -> None:
+    releases.wait_for(lambda: any(expected.search(line) for line in release.forbidden_lines()), timeout,
+                      f"{expected.pattern!r} in the operator's log")
+
+
+@pytest.mark.parametrize("verb", sorted(EXPECTED_LOG))
+def test_a_missing_verb_fails_the_job_and_shows_as_403(
+    controlplane: ControlPlane, installed: Callable[..., releases.Release], verb: str,
+) -> None:
+    cp = controlplane
+    resource, name = verb.split(":")
+    expected = EXPECTED_LOG[verb]
+    kind = "Role" if resource == "secrets" else "ClusterRole"
+    release = installed(f"rbac-no-{name}-{resource.split('/')[-1]}", mutate=_drop_verb(kind, resource, name))
+    fullname = release.fullname()
+
+    if resource == "secrets":
+        # No CA, no certificates: the proxies' Secret never appears, so no proxy can start.
+        _wait_forbidden(release, expected)
+        with pytest.raises(ApiError) as missing:
+            cp.api("GET", f"/api/v1/namespaces/{release.namespace}/secrets/{fullname}-proxy-tls")
+        assert missing.value.status == 404
+        return
+
+    release.start_proxies()
+    release.mark_ready_proxies(timeout=60)
+    if resource == "nodes":
+        _wait_forbidden(release, expected)
+        assert all("podiam.io/agent-not-ready" in release.taints(node) for node in release.nodes)
+        return
+
+    apps = f"{release.name}-apps"
+    _namespace(cp, apps, None if resource == "events" else ".*")
+    _pod(cp, apps, "tester", release.nodes[0], role=ROLE)
+    _wait_forbidden(release, expected)
+    if resource == "events":
+        releases.wait_for(lambda: _phase(cp, apps, "tester") == "Denied", 30, "binding Denied")
+        assert not _events(cp, apps), "an Event was posted without the create verb"
+    else:
+        releases.wait_for(lambda: _binding(cp, apps, "tester") is not None, 30, "binding created")
+        assert _phase(cp, apps, "tester") != "Bound"
+    cp.api("DELETE", f"/api/v1/namespaces/{apps}")
