@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         place = pods.choose(args.mode)
         show.say(f"{place.mode}: {place.why}")
         cleanup.callback(_teardown, place)
-        place.setup()
+        place.setup(workdir)
         if isinstance(place, pods.NetnsPlace):
             show.say(f"network namespace {place.pod.netns}: veth {place.pod.host_if} ({place.node_address}, node-1) <-> "
                      f"{place.pod.pod_if} ({place.pod_ip}, the pod);")

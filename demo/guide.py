@@ -76,7 +76,29 @@ def deploy_tester(c: cluster.Cluster, place: pods.Place) -> str:
     c.stack.wait_binding_phase(NAMESPACE, pod, "Bound", timeout=30)
     kubectl.run(c.cp, "get", "podrolebindings")
     kubectl.run(c.cp, "get", "pods", "-o", "wide")
+    _what_each_node_holds(c, node)
     return pod
+
+
+def _held(node: stacks.Node) -> tuple[int, int]:
+    """(pod entries, role credential sets) the node's proxy holds, from its /metrics."""
+    values = {}
+    for line in node.proxy.metrics().splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("podiam_proxy_pods", "podiam_proxy_roles"):
+            values[name] = int(float(value))
+    return values["podiam_proxy_pods"], values["podiam_proxy_roles"]
+
+
+def _what_each_node_holds(c: cluster.Cluster, pod_node: stacks.Node) -> None:
+    show.say("What each node's proxy holds (gauges podiam_proxy_pods and podiam_proxy_roles of its /metrics):")
+    stacks.wait_for(lambda: _held(pod_node) == (1, 1), 10, f"{pod_node.name}'s proxy holding the pod and its role")
+    for node in c.stack.nodes:
+        held = _held(node)
+        show.say(f"  {node.name}: {held[0]} pod(s), {held[1]} role credential set(s)")
+        expected = (1, 1) if node is pod_node else (0, 0)
+        checks.expect(held == expected, f"{node.name}'s proxy holds {held}, expected {expected}")
+    show.ok("only the pod's node holds its credentials")
 
 
 def _probe(place: pods.Place, env: dict[str, str], port: int, *extra: str) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -63,7 +64,7 @@ class Place:
     def proxy_args(self) -> list[str]:
         return []
 
-    def setup(self) -> None:
+    def setup(self, workdir: Path | None = None) -> None:
         pass
 
     def teardown(self) -> list[str]:
@@ -96,9 +97,9 @@ class NetnsPlace(Place):
     def proxy_args(self) -> list[str]:
         return ["--iptables", "--host-interface", self.interface_pattern, "--host-ip", self.node_address]
 
-    def setup(self) -> None:
+    def setup(self, workdir: Path | None = None) -> None:
         STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-        STATE_FILE.write_text(f"{os.getpid()}\n")
+        STATE_FILE.write_text(f"{os.getpid()}\n{workdir or ''}\n")
         self.guard.install()
         self.pod.create()
 
@@ -150,28 +151,35 @@ def chain_exists() -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running demo (a reused pid of another program does not count)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return b"demo" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def recover_interrupted() -> str | None:
     """Clean up after a netns-mode demo that was killed; returns what was done (None: nothing to do)."""
-    try:
-        pid = int(STATE_FILE.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if _pid_alive(pid) and pid != os.getpid():
+    pid, workdir = _owner()
+    if pid is None or (_pid_alive(pid) and pid != os.getpid()):
         return None
     leftover = NetnsPlace("netns", "", "10.250.0.1", "10.250.0.2", "10.250.0.1")
     problems = leftover.teardown()
     if problems:
         raise checks.DemoFailure("could not clean up after an interrupted demo: " + "; ".join(problems))
-    return f"cleaned up after an interrupted demo (pid {pid}): its network namespace, veth, iptables rules"
+    if workdir is not None and workdir.name.startswith("podiam-demo-"):
+        shutil.rmtree(workdir, ignore_errors=True)
+    return f"cleaned up after a killed demo (pid {pid}): its network namespace, veth, iptables rules, work folder"
+
+
+def _owner() -> tuple[int | None, Path | None]:
+    """The pid and work folder recorded by the demo that last ran in netns mode (None: none recorded)."""
+    try:
+        lines = STATE_FILE.read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None, None
+    return pid, Path(lines[1]) if len(lines) > 1 and lines[1] else None
 
 
 def _netns_unavailable() -> str | None:
@@ -180,10 +188,7 @@ def _netns_unavailable() -> str | None:
         return reason
     if netns.forwarding() != "0":
         return "net.ipv4.ip_forward is on, so a pod's packets could leave this machine"
-    try:
-        owner = int(STATE_FILE.read_text().strip())
-    except (OSError, ValueError):
-        owner = None
+    owner, _ = _owner()
     if owner is not None and owner != os.getpid() and _pid_alive(owner):
         return f"another demo (pid {owner}) is running in netns mode"
     if chain_exists():
