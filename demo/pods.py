@@ -182,7 +182,8 @@ def _owner() -> tuple[int | None, Path | None]:
     return pid, Path(lines[1]) if len(lines) > 1 and lines[1] else None
 
 
-def _netns_unavailable() -> str | None:
+def netns_unavailable() -> str | None:
+    """Why netns mode cannot run now (None: it can)."""
     reason = netns.why_not()
     if reason:
         return reason
@@ -205,7 +206,7 @@ def choose(requested: str) -> Place:
         recovered = recover_interrupted() if netns.why_not() is None else None
         if recovered:
             print(f"    {recovered}", flush=True)
-        reason = _netns_unavailable()
+        reason = netns_unavailable()
         if reason is None:
             why = ("running as root with iptables and ip, IP forwarding off: the pod gets its own network namespace "
                    "and node-1's proxy intercepts 169.254.169.254 with iptables, as in a cluster")

@@ -8,7 +8,6 @@ import pytest
 
 from demo import guide, pods
 from tests.demo.conftest import chain_present, leftovers, run_demo
-from tests.support import netns
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +15,7 @@ ARN = re.compile(r"arn:aws:sts::123456789012:assumed-role/KiamTesterRole/[\w+=,.
 
 
 def _netns_possible() -> bool:
-    return netns.why_not() is None and netns.forwarding() == "0" and not pods.chain_exists() and not pods.STATE_FILE.exists()
+    return pods.netns_unavailable() is None
 
 
 def _assert_guide_result(output: str) -> None:
