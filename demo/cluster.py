@@ -76,7 +76,7 @@ def start(place: pods.Place, workdir: Path, cleanup: contextlib.ExitStack) -> Cl
                  f"--metadata-port {node.proxy.metadata_port} --control-port {node.proxy.control_port} "
                  f"--tls-cert .../tls.crt ... {flags}".rstrip())
     if place.proxy_args():
-        show.say("node-0's proxy runs without --iptables: both nodes share this machine's nat table, where one")
-        show.say("proxy's DNAT rule can live (on real nodes, every proxy has --iptables).")
+        show.say("node-0's proxy runs without --iptables: both nodes share this machine's nat table, where only")
+        show.say("one proxy's DNAT rule can live (on real nodes, every proxy has --iptables).")
     show.ok("both proxies are ready (they received the operator's snapshot over mutual TLS)")
     return Cluster(cp=cp, moto_server=server, sts=front, roles=roles, stack=stack)

@@ -166,9 +166,10 @@ def caller_identity(c: cluster.Cluster, place: pods.Place, pod: str, home: Path)
     checks.expect(code == 0, f"aws sts get-caller-identity exited {code}: {err.strip()}")
     arn = str(json.loads(out).get("Arn", ""))
     checks.expect(ASSUMED_ROLE_ARN.match(arn), f"the CLI's identity is {arn!r}, not the assumed KiamTesterRole")
-    assumed = c.sts.assume_role_count()
     show.ok(f"the pod is {arn}")
-    show.say(f"(the operator made {assumed} AssumeRole call(s) so far: its assumeRoleArn and the pod's role, cached)")
+    assumed = c.sts.stats()["assumed"]
+    calls = ", ".join(f"{role_arn.rsplit('/', 1)[-1]} x{count}" for role_arn, count in sorted(assumed.items()))
+    show.say(f"(the operator's AssumeRole calls so far, counted at the STS front: {calls})")
     return arn
 
 
