@@ -5,6 +5,7 @@ up works: the operator's role may assume a pod role, and nothing else may."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,13 @@ def test_moto_rejects_a_malformed_policy(moto_server: moto.MotoServer) -> None:
     del broken["Statement"][0]["Effect"]
     with pytest.raises(botocore.exceptions.ClientError, match="MalformedPolicyDocument"):
         _client("iam", moto_server.url).create_policy(PolicyName="broken", PolicyDocument=json.dumps(broken))
+
+
+def test_the_terraform_example_is_terraform_fmt_clean() -> None:
+    script = Path(__file__).parents[2] / "scripts" / "install-terraform.sh"
+    terraform = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True, timeout=900).stdout.strip()
+    result = subprocess.run(
+        [terraform, "fmt", "-check", "-diff", "-recursive", str(EXAMPLES / "terraform")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
