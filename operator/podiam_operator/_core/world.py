@@ -70,6 +70,10 @@ class World:
         self.binding_pods: dict[BindingKey, set[PodKey]] = collections.defaultdict(set)
         self.proxies: dict[str, facts.ProxyFacts] = {}
         self._placed: dict[PodKey, tuple[str | None, str | None]] = {}  # (node, key) last accounted
+        # Every live pod's (node, IP), whatever its role: a granted pod's IP that
+        # another live pod also claims (a role-less one included) is served to nobody.
+        self.ip_claims: dict[tuple[str, str], set[PodKey]] = collections.defaultdict(set)
+        self._claimed: dict[PodKey, tuple[str, str]] = {}
 
     # --- queries -------------------------------------------------------------
 
@@ -87,8 +91,10 @@ class World:
                 by_ip[pod.ip].append(PodEntryPlan(pod.ip, pod.uid, pod.namespace, pod.name, grant.key))
         for ip, plans in by_ip.items():
             # Two live pods claiming one IP: one of them is stale and we cannot
-            # tell which, so neither is served until the stale one is gone.
-            if len(plans) == 1:
+            # tell which, so neither is served until the stale one is gone. The
+            # other claim may come from a pod without a role: it must not get
+            # this one's credentials either.
+            if len(plans) == 1 and len(self.ip_claims.get((node, ip), ())) <= 1:
                 pods[plans[0].uid] = plans[0]
         return NodeDesired(pods=pods, keys=frozenset(keys))
 
@@ -133,6 +139,7 @@ class World:
         delta |= self._recompute_pod(pod.key)
         if old is None or old.ip != pod.ip or old.node != pod.node:
             delta.nodes |= {n for n in (pod.node, old.node if old else None) if n and pod.key in self.node_pods.get(n, {})}
+        delta.nodes |= self._claim(pod.key, pod)
         return delta
 
     def delete_pod(self, namespace: str, name: str) -> Delta:
@@ -140,6 +147,7 @@ class World:
         if key not in self.pods:
             return Delta()
         delta = self._unplace(key)
+        delta.nodes |= self._claim(key, None)
         decision = self.decisions.pop(key, decide.NONE)
         for binding in decision.bindings:
             self.binding_pods[(namespace, binding)].discard(key)
@@ -226,6 +234,27 @@ class World:
             delta.bindings.update((namespace, name) for name in set(old.bindings) | set(decision.bindings))
         delta |= self._place(key)
         return delta
+
+    def _claim(self, key: PodKey, pod: facts.PodFacts | None) -> set[str]:
+        """Account the pod's claim on its (node, IP); the nodes where a granted pod's IP got or lost a rival claim."""
+        wanted = (pod.node, pod.ip) if pod is not None and pod.node and pod.ip and pod.alive and not pod.host_network else None
+        old = self._claimed.get(key)
+        if old == wanted:
+            return set()
+        if old is not None:
+            claims = self.ip_claims[old]
+            claims.discard(key)
+            if not claims:
+                del self.ip_claims[old]
+            del self._claimed[key]
+        if wanted is not None:
+            self.ip_claims[wanted].add(key)
+            self._claimed[key] = wanted
+        nodes = set()
+        for node, ip in (c for c in (old, wanted) if c is not None):
+            if any(self.pods[p].ip == ip for p in self.ip_claims.get((node, ip), ()) if p in self.node_pods.get(node, {})):
+                nodes.add(node)
+        return nodes
 
     def _place(self, key: PodKey) -> Delta:
         """Account the pod under its node and key according to its decision."""

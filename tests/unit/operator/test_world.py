@@ -141,3 +141,43 @@ def test_base_arrives_later() -> None:
     assert w.decisions[p.key].outcome == "error"
     w.set_base(roles.BaseArn("aws", "123456789012"))
     assert w.decisions[p.key].outcome == "granted"
+
+
+@pytest.mark.parametrize("rival", ["no role", "denied", "host network elsewhere"])
+def test_a_role_less_pod_claiming_a_granted_pods_ip_stops_serving_it(rival: str) -> None:
+    # Found by tests/fault/test_ip_reuse.py: pod A (role) still Running at an IP
+    # in the API when pod B without a role reports the same IP on the same node.
+    w = make()
+    w.set_namespace(namespace("locked", None))
+    a = pod(name="a", node="n1", ip="10.0.0.1", role="RoleA")
+    w.set_pod(a)
+    assert set(w.desired_for_node("n1").pods) == {a.uid}
+    if rival == "no role":
+        b = pod(name="b", node="n1", ip="10.0.0.1", role=None)
+    elif rival == "denied":
+        b = pod(name="b", namespace="locked", node="n1", ip="10.0.0.1", role="RoleA")
+    else:
+        b = pod(name="b", node="n2", ip="10.0.0.1", role=None, host_network=True)
+    delta = w.set_pod(b)
+    if rival == "host network elsewhere":
+        assert set(w.desired_for_node("n1").pods) == {a.uid}
+        return
+    assert "n1" in delta.nodes
+    assert w.desired_for_node("n1").pods == {}
+    # A's end (finished, or gone) gives the IP to B alone; B has no role here.
+    delta = w.set_pod(dataclasses.replace(a, phase="Succeeded"))
+    assert w.desired_for_node("n1").pods == {}
+    w.delete_pod("team", "a")
+    assert w.desired_for_node("n1").pods == {}
+    assert not w.ip_claims.get(("n1", "10.0.0.1"), set()) - {b.key}
+
+
+def test_a_rival_claim_that_goes_away_restores_the_granted_pod() -> None:
+    w = make()
+    a = pod(name="a", node="n1", ip="10.0.0.1", role="RoleA")
+    w.set_pod(a)
+    w.set_pod(pod(name="b", node="n1", ip="10.0.0.1", role=None))
+    assert w.desired_for_node("n1").pods == {}
+    delta = w.delete_pod("team", "b")
+    assert "n1" in delta.nodes
+    assert set(w.desired_for_node("n1").pods) == {a.uid}
