@@ -70,6 +70,10 @@ class StsFront:
         """``{"actions": {"AssumeRole": n, ...}, "assumed": {role_arn: n}, "injected": {...}}``."""
         return self._call("GET", "/_front/stats")
 
+    def issued_keys(self) -> dict[str, str]:
+        """Every AccessKeyId issued by AssumeRole through this front -> the RoleArn it was assumed for."""
+        return {str(k): str(v) for k, v in self._call("GET", "/_front/keys").items()}
+
     def assume_role_count(self, role_arn: str | None = None) -> int:
         stats = self.stats()
         if role_arn is None:

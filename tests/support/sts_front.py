@@ -37,6 +37,10 @@ FAULTS = web.AppKey("faults", Faults)
 STATS = web.AppKey("stats", Stats)
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", ClientSession)
+# Every AccessKeyId moto issued through this front -> the RoleArn it was assumed for, so that
+# tests can tell which role a credential document served to a pod belongs to.
+KEYS = web.AppKey("keys", dict[str, str])
+_ACCESS_KEY_ID = re.compile(r"<AccessKeyId>([^<]+)</AccessKeyId>|\"AccessKeyId\"\s*:\s*\"([^\"]+)\"")
 
 _ERROR_BODY = (
     '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
@@ -51,6 +55,11 @@ def _error(status: int, code: str, message: str) -> web.Response:
 async def get_stats(request: web.Request) -> web.Response:
     stats = request.app[STATS]
     return web.json_response({"actions": stats.actions, "assumed": stats.assumed, "injected": stats.injected})
+
+
+async def get_keys(request: web.Request) -> web.Response:
+    # Kept across stats resets: credentials issued before a reset are still being served.
+    return web.json_response(request.app[KEYS])
 
 
 async def reset_stats(request: web.Request) -> web.Response:
@@ -87,6 +96,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}}
     async with app[SESSION].request(request.method, app[UPSTREAM] + request.path_qs, data=body, headers=headers) as upstream:
         payload = await upstream.read()
+        if action == "AssumeRole" and upstream.status == 200:
+            found = _ACCESS_KEY_ID.search(payload.decode(errors="replace"))
+            if found:
+                app[KEYS][found.group(1) or found.group(2)] = params.get("RoleArn", "")
         return web.Response(status=upstream.status, body=payload, content_type=upstream.content_type)
 
 
@@ -101,9 +114,11 @@ def make_app(upstream: str) -> web.Application:
     app[FAULTS] = Faults()
     app[STATS] = Stats()
     app[UPSTREAM] = upstream.rstrip("/")
+    app[KEYS] = {}
     app.cleanup_ctx.append(_client_session)
     app.router.add_get("/_front/stats", get_stats)
     app.router.add_delete("/_front/stats", reset_stats)
+    app.router.add_get("/_front/keys", get_keys)
     app.router.add_put("/_front/faults", put_faults)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
