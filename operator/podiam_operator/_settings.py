@@ -102,6 +102,7 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     log_format: LogFormat = pydantic.Field(default="json", description="json or plain")
     metrics_address: str = pydantic.Field(default="0.0.0.0", description="Address of the metrics endpoint")
     metrics_port: int = pydantic.Field(default=9090, ge=0, le=65535, description="Port of /metrics (0: off)")
+    liveness_address: str = pydantic.Field(default="0.0.0.0", description="Address of kopf's liveness endpoint")
     liveness_port: int = pydantic.Field(default=8080, ge=0, le=65535, description="Port of kopf's /healthz (0: off)")
     peering_name: str = pydantic.Field(default="podiam", description="ClusterKopfPeering object the replicas share")
     peering_priority: int | None = pydantic.Field(

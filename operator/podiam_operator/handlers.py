@@ -38,7 +38,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     ops = _ops(memo)
     # Near-immediate handling: a pod's IP must reach its proxy well within a second.
     settings.batching.batch_window = 0.01
-    settings.batching.idle_timeout = 60
+    settings.batching.idle_timeout = 10  # per-object workers: few idle tasks with many pods
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10

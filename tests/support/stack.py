@@ -52,6 +52,7 @@ CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 PROXY_TLS_SECRET = "podiam-proxy-tls"
 PROXY_TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")
 T = TypeVar("T")
+_POD_IPS = itertools.count()
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", interval: float = 0.05) -> T:
@@ -107,7 +108,6 @@ class Stack:
         self.node_proxy_args = {i: list(a) for i, a in (node_proxy_args or {}).items()}
         self.nodes: list[Node] = []
         self.operators: list[processes.ManagedProcess] = []
-        self._ips = (f"127.0.{1 + n // 250}.{1 + n % 250}" for n in itertools.count())
         self._operator_count = 0
         self.pki: certs.Pki | None = None
         self.server_files: proxy.ServerFiles | None = None
@@ -237,6 +237,9 @@ class Stack:
             "PODIAM_STS_RETRY_BASE": "0.05",
             "PODIAM_LOG_FORMAT": "plain",
             "PODIAM_PEERING_LIFETIME": "6",
+            # Loopback only: a port free on 127.0.0.1 may be taken on another 127.0.0.x.
+            "PODIAM_METRICS_ADDRESS": "127.0.0.1",
+            "PODIAM_LIVENESS_ADDRESS": "127.0.0.1",
             **self.operator_env,
         }
 
@@ -305,7 +308,10 @@ class Stack:
                     {"metadata": {"annotations": {"iam.amazonaws.com/permitted": permitted}}})
 
     def next_ip(self) -> str:
-        return next(self._ips)
+        """A pod IP never handed out before in this process: stacks share one control
+        plane per test session, and pods of earlier stacks stay in it."""
+        n = next(_POD_IPS)
+        return f"127.0.{1 + n // 250}.{1 + n % 250}"
 
     def pod_manifest(self, namespace: str, name: str, *, role: str | None = None,
                      labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None,

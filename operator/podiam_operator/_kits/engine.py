@@ -391,9 +391,10 @@ class Engine:
         if status.phase in ("Denied", "Conflict", "Error"):
             self._post_event(ref, "Warning", status.reason, status.message)
         elif status.phase == "Bound" and old_phase != "Bound":
-            self._post_event(ref, "Normal", "Bound", status.message)
+            # No Event for success (5,000 pods would mean 5,000 Events); a
+            # failure after a recovery is news again.
             for reason in list(self._emitted):
-                if reason[0] == binding.uid and reason[1] != "Bound":
+                if reason[0] == binding.uid:
                     del self._emitted[reason]
 
     def _phase_gauge(self) -> None:

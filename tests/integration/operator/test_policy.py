@@ -140,3 +140,18 @@ def test_throttling_is_retried(stack: stacks.Stack, ns: str) -> None:
         stack.wait_credentials(node, ip, timeout=40)
     finally:
         stack.sts.clear_faults()
+
+
+def test_deleted_pod_owned_binding_is_recreated_while_the_annotation_stays(stack: stacks.Stack, ns: str) -> None:
+    # The annotation is the source of truth for pod-owned bindings (like a
+    # ReplicaSet's pods): deleting the binding does not revoke, removing the
+    # annotation does (test_revocation).
+    node, ip = stack.nodes[0], stack.next_ip()
+    stack.create_pod(ns, "owned", role="owned-role", node=node, ip=ip)
+    first = stack.wait_binding_phase(ns, "owned", "Bound")
+    stack.delete_binding(ns, "owned")
+    second = stacks.wait_for(
+        lambda: (b := stack.binding(ns, "owned")) and b["metadata"]["uid"] != first["metadata"]["uid"] and b, 20, "recreated")
+    assert second["spec"]["role"] == "owned-role"
+    stack.wait_binding_phase(ns, "owned", "Bound")
+    stack.wait_credentials(node, ip)

@@ -109,3 +109,14 @@ def test_standby_takes_over_and_resyncs(stack: stacks.Stack, ns: str) -> None:
     node2, ip2 = stack.nodes[1], stack.next_ip()
     stack.create_pod(ns, "after", role="ha-role", node=node2, ip=ip2)
     stack.wait_credentials(node2, ip2, timeout=20)
+
+
+def test_assume_role_arn_chains_through_the_servers_role(stack: stacks.Stack, ns: str) -> None:
+    server = "arn:aws:iam::123456789012:role/podiam-server"
+    stack.operator.kill()
+    before = stack.sts.assume_role_count(server)
+    stack.start_operator(env={"PODIAM_ASSUME_ROLE_ARN": server})
+    node, ip = stack.nodes[1], stack.next_ip()
+    stack.create_pod(ns, "chained", role="chained-role", node=node, ip=ip)
+    assert stack.wait_credentials(node, ip, timeout=40)["RoleName"] == "chained-role"
+    assert stack.sts.assume_role_count(server) > before
