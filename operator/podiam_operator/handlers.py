@@ -136,6 +136,8 @@ async def pod_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any)
     engine.pod_event(type, raw)
     if _is_proxy(raw, _ops(memo)):
         engine.proxy_event(type, raw)
+    if type is None:  # kopf (re)listed pods: deletions meanwhile sent no event
+        engine.relisted("pods")
 
 
 @kopf.on.event("namespaces")
@@ -145,7 +147,10 @@ async def namespace_event(type: str | None, body: kopf.Body, memo: Any, **kwargs
 
 @kopf.on.event(facts.GROUP, facts.VERSION, facts.PLURAL)
 async def binding_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    (await _engine(memo, kwargs)).binding_event(type, dict(body))
+    engine = await _engine(memo, kwargs)
+    engine.binding_event(type, dict(body))
+    if type is None:  # kopf (re)listed bindings: deletions meanwhile sent no event
+        engine.relisted("bindings")
 
 
 @kopf.on.event("nodes")

@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
 STATUS_CONCURRENCY = 8
 MAX_POD_EVENTS_PER_FAILURE = 20
+RELIST_QUIET = 1.0  # seconds without relisted objects before checking what the relist did not show
+RELIST_RETRY = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Engine:
         self._owned_wakeup = asyncio.Event()
         self._owned_created: dict[world.PodKey, str] = {}  # created, not seen back yet: pod uid
         self._emitted: dict[tuple[str, str], str] = {}  # (object uid, reason) -> message, to post each Event once
+        self._relisted_at = 0.0  # when kopf last delivered an object of a relist
+        self._reconciling = False
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -211,6 +216,69 @@ class Engine:
                     self._spawn(self._synced(name), f"untaint-{name}")
         else:
             self.tainted.discard(name)
+
+    # --- relists: deletions no watch reported ------------------------------------------
+
+    def relisted(self, kind: str) -> None:
+        """kopf delivered an object of a (re)list of ``kind`` ("pods" or "bindings").
+
+        kopf lists again whenever a watch cannot resume (410 Gone: its resource
+        version expired, e.g. while the operator was cut off from a restarted
+        API server) and reports only the objects that exist: an object deleted
+        meanwhile never gets its DELETED event, and a pod's or binding's deletion
+        is a revocation. So once the relist is over, whatever we hold that no
+        longer exists is deleted here. Both kinds are checked whichever relisted
+        (a relist of a kind with no objects left delivers nothing at all).
+        """
+        if not self.started:
+            return
+        self._relisted_at = time.monotonic()
+        if not self._reconciling:
+            self._reconciling = True
+            self._spawn(self._reconcile(), "reconcile-after-relist")
+
+    async def _reconcile(self) -> None:
+        try:
+            while (quiet := self._relisted_at + RELIST_QUIET - time.monotonic()) > 0:
+                await asyncio.sleep(quiet)
+            for kind in ("pods", "bindings"):
+                while True:
+                    try:
+                        await self._drop_vanished(kind)
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as error:  # the API server may be away again: keep trying
+                        logger.warning("checking %s after a relist failed (%s: %s); retrying", kind, type(error).__name__, error)
+                    await asyncio.sleep(RELIST_RETRY)
+        finally:
+            self._reconciling = False
+
+    def _held(self, kind: str) -> dict[tuple[str, str], str]:
+        if kind == "pods":
+            return {key: pod.uid for key, pod in self.world.pods.items()}
+        return {key: binding.uid for key, binding in self.world.bindings.items()}
+
+    async def _drop_vanished(self, kind: str) -> None:
+        listed = await self.kube.list_uids(kind)
+        suspects = [(key, uid) for key, uid in self._held(kind).items() if listed.get(key) != uid]
+        for (namespace, name), uid in suspects:
+            # Seen by the watch after the list was taken, perhaps: ask for it by name.
+            if await self.kube.current_uid(kind, namespace, name) == uid:
+                continue
+            if self._held(kind).get((namespace, name)) != uid:
+                continue  # the watch caught up meanwhile
+            logger.warning("%s %s/%s (uid %s) was deleted while our watch was broken: revoking now",
+                           "pod" if kind == "pods" else "PodRoleBinding", namespace, name, uid)
+            if kind == "pods":
+                pod = self.world.pods[(namespace, name)]
+                body = {"metadata": {"namespace": namespace, "name": name, "uid": uid}, "spec": {"nodeName": pod.node}}
+                self.pod_event("DELETED", body)
+                proxy = self.world.proxies.get(pod.node or "")
+                if proxy is not None and proxy.pod_uid == uid:
+                    self.proxy_event("DELETED", body)
+            else:
+                self.binding_event("DELETED", {"metadata": {"namespace": namespace, "name": name, "uid": uid}})
 
     # --- consequences ----------------------------------------------------------------
 

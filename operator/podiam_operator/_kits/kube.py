@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import os
 from typing import Any
@@ -86,6 +87,54 @@ class Kube:
         await self.custom.patch_namespaced_custom_object_status(
             facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH  # type: ignore[call-arg]
         )
+
+    # --- what exists (after a relist) ----------------------------------------------
+
+    async def list_uids(self, kind: str) -> dict[tuple[str, str], str]:
+        """``(namespace, name) -> uid`` of every pod (``kind="pods"``) or PodRoleBinding, in pages, unparsed models."""
+        found: dict[tuple[str, str], str] = {}
+        token: str | None = None
+        while True:
+            extra: dict[str, Any] = {"limit": 500, "_preload_content": False}
+            response: Any  # the raw aiohttp response (_preload_content=False): no model for 5,000 pods
+            if token:
+                extra["_continue"] = token
+            if kind == "pods":
+                response = await self.core.list_pod_for_all_namespaces(**extra)
+            else:
+                response = await self.custom.list_cluster_custom_object(facts.GROUP, facts.VERSION, facts.PLURAL, **extra)
+            try:
+                page = json.loads(await response.read())
+            finally:
+                response.release()
+            for item in page.get("items") or []:
+                meta = item.get("metadata") or {}
+                found[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = str(meta.get("uid", ""))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return found
+
+    async def current_uid(self, kind: str, namespace: str, name: str) -> str | None:
+        """The uid of the pod or PodRoleBinding of that name now (a quorum read), None if there is none.
+
+        A list with a field selector, not a get: the operator's RBAC grants list and watch only.
+        """
+        selector = f"metadata.name={name}"
+        response: Any
+        if kind == "pods":
+            response = await self.core.list_namespaced_pod(namespace, field_selector=selector, _preload_content=False)
+        else:
+            response = await self.custom.list_namespaced_custom_object(
+                facts.GROUP, facts.VERSION, namespace, facts.PLURAL, field_selector=selector, _preload_content=False)
+        try:
+            page = json.loads(await response.read())
+        finally:
+            response.release()
+        for item in page.get("items") or []:
+            meta = item.get("metadata") or {}
+            if meta.get("name") == name:
+                return str(meta.get("uid", "")) or None
+        return None
 
     # --- Events ------------------------------------------------------------------
 
