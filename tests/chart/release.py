@@ -27,6 +27,7 @@ import base64
 import dataclasses
 import os
 import re
+import socket
 import sys
 import time
 import urllib.parse
@@ -38,13 +39,29 @@ import yaml  # type: ignore[import-untyped]
 
 from tests.chart import helm as _helm
 from tests.controlplane import ApiError, ControlPlane, kubelet
-from tests.support import moto, ports, processes
+from tests.support import moto, processes
 from tests.support import proxy as proxy_support
 
 REPO = _helm.REPO
 TLS_MOUNT = "/var/run/podiam/tls"
-FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden")
+# How a refusal shows in the operator's log: kopf's APIForbiddenError, the
+# API's "Forbidden" reason, or podiam's own "HTTP 403" / "(403)" messages.
+FORBIDDEN = re.compile(r"[Ff]orbidden|HTTP 403|\(403\)|status=403|code\W+403")
 Mutation = Callable[[list[dict[str, Any]]], None]
+
+
+def _free_ports(*names: str) -> dict[str, int]:
+    """Distinct ports free on every address (kopf's liveness endpoint listens on 0.0.0.0), held until all are chosen."""
+    sockets = []
+    try:
+        for _ in names:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(("0.0.0.0", 0))
+        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, sockets)}
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -99,12 +116,13 @@ class Release:
         self.name = name
         self.namespace = f"{name}-system"
         self.nodes = [Node(f"{name}-node-{i}", f"127.0.0.{node_octet + i}") for i in range(nodes)]
-        addresses = [n.ip for n in self.nodes]
-        self.ports = {key: ports.free_port_on_all(addresses) for key in ("metadata", "control", "health")}
+        self.ports = _free_ports("metadata", "control", "health", "liveness", "metrics")
         self.values: dict[str, Any] = {
             "operator": {
                 **({"sts": {"endpointUrl": sts.url, "region": "us-east-1"}} if sts is not None else {}),
-                "ports": {"liveness": ports.free_port(), "metrics": ports.free_port()},
+                "ports": {"liveness": self.ports["liveness"], "metrics": self.ports["metrics"]},
+                # The metrics endpoint on loopback only, on a machine shared with other tests.
+                "extraEnv": {"PODIAM_METRICS_ADDRESS": "127.0.0.1"},
                 "log": {"format": "plain"},
                 **dict((values or {}).get("operator", {})),
             },
@@ -182,8 +200,12 @@ class Release:
         deployment = self.object("Deployment")
         container = _helm.container(deployment, "operator")
         pod_name = self.operator_pod_name()
-        tls_dir = self.workdir / "operator-tls"  # the chart's emptyDir
+        tls_dir = self.workdir / "operator-tls"  # the chart's emptyDir (auto) or Secret volume (secrets)
         tls_dir.mkdir(parents=True, exist_ok=True)
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
+        if "secret" in volume:
+            for key, value in self.secret(volume["secret"]["secretName"]).items():
+                (tls_dir / key).write_bytes(value)
         chart_env = _resolve_env(container, {"metadata.namespace": self.namespace, "metadata.name": pod_name}, tls_dir)
         kubeconfig = self.cp.kubeconfig_for_service_account(self.namespace, self.service_account("operator"))
         env = {
@@ -207,11 +229,20 @@ class Release:
         process.wait_http(f"http://127.0.0.1:{liveness}{container['livenessProbe']['httpGet']['path']}", timeout=60)
         return process
 
-    def proxy_secret(self) -> dict[str, bytes]:
-        volume = next(v for v in self.object("DaemonSet")["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
-        name = volume["secret"]["secretName"]
+    def secret(self, name: str) -> dict[str, bytes]:
         secret = self.cp.api("GET", f"/api/v1/namespaces/{self.namespace}/secrets/{name}")
         return {key: base64.b64decode(value) for key, value in secret["data"].items()}
+
+    def create_secret(self, name: str, data: Mapping[str, bytes]) -> None:
+        """As ``kubectl create secret generic NAME --from-file=...`` does."""
+        self.cp.api("POST", f"/api/v1/namespaces/{self.namespace}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque",
+            "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+        })
+
+    def proxy_secret(self) -> dict[str, bytes]:
+        volume = next(v for v in self.object("DaemonSet")["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
+        return self.secret(volume["secret"]["secretName"])
 
     def start_proxies(self, timeout: float = 60.0) -> None:
         """Once the proxies' Secret exists (the kubelet waits for it too), start one proxy per node as its pod would run."""
@@ -270,13 +301,57 @@ class Release:
         paths = [f"/apis/{o['apiVersion']}/{_CLUSTER_SCOPED[o['kind']]}/{o['metadata']['name']}"
                  for o in self.objects if o["kind"] in _CLUSTER_SCOPED]
         paths += [f"/api/v1/nodes/{node.name}" for node in self.nodes]
-        paths.append(f"/api/v1/namespaces/{self.namespace}")
         for path in paths:
             try:
                 self.cp.api("DELETE", path)
             except ApiError as error:
                 if error.status != 404:
                     raise
+        delete_namespace(self.cp, self.namespace)
+
+
+def delete_namespace(cp: ControlPlane, namespace: str, timeout: float = 60.0) -> None:
+    """Delete a namespace and wait until it is gone, doing the kubelet's final delete of its bound pods.
+
+    Without a kubelet, a bound pod deleted with a grace period stays
+    Terminating forever, and so would its namespace; later operators would
+    then see its pods and be refused Events in the terminating namespace.
+    The workloads go first so that nothing recreates the pods, which then
+    go at once: the namespace controller finds the namespace empty.
+    """
+    for collection in ("/apis/apps/v1/namespaces/{}/daemonsets", "/apis/apps/v1/namespaces/{}/deployments",
+                       "/apis/apps/v1/namespaces/{}/replicasets"):
+        try:
+            cp.api("DELETE", collection.format(namespace))
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+    def pods_gone() -> bool:
+        pods = cp.api("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
+        for pod in pods:
+            kubelet.delete_pod(cp, namespace, pod["metadata"]["name"], grace_period=0)
+        return not pods
+
+    wait_for(pods_gone, timeout, f"pods of namespace {namespace} deleted", interval=0.2)
+    try:
+        cp.api("DELETE", f"/api/v1/namespaces/{namespace}")
+    except ApiError as error:
+        if error.status == 404:
+            return
+        raise
+
+    def gone() -> bool:
+        try:
+            pods_gone()
+            cp.api("GET", f"/api/v1/namespaces/{namespace}")
+        except ApiError as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(gone, timeout, f"namespace {namespace} deleted", interval=0.2)
 
 
 _CLUSTER_SCOPED = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings", "ClusterKopfPeering": "clusterkopfpeerings"}

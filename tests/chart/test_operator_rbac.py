@@ -27,7 +27,7 @@ import pytest
 from tests.chart import helm as _helm
 from tests.chart import release as releases
 from tests.controlplane import ApiError, ControlPlane, kubelet
-from tests.support import moto
+from tests.support import certs, moto
 from tests.support import proxy as proxy_support
 
 pytestmark = pytest.mark.chart
@@ -49,12 +49,17 @@ def installed(controlplane: ControlPlane, helm: _helm.Helm, sts: moto.StsFront, 
               tmp_path: Path) -> Iterator[Callable[..., releases.Release]]:
     made: list[releases.Release] = []
 
-    def install(name: str, mutate: releases.Mutation | None = None) -> releases.Release:
-        release = releases.Release(controlplane, helm, tmp_path / name, name, sts=sts, node_octet=next(_octets))
+    def install(name: str, mutate: releases.Mutation | None = None, *, values: dict[str, Any] | None = None,
+                values_files: tuple[Path, ...] = (), before_operator: Callable[[releases.Release], None] | None = None,
+                ) -> releases.Release:
+        release = releases.Release(controlplane, helm, tmp_path / name, name, sts=sts, node_octet=next(_octets),
+                                   values=values, values_files=values_files)
         made.append(release)
         release.add_nodes(extra_taints={1: ["dedicated=infra:NoSchedule"]})
         release.apply(mutate)
         release.schedule_proxy_pods()
+        if before_operator is not None:
+            before_operator(release)
         release.start_operator()
         return release
 
@@ -62,6 +67,11 @@ def installed(controlplane: ControlPlane, helm: _helm.Helm, sts: moto.StsFront, 
     for release in made:
         release.stop()
         print(f"--- {release.name}: operator log (tail) ---\n{release.operator_log()[-6000:]}")
+        # The users' namespaces of this release (<release>-apps, ...), then the release itself.
+        for namespace in controlplane.api("GET", "/api/v1/namespaces")["items"]:
+            name = namespace["metadata"]["name"]
+            if name.startswith(f"{release.name}-") and name != release.namespace:
+                releases.delete_namespace(controlplane, name)
         release.uninstall()
 
 
@@ -120,60 +130,99 @@ def _credentials(release: releases.Release, node: releases.Node, pod_ip: str) ->
 # --- the whole job ----------------------------------------------------------------------------
 
 
+def _open_nodes(release: releases.Release) -> None:
+    """The proxies start with their Secret's files; the operator's snapshot makes them ready; their nodes lose the taint."""
+    release.start_proxies()
+    release.mark_ready_proxies(timeout=60)
+    for node in release.nodes:
+        releases.wait_for(lambda n=node: "podiam.io/agent-not-ready" not in release.taints(n), 30,  # type: ignore[misc]
+                          f"taint removed from {node.name}")
+    assert "dedicated" in release.taints(release.nodes[1])  # other taints stay
+
+
+def _serve_pods(cp: ControlPlane, release: releases.Release) -> None:
+    """Annotated pods, a user's binding, a denial with Events, a revocation: the operator's job for users."""
+    apps, denied = f"{release.name}-apps", f"{release.name}-denied"
+    _namespace(cp, apps, ".*")
+    _namespace(cp, denied, None)
+    try:
+        # An annotated pod in a permitting namespace: its binding is created, Bound, and it reads credentials.
+        node = release.nodes[0]
+        ip = _pod(cp, apps, "tester", node, role=ROLE)
+        releases.wait_for(lambda: _phase(cp, apps, "tester") == "Bound", 30, "binding apps/tester Bound")
+        status = _binding(cp, apps, "tester")["status"]  # type: ignore[index]
+        assert status["roleArn"].endswith(f":role/{ROLE}") and status["pods"] == 1 and status["expiration"]
+        creds = releases.wait_for(lambda: _credentials(release, node, ip), 30, "credentials served to the pod")
+        assert creds["AccessKeyId"] and creds["Code"] == "Success"
+
+        # A user's PodRoleBinding over labelled pods: its status is written too.
+        _pod(cp, apps, "worker", release.nodes[1], labels={"app": "worker"})
+        cp.api("POST", f"{GROUP_PATH}/namespaces/{apps}/podrolebindings", {
+            "apiVersion": "podiam.io/v1alpha1", "kind": "PodRoleBinding", "metadata": {"name": "workers", "namespace": apps},
+            "spec": {"role": ROLE, "podSelector": {"matchLabels": {"app": "worker"}}},
+        })
+        releases.wait_for(lambda: _phase(cp, apps, "workers") == "Bound", 30, "user binding Bound")
+
+        # A pod where no role is permitted: Denied, with Events.
+        _pod(cp, denied, "intruder", node, role=ROLE)
+        releases.wait_for(lambda: _phase(cp, denied, "intruder") == "Denied", 30, "binding denied/intruder Denied")
+        releases.wait_for(lambda: _events(cp, denied), 30, "an Event about the denial")
+
+        # The annotation removed: the operator deletes the binding it made.
+        cp.api("PATCH", f"/api/v1/namespaces/{apps}/pods/tester", {"metadata": {"annotations": {"iam.amazonaws.com/role": None}}})
+        releases.wait_for(lambda: _binding(cp, apps, "tester") is None, 30, "binding apps/tester deleted")
+
+        forbidden = release.forbidden_lines()
+        assert not forbidden, "the chart's RBAC refused the operator:\n" + "\n".join(forbidden)
+        assert release.operator is not None and release.operator.alive()
+    finally:
+        release.stop()  # before the namespaces go: Events into a terminating namespace are refused too
+        for name in (apps, denied):
+            releases.delete_namespace(cp, name)
+
+
 def test_operator_does_its_whole_job_with_the_charts_rbac_and_no_403(
     controlplane: ControlPlane, installed: Callable[..., releases.Release],
 ) -> None:
     cp = controlplane
     release = installed("rbac-ok")
     fullname = release.fullname()
-
-    # TLS: auto mode creates the CA and both leaves in the release namespace...
+    # TLS auto mode: the CA and both leaves, in the release namespace.
     for secret in (f"{fullname}-ca", f"{fullname}-proxy-tls", f"{fullname}-operator-tls"):
         path = f"/api/v1/namespaces/{release.namespace}/secrets/{secret}"
         releases.wait_for(lambda p=path: cp.api("GET", p), 60, f"Secret {secret}")  # type: ignore[misc]
-    # ...which the proxies mount; once the operator's snapshot reaches them they are ready...
-    release.start_proxies()
-    release.mark_ready_proxies(timeout=60)
-    # ...and the operator opens their nodes: the start-up taint goes, other taints stay.
-    for node in release.nodes:
-        releases.wait_for(lambda n=node: "podiam.io/agent-not-ready" not in release.taints(n), 30,  # type: ignore[misc]
-                          f"taint removed from {node.name}")
-    assert "dedicated" in release.taints(release.nodes[1])
+    _open_nodes(release)
+    _serve_pods(cp, release)
 
-    # An annotated pod in a permitting namespace: its binding is created, Bound, and it reads credentials.
-    apps, denied = f"{release.name}-apps", f"{release.name}-denied"
-    _namespace(cp, apps, ".*")
-    _namespace(cp, denied, None)
-    node = release.nodes[0]
-    ip = _pod(cp, apps, "tester", node, role=ROLE)
-    releases.wait_for(lambda: _phase(cp, apps, "tester") == "Bound", 30, "binding apps/tester Bound")
-    status = _binding(cp, apps, "tester")["status"]  # type: ignore[index]
-    assert status["roleArn"].endswith(f":role/{ROLE}") and status["pods"] == 1 and status["expiration"]
-    creds = releases.wait_for(lambda: _credentials(release, node, ip), 30, "credentials served to the pod")
-    assert creds["AccessKeyId"] and creds["Code"] == "Success"
 
-    # A user's PodRoleBinding over labelled pods: its status is written too.
-    _pod(cp, apps, "worker", release.nodes[1], labels={"app": "worker"})
-    cp.api("POST", f"{GROUP_PATH}/namespaces/{apps}/podrolebindings", {
-        "apiVersion": "podiam.io/v1alpha1", "kind": "PodRoleBinding", "metadata": {"name": "workers", "namespace": apps},
-        "spec": {"role": ROLE, "podSelector": {"matchLabels": {"app": "worker"}}},
-    })
-    releases.wait_for(lambda: _phase(cp, apps, "workers") == "Bound", 30, "user binding Bound")
+def _guide_secrets(directory: Path) -> Callable[[releases.Release], None]:
+    """The guide's step 3 (kubectl create secret generic kiam-server-tls / kiam-agent-tls --from-file=...), test CA."""
+    def create(release: releases.Release) -> None:
+        pki = certs.make_pki(directory)
+        server = pki.issue("server", "kiam-server")  # server.json: hosts kiam-server (the operator's identity now)
+        agent = pki.issue("agent", "podiam-proxy", common_name="Kiam Agent")  # agent.json plus the hosts podiam needs
+        release.create_secret("kiam-server-tls", {"ca.pem": pki.ca.read_bytes(), "server.pem": server.cert.read_bytes(),
+                                                  "server-key.pem": server.key.read_bytes()})
+        release.create_secret("kiam-agent-tls", {"ca.pem": pki.ca.read_bytes(), "agent.pem": agent.cert.read_bytes(),
+                                                 "agent-key.pem": agent.key.read_bytes()})
+    return create
 
-    # A pod where no role is permitted: Denied, with Events.
-    _pod(cp, denied, "intruder", node, role=ROLE)
-    releases.wait_for(lambda: _phase(cp, denied, "intruder") == "Denied", 30, "binding denied/intruder Denied")
-    releases.wait_for(lambda: _events(cp, denied), 30, "an Event about the denial")
 
-    # The annotation removed: the operator deletes the binding it made.
-    cp.api("PATCH", f"/api/v1/namespaces/{apps}/pods/tester", {"metadata": {"annotations": {"iam.amazonaws.com/role": None}}})
-    releases.wait_for(lambda: _binding(cp, apps, "tester") is None, 30, "binding apps/tester deleted")
-
-    forbidden = release.forbidden_lines()
-    assert not forbidden, "the chart's RBAC refused the operator:\n" + "\n".join(forbidden)
-    assert release.operator is not None and release.operator.alive()
-    for name in (apps, denied):
-        cp.api("DELETE", f"/api/v1/namespaces/{name}")
+def test_the_guides_values_migrated_work_with_the_guides_secrets(
+    controlplane: ControlPlane, installed: Callable[..., releases.Release], tmp_path: Path, sts: moto.StsFront,
+) -> None:
+    """ci/kiam-guide-values.yaml: secrets mode, cfssl file names, assumeRoleArn, kiam-server identity, !eth0."""
+    release = installed(
+        "rbac-guide", values_files=(_helm.CHART / "ci" / "kiam-guide-values.yaml",),
+        # The test machine has no /etc/pki bundle; and debug logs would only be longer.
+        values={"operator": {"extraEnv": {"AWS_CA_BUNDLE": None, "PODIAM_METRICS_ADDRESS": "127.0.0.1"},
+                             "log": {"level": "info", "format": "plain"}}},
+        before_operator=_guide_secrets(tmp_path / "guide-pki"),
+    )
+    _open_nodes(release)
+    _serve_pods(controlplane, release)
+    # server.assumeRoleArn: the operator assumed the intermediate role first.
+    assert sts.assume_role_count("arn:aws:iam::123456789012:role/kiam-server") >= 1
 
 
 # --- one verb less: the test notices ---------------------------------------------------------------
@@ -241,4 +290,3 @@ def test_a_missing_verb_fails_the_job_and_shows_as_403(
     else:
         releases.wait_for(lambda: _binding(cp, apps, "tester") is not None, 30, "binding created")
         assert _phase(cp, apps, "tester") != "Bound"
-    cp.api("DELETE", f"/api/v1/namespaces/{apps}")

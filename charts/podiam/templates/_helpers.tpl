@@ -117,8 +117,10 @@ imagePullSecrets:
 {{/* Kiam's extraEnv map as a container env list. */}}
 {{- define "podiam.extraEnv" -}}
 {{- range $name, $value := . }}
+{{- if not (kindIs "invalid" $value) }}
 - name: {{ $name }}
   value: {{ toString $value | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
