@@ -25,14 +25,22 @@ system-deps:
 controlplane: venv
 	$(PY) -m tests.controlplane build
 
+# The proxy never imports the operator, the operator only the proxy's wire
+# models (import-linter); both packages type-check under mypy --strict.
 lint: venv
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy operator/podiam_operator metadata_proxy
 
 test: venv system-deps controlplane lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv system-deps controlplane
 	$(PY) -m demo
+
+# Benchmarks (not tests): figures and the machine they ran on are in the README.
+bench: venv system-deps controlplane
+	$(PY) -m bench.proxy.run
+	$(PY) -m bench.operator
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .demo
