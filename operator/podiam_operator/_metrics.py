@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator (served on ``--metrics-port``)."""
+"""Prometheus metrics of the operator (served on ``--metrics-port`` by ``_health``)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,3 @@ PUSH_LATENCY = prometheus_client.Histogram(
 BINDINGS = prometheus_client.Gauge("podiam_bindings", "PodRoleBindings by phase", ["phase"])
 PODS_SERVED = prometheus_client.Gauge("podiam_pod_entries", "Pod entries pushed to proxies (all nodes)")
 PROXIES = prometheus_client.Gauge("podiam_proxies", "Proxies known, by state (synced, pending)", ["state"])
-
-
-def serve(address: str, port: int) -> None:
-    if port:
-        prometheus_client.start_http_server(port, addr=address)

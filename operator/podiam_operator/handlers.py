@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from podiam_operator import _assembly, _metrics, _settings
+from podiam_operator import _assembly, _health, _settings
 from podiam_operator._core import facts
 from podiam_operator._kits import engine as engines
 
@@ -46,14 +46,19 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     settings.posting.level = logging.ERROR  # our own Events say what users need
     settings.networking.request_timeout = 30
     memo.stack = contextlib.AsyncExitStack()
+    # First, so that /readyz says what start-up is waiting for.
+    memo.probe = _health.Probe()
+    await memo.stack.enter_async_context(_health.serve(ops.metrics_address, ops.metrics_port, memo.probe))
+    memo.probe.stage = "preparing TLS"
     if importlib.util.find_spec("podiam_operator.tls") is not None:
         from podiam_operator import tls
 
         await tls.prepare(ops, logger)
         if "proxy_server_name" not in ops.model_fields_set:
             ops.proxy_server_name = tls.settings().proxy_server_name
-    _metrics.serve(ops.metrics_address, ops.metrics_port)
+    memo.probe.stage = "connecting to the Kubernetes API and to STS (the log says what fails)"
     memo.engine = await _assembly.build(ops, memo.stack, identity=memo.identity, priority=memo.priority)
+    memo.probe.engine = memo.engine
     if importlib.util.find_spec("podiam_operator.tls") is not None:
         from podiam_operator import tls
 

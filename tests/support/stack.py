@@ -243,7 +243,9 @@ class Stack:
             **self.operator_env,
         }
 
-    def start_operator(self, *, env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> processes.ManagedProcess:
+    def start_operator(self, *, env: Mapping[str, str] | None = None, args: Sequence[str] = (),
+                       wait: bool = True) -> processes.ManagedProcess:
+        """Start one more operator; ``wait``: until kopf's /healthz answers (after its start-up handlers)."""
         self._operator_count += 1
         metrics_port, liveness_port = ports.free_port(), ports.free_port()
         environment = {**self.operator_environment(), "PODIAM_METRICS_PORT": str(metrics_port),
@@ -265,7 +267,8 @@ class Stack:
         process.liveness_url = f"http://127.0.0.1:{liveness_port}/healthz"  # type: ignore[attr-defined]
         process.start()
         self.operators.append(process)
-        process.wait_http(process.liveness_url, timeout=60)  # type: ignore[attr-defined]
+        if wait:
+            process.wait_http(process.liveness_url, timeout=60)  # type: ignore[attr-defined]
         return process
 
     @property

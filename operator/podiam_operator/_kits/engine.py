@@ -16,7 +16,7 @@ import datetime
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -29,6 +29,7 @@ from podiam_operator._kits import push, sts
 
 logger = logging.getLogger(__name__)
 
+Phase = Literal["listing", "standby", "warming-up", "active"]
 WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
 STATUS_CONCURRENCY = 8
 MAX_POD_EVENTS_PER_FAILURE = 20
@@ -75,6 +76,9 @@ class Engine:
         self.pusher: push.Pusher = pusher_factory(self._desired, self._credentials, self._synced)
         self.tainted: set[str] = set()
         self.started = False
+        # Where start() is, for /readyz: waiting for kopf's first handler call (the
+        # initial listing), for leadership, for the first credentials, or done.
+        self.phase: Phase = "listing"
         self._start_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fetching: set[str] = set()
@@ -120,7 +124,9 @@ class Engine:
                 self.pusher.set_proxy(proxy.node, proxy)
             self.tainted = set(indexes.tainted_nodes)
             if self.leadership is not None:
+                self.phase = "standby"
                 await self.leadership.wait_until_leader()
+            self.phase = "warming-up"
             keys = self.world.used_keys()
             logger.info("starting with %d pods, %d bindings, %d proxies, %d credential sets to fetch",
                         len(self.world.pods), len(self.world.bindings), len(self.world.proxies), len(keys))
@@ -130,6 +136,7 @@ class Engine:
             if fetches:
                 await asyncio.wait(fetches, timeout=WARMUP_TIMEOUT)
             self.started = True
+            self.phase = "active"
             self.pusher.start()
             self._spawn(self.cache.run_refresher(self._in_use, self._refreshed), "refresher")
             self._spawn(self._status_loop(), "status-writer")
@@ -513,9 +520,17 @@ class Engine:
         if owned is None:
             if self._owned_created.get(key) == pod.uid:
                 return
+            decision = self.world.decisions.get(key)
+            if decision is not None and decision.reason in ("InvalidRole", "InvalidExternalId"):
+                return  # the CRD would refuse it; the pod's Event says why
             try:
                 await self.kube.create_owned_binding(pod)
             except ApiException as error:
+                if error.status == 422:
+                    # Refused by the CRD's validation: retrying cannot help (and would spin);
+                    # the pod's next change tries again.
+                    logger.warning("pod %s/%s: its PodRoleBinding was refused by the API server: %s", *key, error.reason)
+                    return
                 if error.status != 409:
                     raise
             self._owned_created[key] = pod.uid

@@ -1,0 +1,138 @@
+"""The operator's own HTTP listener on ``--metrics-port``: ``/metrics`` and ``/readyz``.
+
+kopf serves ``/healthz`` (liveness) on ``--liveness-port``; readiness is ours,
+because only the operator knows what "ready" means here:
+
+- TLS is usable (``tls.status()``): otherwise no push can succeed, and a
+  rolling update should stop at this replica rather than replace a working one;
+- the replica has its picture of the cluster and pushes (``active``), or it is a
+  **standby**: a live peer with a higher priority is active and kopf keeps this
+  replica's watches paused. A standby is ready, so that a rolling update of
+  the Deployment proceeds (the new replica stands by, the old one is removed,
+  the new one takes over); the body says which role it has.
+
+Not ready (HTTP 503) while starting (TLS set-up, API and STS connections,
+kopf's initial listing, the first credential fetches) or when TLS is broken.
+The body is a few lines of text saying what is wrong or what is in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+import prometheus_client
+from aiohttp import web
+
+from podiam_operator import tls
+from podiam_operator._kits import engine as engines
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["starting", "standby", "active"]
+PEERS_CACHE_SECONDS = 2.0  # probes and curl loops must not turn into API calls each
+
+
+@dataclasses.dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    role: Role
+    text: str
+
+
+class Probe:
+    """What ``/readyz`` reports; the start-up handler updates ``stage`` and sets ``engine``."""
+
+    def __init__(self, tls_status: Callable[[], tls.Status] = tls.status, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tls_status = tls_status
+        self.clock = clock
+        self.stage = "starting"
+        self.engine: engines.Engine | None = None
+        self._peers: tuple[float, list[str] | str] | None = None  # (when, higher peers or the error)
+
+    async def _higher_peers(self) -> list[str] | str:
+        engine = self.engine
+        assert engine is not None and engine.leadership is not None
+        now = self.clock()
+        if self._peers is None or now - self._peers[0] > PEERS_CACHE_SECONDS:
+            try:
+                found: list[str] | str = sorted(await engine.leadership.higher_peers())
+            except Exception as error:  # the API may be away: say so, do not fail the probe's handler
+                found = f"cannot read the peering object: {error}"
+            self._peers = (now, found)
+        return self._peers[1]
+
+    async def _role(self) -> tuple[Role, str]:
+        engine = self.engine
+        if engine is None:
+            return "starting", f"starting: {self.stage}"
+        if engine.started:
+            workers = engine.pusher.workers.values()
+            known = [w for w in workers if w.proxy is not None]
+            synced = [w for w in known if w.synced_once and not w.need_snapshot]
+            failing = sorted(w.node for w in known if w.last_error is not None)
+            text = f"active: {len(known)} proxies known, {len(synced)} in sync"
+            if failing:
+                text += f"; pushes failing to {', '.join(failing[:5])}{' ...' if len(failing) > 5 else ''} (see the log)"
+            return "active", text
+        if engine.phase == "warming-up":
+            return "starting", "starting: fetching the credentials in use before the first push"
+        if engine.leadership is not None:
+            peers = await self._higher_peers()
+            if isinstance(peers, list) and peers:
+                return "standby", f"standby: active replica {', '.join(peers)}; this one takes over if it stops"
+            if isinstance(peers, str):
+                return "starting", f"starting: {peers}"
+        return "starting", "starting: waiting for kopf's initial listing of pods, namespaces, nodes and PodRoleBindings"
+
+    async def check(self) -> Readiness:
+        status = self.tls_status()
+        role, text = await self._role()
+        if not status.ok:
+            return Readiness(False, role, f"not ready: TLS: {status.message}\n{text}")
+        if role == "starting":
+            return Readiness(False, role, f"not ready: {text}\nTLS: {status.message}")
+        return Readiness(True, role, f"ready: {text}\nTLS: {status.message}")
+
+
+PROBE = web.AppKey("probe", Probe)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    readiness = await request.app[PROBE].check()
+    return web.Response(status=200 if readiness.ready else 503, text=readiness.text + "\n",
+                        headers={"X-Podiam-Role": readiness.role})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    # The default registry, as prometheus_client's own server serves it.
+    body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+def make_app(probe: Probe) -> web.Application:
+    app = web.Application()
+    app[PROBE] = probe
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve(address: str, port: int, probe: Probe) -> AsyncIterator[None]:
+    """Listen until the context ends; ``port`` 0 means off."""
+    if not port:
+        yield
+        return
+    runner = web.AppRunner(make_app(probe), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, address, port).start()
+        logger.info("serving /metrics and /readyz on %s:%d", address, port)
+        yield
+    finally:
+        await runner.cleanup()

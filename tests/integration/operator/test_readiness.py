@@ -1,0 +1,73 @@
+"""/readyz of real operator processes: active, standby, broken TLS, stuck at start-up."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.support import ports, processes
+from tests.support import stack as stacks
+
+pytestmark = pytest.mark.integration
+
+
+def readyz(process: processes.ManagedProcess) -> tuple[int, str]:
+    url = process.metrics_url.replace("/metrics", "/readyz")  # type: ignore[attr-defined]
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_readyz(process: processes.ManagedProcess, status: int, start: str, timeout: float = 30) -> str:
+    def check() -> str | None:
+        code, text = readyz(process)
+        return text if code == status and text.startswith(start) else None
+
+    try:
+        return stacks.wait_for(check, timeout, f"{process.name} /readyz {status} {start!r}", interval=0.2)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}; now: {readyz(process)}") from None
+
+
+def test_the_active_replica_is_ready_once_it_pushes(stack: stacks.Stack) -> None:
+    text = wait_readyz(stack.operator, 200, "ready: active")
+    assert f"{len(stack.nodes)} proxies known, {len(stack.nodes)} in sync" in text
+    assert "TLS: TLS mode secrets" in text
+
+
+def test_a_standby_is_ready_and_says_it_stands_by(stack: stacks.Stack) -> None:
+    active = stack.operator
+    standby = stack.start_operator()
+    try:
+        text = wait_readyz(standby, 200, "ready: standby")
+        assert f"active replica {active.env['POD_ID']}" in text
+        assert readyz(active)[0] == 200
+    finally:
+        standby.stop()
+
+
+def test_broken_tls_makes_the_replica_unready_with_the_reason(stack: stacks.Stack) -> None:
+    active = stack.operator
+    broken = stack.start_operator(env={"PODIAM_TLS_CA_FILE": str(stack.workdir / "no-such-ca.pem")})
+    try:
+        text = wait_readyz(broken, 503, "not ready: TLS: ")
+        assert "no-such-ca.pem" in text.splitlines()[0]
+        assert readyz(active)[0] == 200  # the active one is unaffected
+    finally:
+        broken.stop()
+
+
+def test_a_replica_that_cannot_reach_sts_is_not_ready(stack: stacks.Stack) -> None:
+    # Role names cannot be resolved without GetCallerIdentity: the engine is never built.
+    unreachable = f"http://127.0.0.1:{ports.free_port()}"
+    stuck = stack.start_operator(env={"PODIAM_STS_ENDPOINT_URL": unreachable, "PODIAM_STS_TIMEOUT": "1", "PODIAM_STS_ATTEMPTS": "1"},
+                                 wait=False)  # kopf answers /healthz only after the start-up handlers
+    try:
+        text = wait_readyz(stuck, 503, "not ready: starting: connecting to the Kubernetes API and to STS")
+        assert "TLS: TLS mode secrets" in text
+    finally:
+        stuck.stop()

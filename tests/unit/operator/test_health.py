@@ -1,0 +1,167 @@
+"""/readyz and /metrics of the operator's HTTP listener, through aiohttp's test client, with a stand-in engine."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from aiohttp import test_utils
+
+from podiam_operator import _health, _metrics, tls
+
+pytestmark = pytest.mark.unit
+
+TLS_OK = tls.Status(ok=True, message="TLS mode secrets: client certificate CN=podiam-operator valid until 2030-01-01T00:00:00Z")
+
+
+@dataclasses.dataclass
+class Worker:
+    node: str
+    proxy: object | None = "proxy"
+    synced_once: bool = True
+    need_snapshot: bool = False
+    last_error: str | None = None
+
+
+@dataclasses.dataclass
+class Pusher:
+    workers: dict[str, Worker] = dataclasses.field(default_factory=dict)
+
+
+class Leadership:
+    def __init__(self, peers: list[str] | Exception) -> None:
+        self.peers = peers
+        self.calls = 0
+
+    async def higher_peers(self) -> list[str]:
+        self.calls += 1
+        if isinstance(self.peers, Exception):
+            raise self.peers
+        return list(self.peers)
+
+
+@dataclasses.dataclass
+class Engine:
+    started: bool = False
+    phase: str = "listing"
+    leadership: Leadership | None = None
+    pusher: Pusher = dataclasses.field(default_factory=Pusher)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def probe(status: tls.Status = TLS_OK, engine: Engine | None = None, clock: Clock | None = None) -> _health.Probe:
+    made = _health.Probe(lambda: status, clock=clock or Clock())
+    made.engine = engine  # type: ignore[assignment]
+    return made
+
+
+async def get(made: _health.Probe, path: str = "/readyz") -> tuple[int, str, Any]:
+    async with test_utils.TestClient(test_utils.TestServer(_health.make_app(made))) as client:
+        response = await client.get(path)
+        return response.status, await response.text(), response.headers
+
+
+async def test_active_with_good_tls_is_ready_and_says_so() -> None:
+    engine = Engine(started=True, phase="active", pusher=Pusher({"n1": Worker("n1"), "n2": Worker("n2", need_snapshot=True)}))
+    status, text, headers = await get(probe(engine=engine))
+    assert status == 200
+    assert text.startswith("ready: active: 2 proxies known, 1 in sync")
+    assert TLS_OK.message in text
+    assert headers["X-Podiam-Role"] == "active"
+
+
+async def test_failing_pushes_are_named_but_do_not_make_an_active_replica_unready() -> None:
+    # One dead node must not take the operator out of its Service: the others still get pushes.
+    engine = Engine(started=True, phase="active", pusher=Pusher({"n1": Worker("n1", last_error="refused"), "n2": Worker("n2")}))
+    status, text, _ = await get(probe(engine=engine))
+    assert status == 200
+    assert "pushes failing to n1" in text
+
+
+async def test_broken_tls_is_not_ready_and_the_body_is_the_tls_message() -> None:
+    broken = tls.Status(ok=False, message="the CA file /tls/ca.crt does not exist")
+    status, text, headers = await get(probe(broken, Engine(started=True, phase="active")))
+    assert status == 503
+    assert text.splitlines()[0] == "not ready: TLS: the CA file /tls/ca.crt does not exist"
+    assert headers["X-Podiam-Role"] == "active"
+
+
+async def test_before_the_engine_exists_the_stage_is_reported() -> None:
+    made = probe(tls.Status(ok=False, message="TLS not prepared yet"))
+    made.stage = "preparing TLS"
+    status, text, _ = await get(made)
+    assert status == 503
+    assert "TLS not prepared yet" in text
+    assert "starting: preparing TLS" in text
+
+
+async def test_waiting_for_the_initial_listing_is_not_ready() -> None:
+    status, text, headers = await get(probe(engine=Engine(leadership=Leadership([]))))
+    assert status == 503
+    assert "initial listing" in text
+    assert headers["X-Podiam-Role"] == "starting"
+
+
+async def test_standalone_waiting_for_the_listing_is_not_ready() -> None:
+    status, _, _ = await get(probe(engine=Engine(leadership=None)))
+    assert status == 503
+
+
+async def test_a_standby_is_ready_and_names_the_active_replica() -> None:
+    # kopf pauses a standby's watches, so its engine never leaves "listing": the peers tell.
+    status, text, headers = await get(probe(engine=Engine(leadership=Leadership(["operator-1"]))))
+    assert status == 200
+    assert text.startswith("ready: standby: active replica operator-1")
+    assert headers["X-Podiam-Role"] == "standby"
+    # Waiting inside the engine for leadership is the same role.
+    status, text, _ = await get(probe(engine=Engine(phase="standby", leadership=Leadership(["operator-1"]))))
+    assert (status, text.split(":")[1].strip()) == (200, "standby")
+
+
+async def test_a_standby_with_broken_tls_is_not_ready() -> None:
+    broken = tls.Status(ok=False, message="client certificate expired")
+    status, text, headers = await get(probe(broken, Engine(leadership=Leadership(["operator-1"]))))
+    assert status == 503
+    assert "client certificate expired" in text
+    assert headers["X-Podiam-Role"] == "standby"
+
+
+async def test_warming_up_is_not_ready() -> None:
+    status, text, _ = await get(probe(engine=Engine(phase="warming-up", leadership=Leadership([]))))
+    assert status == 503
+    assert "fetching the credentials" in text
+
+
+async def test_unreadable_peering_says_why() -> None:
+    status, text, _ = await get(probe(engine=Engine(leadership=Leadership(RuntimeError("HTTP 403 Forbidden")))))
+    assert status == 503
+    assert "cannot read the peering object: HTTP 403 Forbidden" in text
+
+
+async def test_peers_are_asked_at_most_every_two_seconds() -> None:
+    clock = Clock()
+    leadership = Leadership(["operator-1"])
+    made = probe(engine=Engine(leadership=leadership), clock=clock)
+    for _ in range(5):
+        assert (await made.check()).ready
+    assert leadership.calls == 1
+    clock.now += _health.PEERS_CACHE_SECONDS + 0.1
+    leadership.peers = []  # the active replica went away: no longer a standby
+    assert not (await made.check()).ready
+    assert leadership.calls == 2
+
+
+async def test_metrics_are_served_from_the_default_registry() -> None:
+    _metrics.CACHE_SIZE.set(7)
+    status, text, headers = await get(probe(), "/metrics")
+    assert status == 200
+    assert "podiam_credentials_cached 7.0" in text
+    assert headers["Content-Type"].startswith("text/plain")
