@@ -121,6 +121,12 @@ def decide_pod(
             role = roles.resolve(pod.role, base)
         except roles.RoleError as error:
             return PodDecision("error", bindings=(pod.name,), reason="InvalidRole", message=f"{facts.ROLE_ANNOTATION}: {error}")
+        if pod.external_id is not None:
+            try:
+                roles.check_external_id(pod.external_id)
+            except roles.RoleError as error:
+                return PodDecision("error", bindings=(pod.name,), reason="InvalidExternalId",
+                                   message=f"{facts.EXTERNAL_ID_ANNOTATION}: {error}")
         candidates.append(_Candidate(pod.name, role, pod.external_id, None))
     labels = pod.label_map
     for evaluation in bindings:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
+
+# ``regex`` rather than ``re``: the same syntax, and a time limit on matching. The
+# pattern comes from users; one that backtracks catastrophically ("(a|a)+" on a
+# 40-character role name) would otherwise hold the operator's event loop for hours.
+import regex as re  # type: ignore[import-untyped]
 
 from podiam_operator._core import roles
 
 PERMITTED_ANNOTATION = "iam.amazonaws.com/permitted"
 # A regex longer than this is refused rather than compiled (it comes from users).
 MAX_REGEX_LENGTH = 2048
+# A match of a role name or ARN (at most a few hundred characters) takes microseconds;
+# a regex needing longer than this is declared unusable and denies every role.
+MATCH_TIME_LIMIT = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +63,14 @@ class NamespacePolicy:
                            f"({compiled}): every role is denied")
         # Anchored at both ends (as Kiam does): "foo" must not permit "foo-admin".
         # Matched against the role's name (with its path) and its full ARN.
-        if compiled.fullmatch(role.path_and_name) or compiled.fullmatch(role.arn):
+        try:
+            matched = any(compiled.fullmatch(text, timeout=MATCH_TIME_LIMIT) for text in (role.path_and_name, role.arn))
+        except TimeoutError:
+            # Unusable from now on, for every role: the cached compiled form becomes the reason.
+            self.__dict__["compiled"] = (f"matching took longer than {MATCH_TIME_LIMIT:g}s "
+                                         "(catastrophic backtracking, e.g. nested quantifiers)")
+            return self.check(role)
+        if matched:
             return Verdict(True, "Permitted", f"permitted by {PERMITTED_ANNOTATION} {self.permitted!r}")
         return Verdict(False, "RoleNotPermitted",
                        f"role {role.arn} is not permitted in namespace {self.namespace!r} "

@@ -32,10 +32,15 @@ class RoleRef:
     name: str  # the last segment: what a pod sees under security-credentials/
 
 
+def _shown(value: str) -> str:
+    """A user's value in a message: quoted, clipped (an annotation may hold 256 KiB)."""
+    return repr(value) if len(value) <= 100 else repr(value[:100]) + f"... ({len(value)} characters)"
+
+
 def parse_role_arn(value: str) -> RoleRef:
     match = _ARN_RE.match(value)
     if match is None:
-        raise RoleError(f"{value!r} is not a valid IAM role ARN (arn:<partition>:iam::<12-digit account>:role/[path/]name)")
+        raise RoleError(f"{_shown(value)} is not a valid IAM role ARN (arn:<partition>:iam::<12-digit account>:role/[path/]name)")
     if match["partition"] not in PARTITIONS:
         raise RoleError(f"{value!r}: unknown partition {match['partition']!r}")
     return RoleRef(arn=value, path_and_name=match["path"] + match["name"], name=match["name"])
@@ -76,12 +81,21 @@ def resolve(value: str, base: BaseArn | None) -> RoleRef:
     match = _NAME_RE.match(value)
     if match is None:
         raise RoleError(
-            f"{value!r} is not a role name (letters, digits and +=,.@_- up to 64, optionally after a path like team/) nor a role ARN"
+            f"{_shown(value)} is not a role name (letters, digits and +=,.@_- up to 64, optionally after a path like team/) nor a role ARN"
         )
     if base is None:
         raise RoleError(f"cannot resolve role name {value!r}: the operator's account is not known yet")
     path_and_name = match["path"] + match["name"]
     return RoleRef(arn=base.prefix + path_and_name, path_and_name=path_and_name, name=match["name"])
+
+
+_EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$", re.ASCII)
+
+
+def check_external_id(value: str) -> None:
+    """STS's rule for ExternalId (2-1224 of ``[\\w+=,.@:/-]``); RoleError otherwise, without echoing a huge value."""
+    if not _EXTERNAL_ID.match(value):
+        raise RoleError(f"{_shown(value)} is not a valid external id (2-1224 characters of letters, digits and +=,.@:/_-)")
 
 
 def sanitize_session_name(value: str) -> str:

@@ -45,3 +45,32 @@ def test_invalid_regex_denies_and_says_why() -> None:
 
 def test_oversized_regex_denies() -> None:
     assert check("a" * 5000, "a")[0] is False
+
+
+@pytest.mark.parametrize("pattern", ["(a|a)+", "(a|aa)+", "(a+)+(b+)+c"])
+def test_backtracking_regexes_are_answered_quickly(pattern: str) -> None:
+    # Found by tests/fault/test_malformed.py: "(a|a)+" against a 40-character role
+    # name held the operator's event loop (every namespace stalled).
+    import time
+
+    from podiam_operator._core import policy as policies
+
+    ns = policies.NamespacePolicy("t", pattern)
+    started = time.monotonic()
+    verdict = ns.check(roles.resolve("a" * 40 + "-b", BASE))
+    assert time.monotonic() - started < 2
+    assert not verdict.allowed
+    if verdict.reason == "InvalidPermittedRegex":
+        assert "backtracking" in verdict.message and ns.problem
+        # Unusable for every later role too, without trying again.
+        assert ns.check(roles.resolve("aaaa", BASE)).reason == "InvalidPermittedRegex"
+    else:
+        assert verdict.reason == "RoleNotPermitted", verdict
+
+
+def test_a_regex_that_times_out_is_reported() -> None:
+    from podiam_operator._core import policy as policies
+
+    ns = policies.NamespacePolicy("t", "(a|a)+")
+    verdict = ns.check(roles.resolve("a" * 40 + "-b", BASE))
+    assert verdict.reason == "InvalidPermittedRegex" and "catastrophic backtracking" in verdict.message
