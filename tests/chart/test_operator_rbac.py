@@ -138,6 +138,16 @@ def _open_nodes(release: releases.Release) -> None:
         releases.wait_for(lambda n=node: "podiam.io/agent-not-ready" not in release.taints(n), 30,  # type: ignore[misc]
                           f"taint removed from {node.name}")
     assert "dedicated" in release.taints(release.nodes[1])  # other taints stay
+    # The kubelet's view of the operator: its readinessProbe, as the chart renders it, answers "ready: active".
+    container = _helm.container(release.object("Deployment"), "operator")
+    probe = container["readinessProbe"]["httpGet"]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == probe["port"])
+
+    def ready() -> bool:
+        result = proxy_support.http_request("127.0.0.1", port, "GET", probe["path"])
+        return result.status == 200 and result.text.startswith("ready: active")
+
+    releases.wait_for(ready, 30, "the operator's readinessProbe passes")
 
 
 def _serve_pods(cp: ControlPlane, release: releases.Release) -> None:

@@ -66,6 +66,7 @@ def test_operator_deployment_defaults(helm: _helm.Helm) -> None:
     operator = _helm.container(deployment, "operator")
     assert operator["image"] == "ghcr.io/podiam/podiam-operator:0.1.0"
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert operator["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert operator["securityContext"]["readOnlyRootFilesystem"] is True
     assert operator["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert operator["resources"]["requests"] and operator["resources"]["limits"]["memory"]
