@@ -12,8 +12,9 @@ it changes the cluster; every IMDS answer observed from an IP is then judged:
 - **expired**: a document whose ``Expiration`` is not more than the proxy's
   expiry margin ahead (``margin``; the proxy never serves within it);
 - **late-revocation**: the previous holder's role still served to a
-  released IP ``revoke_bound`` seconds after the release (or after the end
-  of an outage the driver declared, whichever is later);
+  released IP (or to a pod that lost its role) ``revoke_bound`` seconds after
+  the change (or after the end of an outage the driver declared, whichever is
+  later);
 - **server-error**: any 5xx from the metadata port.
 
 Holders change through :meth:`Checker.change`, a context manager around the
@@ -167,8 +168,10 @@ class Checker:
             # A change on its way to the proxy: the role before it is still fine.
             if i >= 1 and state.since <= finished and started < state.settled + self.grace and history[i - 1].role_arn:
                 allowed.add(history[i - 1].role_arn)  # type: ignore[arg-type]
-        if current >= 1 and history[current].uid is None and history[current - 1].role_arn:
-            # Released: the old role may linger until the revocation deadline.
+        if current >= 1 and history[current].role_arn is None and history[current - 1].role_arn \
+                and history[current].uid in (None, history[current - 1].uid):
+            # Released, or the same pod lost its role: the old role may linger until the
+            # revocation deadline (never when another pod took the IP).
             if outage is not None or started <= self._revocation_deadline(history[current]):
                 revoking.add(history[current - 1].role_arn)  # type: ignore[arg-type]
         return allowed, revoking - allowed
@@ -218,7 +221,7 @@ class Checker:
     def _was_held_by(self, node: str, ip: str, role: str) -> bool:
         with self._lock:
             history = list(self._history.get((node, ip), ()))
-        return bool(history) and len(history) >= 2 and history[-2].role_arn == role and history[-1].uid is None
+        return len(history) >= 2 and history[-2].role_arn == role and history[-1].uid in (None, history[-2].uid)
 
     def summary(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "violations": len(self.violations),
