@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +23,7 @@ import aiohttp
 import pydantic
 
 from metadata_proxy import wire
-from podiam_operator import _metrics
+from podiam_operator import _metrics, tls
 from podiam_operator._core import facts, world
 from podiam_operator._kits import tlsfiles
 
@@ -41,6 +42,31 @@ class PushFailed(Exception):
 class _Sent:
     pods: dict[str, world.PodEntryPlan] = dataclasses.field(default_factory=dict)  # by uid
     roles: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> access key id (never the secret)
+
+
+def _tls_failure(error: BaseException) -> bool:
+    """Did TLS fail (the handshake, or an alert), rather than the network?"""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (aiohttp.ClientSSLError, ssl.SSLError)):
+            return True
+        if isinstance(getattr(seen, "os_error", None), ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def explain(error: BaseException, server_name: str) -> str:
+    """A failed request in podiam's terms: what failed and, for TLS, what to change."""
+    if _tls_failure(error):
+        return tls.explain_handshake_failure(error, server_name)
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        # With TLS 1.3 the proxy checks the operator's certificate after the client's
+        # side of the handshake is done, and its refusal reaches us as a bare disconnect.
+        return (f"the proxy closed the connection without answering ({error}); if every push fails so, the proxy "
+                "refuses the operator's client certificate in the TLS handshake: its CA is not in the proxies' CA file "
+                "(the proxies' and the operator's Secrets come from different CAs), or it has expired")
+    return f"{type(error).__name__}: {error}"
 
 
 class Client:
@@ -79,12 +105,14 @@ class Client:
                     payload = await response.read()
                     result = str(response.status)
                     if response.status != 200:
-                        raise PushFailed(f"{method} {url}: HTTP {response.status}: {payload[:300].decode(errors='replace')}")
+                        text = payload[:300].decode(errors="replace")
+                        refusal = tls.explain_refusal(response.status, text, tls.settings().operator_identity)
+                        raise PushFailed(f"{method} {url}: {refusal or f'HTTP {response.status}: {text}'}")
                     result = "ok"
                     return payload
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, tlsfiles.TlsMaterialError) as error:
             result = type(error).__name__
-            raise PushFailed(f"{method} {url}: {type(error).__name__}: {error}") from None
+            raise PushFailed(f"{method} {url}: {explain(error, self.server_name)}") from None
         finally:
             _metrics.PUSHES.labels(kind, result).inc()
             _metrics.PUSH_LATENCY.labels(kind, result).observe(time.monotonic() - started)
