@@ -74,6 +74,12 @@ class StsFront:
         """Every AccessKeyId issued by AssumeRole through this front -> the RoleArn it was assumed for."""
         return {str(k): str(v) for k, v in self._call("GET", "/_front/keys").items()}
 
+    def assume_role_calls(self, role_arn: str | None = None) -> list[dict[str, Any]]:
+        """AssumeRole requests forwarded to moto since the last stats reset, oldest first:
+        ``{"RoleArn": ..., "RoleSessionName": ..., "Tags": {key: value}}``."""
+        calls: list[dict[str, Any]] = self._call("GET", "/_front/calls")["calls"]
+        return [call for call in calls if role_arn is None or call["RoleArn"] == role_arn]
+
     def assume_role_count(self, role_arn: str | None = None) -> int:
         stats = self.stats()
         if role_arn is None:

@@ -2,6 +2,8 @@
 
 Run as ``python -m tests.support.sts_front --port P --upstream URL``. Control
 endpoints live under ``/_front/``; everything else is forwarded to moto.
+``/_front/calls`` lists the AssumeRole requests forwarded to moto with their
+role, session name and session tags (``Tags.member.N.Key/Value``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Stats:
     actions: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     assumed: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     injected: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    # AssumeRole requests forwarded to moto, in order: {"RoleArn", "RoleSessionName", "Tags": {key: value}}.
+    calls: list[dict[str, object]] = dataclasses.field(default_factory=list)
 
 
 FAULTS = web.AppKey("faults", Faults)
@@ -55,6 +59,20 @@ def _error(status: int, code: str, message: str) -> web.Response:
 async def get_stats(request: web.Request) -> web.Response:
     stats = request.app[STATS]
     return web.json_response({"actions": stats.actions, "assumed": stats.assumed, "injected": stats.injected})
+
+
+async def get_calls(request: web.Request) -> web.Response:
+    return web.json_response({"calls": request.app[STATS].calls})
+
+
+def session_tags(params: dict[str, str]) -> dict[str, str]:
+    """``Tags.member.N.Key`` / ``Tags.member.N.Value`` (the query protocol's list encoding) as a dict."""
+    tags = {}
+    for name, key in params.items():
+        found = re.fullmatch(r"Tags\.member\.(\d+)\.Key", name)
+        if found:
+            tags[key] = params.get(f"Tags.member.{found.group(1)}.Value", "")
+    return tags
 
 
 async def get_keys(request: web.Request) -> web.Response:
@@ -93,6 +111,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             stats.injected["AccessDenied"] += 1
             return _error(403, "AccessDenied", f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
         stats.assumed[role_arn] += 1
+        stats.calls.append({"RoleArn": role_arn, "RoleSessionName": params.get("RoleSessionName", ""), "Tags": session_tags(params)})
     headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}}
     async with app[SESSION].request(request.method, app[UPSTREAM] + request.path_qs, data=body, headers=headers) as upstream:
         payload = await upstream.read()
@@ -119,6 +138,7 @@ def make_app(upstream: str) -> web.Application:
     app.router.add_get("/_front/stats", get_stats)
     app.router.add_delete("/_front/stats", reset_stats)
     app.router.add_get("/_front/keys", get_keys)
+    app.router.add_get("/_front/calls", get_calls)
     app.router.add_put("/_front/faults", put_faults)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
