@@ -20,7 +20,7 @@ class SessionConfig:
     per_pod: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Grant:
     """One credential set to obtain from STS, identified by ``key``."""
 
@@ -32,7 +32,7 @@ class Grant:
     tags: tuple[tuple[str, str], ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class BindingEval:
     """A binding on its own: its role, its selector, whether the namespace permits it."""
 
@@ -69,7 +69,7 @@ def evaluate_binding(binding: facts.BindingFacts, namespace: policy.NamespacePol
     return BindingEval(binding, role=role, selector=selector, verdict=namespace.check(role))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PodDecision:
     outcome: Outcome
     grant: Grant | None = None

@@ -28,7 +28,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PodFacts:
     namespace: str
     name: str
@@ -89,7 +89,7 @@ def namespace_policy(body: Mapping[str, Any]) -> policy.NamespacePolicy:
     return policy.NamespacePolicy(namespace=str(meta.get("name", "")), permitted=permitted if isinstance(permitted, str) else None)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class BindingFacts:
     namespace: str
     name: str

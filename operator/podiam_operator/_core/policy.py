@@ -20,7 +20,7 @@ MAX_REGEX_LENGTH = 2048
 MATCH_TIME_LIMIT = 0.05
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Verdict:
     allowed: bool
     reason: str  # CamelCase, for conditions and Events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 
@@ -25,7 +26,7 @@ class RoleError(ValueError):
     """A role name or ARN that cannot be used; the message says why, for the user."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoleRef:
     arn: str
     path_and_name: str  # "path/to/Role" (no leading slash), as matched by the namespace regex
@@ -98,6 +99,7 @@ def check_external_id(value: str) -> None:
         raise RoleError(f"{_shown(value)} is not a valid external id (2-1224 characters of letters, digits and +=,.@:/_-)")
 
 
+@functools.lru_cache(maxsize=4096)  # one string object per distinct name, not one per pod
 def sanitize_session_name(value: str) -> str:
     """A valid RoleSessionName (2-64 of [\\w+=,.@-]) from any string."""
     cleaned = _SESSION_NAME_BAD.sub("-", value)[:64]

@@ -38,7 +38,7 @@ class Delta:
         return bool(self.nodes or self.bindings or self.pods or self.keys_used or self.keys_unused)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PodEntryPlan:
     ip: str
     uid: str
