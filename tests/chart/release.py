@@ -29,7 +29,6 @@ import os
 import re
 import socket
 import sys
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from tests.chart import helm as _helm
 from tests.controlplane import ApiError, ControlPlane, kubelet
 from tests.support import moto, processes
 from tests.support import proxy as proxy_support
+from tests.support.stack import wait_for
 
 REPO = _helm.REPO
 TLS_MOUNT = "/var/run/podiam/tls"
@@ -62,21 +62,6 @@ def _free_ports(*names: str) -> dict[str, int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except (ApiError, OSError, KeyError, ValueError) as error:  # not there yet
-            last = error
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout}s (last: {last!r})")
-        time.sleep(interval)
 
 
 def _resolve_env(container: Mapping[str, Any], fields: Mapping[str, str], tls_dir: Path) -> dict[str, str]:
@@ -179,8 +164,11 @@ class Release:
 
     def schedule_proxy_pods(self) -> None:
         """Wait for the DaemonSet controller's pod on each of our nodes; bind it and report it Running on the node's IP."""
-        pods = wait_for(lambda: (p := self._proxy_pods()) and all(n.name in p for n in self.nodes) and p, 60,
-                        "the DaemonSet controller's proxy pods on every node")
+        def on_every_node() -> dict[str, Any] | None:
+            pods = self._proxy_pods()
+            return pods if all(n.name in pods for n in self.nodes) else None
+
+        pods = wait_for(on_every_node, 60, "the DaemonSet controller's proxy pods on every node")
         for node in self.nodes:
             node.pod = pods[node.name]["metadata"]["name"]
             kubelet.bind_pod(self.cp, self.namespace, node.pod, node.name)

@@ -50,22 +50,3 @@ def _sts_faults_cleared(sts: moto.StsFront) -> Iterator[None]:
     sts.clear_faults()
     yield
     sts.clear_faults()
-
-
-@pytest.fixture(autouse=True)
-def _dump_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "stack" in request.fixturenames:
-        running: stacks.Stack = request.getfixturevalue("stack")
-        for process in running.operators:
-            print(f"--- {process.name} log (tail) ---\n{process.log()[-8000:]}")
-        for node in running.nodes:
-            print(f"--- proxy {node.name} log (tail) ---\n{node.proxy.log()[-3000:]}")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    setattr(item, f"rep_{report.when}", report)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import moto
+from tests.support import stack as stacks
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +41,23 @@ def sts_clean(sts: moto.StsFront) -> Iterator[moto.StsFront]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _dump_stack_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test that ran the full stack shows the tails of its operators' and proxies' logs."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "stack" in request.fixturenames:
+        running: stacks.Stack = request.getfixturevalue("stack")
+        for process in running.operators:
+            print(f"--- {process.name} log (tail) ---\n{process.log()[-8000:]}")
+        for node in running.nodes:
+            print(f"--- proxy {node.name} log (tail) ---\n{node.proxy.log()[-3000:]}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -42,20 +41,3 @@ def ns(stack: stacks.Stack, request: pytest.FixtureRequest) -> str:
     name = f"t{next(_names)}-{slug}"
     stack.create_namespace(name, ".*")
     return name
-
-
-@pytest.fixture(autouse=True)
-def _dump_logs_on_failure(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "stack" in request.fixturenames:
-        running: stacks.Stack = request.getfixturevalue("stack")
-        for process in running.operators:
-            print(f"--- {process.name} log (tail) ---\n{process.log()[-8000:]}")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    setattr(item, f"rep_{report.when}", report)
