@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -60,9 +61,10 @@ def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "
     last: Any = None
     while True:
         try:
-            last = check()
-            if last:
-                return last
+            result = check()
+            if result:
+                return result
+            last = result
         except Exception as error:  # transient (e.g. not created yet)
             last = error
         if time.monotonic() > deadline:
@@ -419,6 +421,26 @@ class Stack:
     def node_taints(self, node: Node) -> list[str]:
         body = self.cp.api("GET", f"/api/v1/nodes/{node.name}")
         return [t["key"] for t in body.get("spec", {}).get("taints") or []]
+
+
+def caller_identity(sts_url: str, credentials: Mapping[str, Any]) -> dict[str, Any]:
+    """``aws sts get-caller-identity`` (the real AWS CLI) with a pod's credentials, nothing else in its environment."""
+    env = {
+        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": credentials["Token"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "aws"), "sts", "get-caller-identity", "--endpoint-url", sts_url, "--output", "json"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    identity: dict[str, Any] = json.loads(result.stdout)
+    return identity
 
 
 def source_address_works(ip: str) -> bool:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,21 +38,7 @@ def test_aws_cli_sees_the_assumed_role(stack: stacks.Stack, ns: str, tmp_path: P
     ip = stack.next_ip()
     stack.create_pod(ns, "cli", role="cli-role", node=node, ip=ip)
     credentials = stack.wait_credentials(node, ip)
-    env = {
-        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
-        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
-        "AWS_SESSION_TOKEN": credentials["Token"],
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-    }
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "aws"), "sts", "get-caller-identity", "--endpoint-url", stack.sts.url, "--output", "json"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    )
-    identity = json.loads(result.stdout)
+    identity = stacks.caller_identity(stack.sts.url, credentials)
     assert identity["Arn"].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/cli-role/")
 
 

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,26 +27,6 @@ def stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: pyte
         running.stop()
 
 
-def caller_identity(stack: stacks.Stack, credentials: dict[str, Any]) -> dict[str, Any]:
-    """``aws sts get-caller-identity`` with a pod's credentials, as the pod's SDK would send them."""
-    env = {
-        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
-        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
-        "AWS_SESSION_TOKEN": credentials["Token"],
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-    }
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "aws"), "sts", "get-caller-identity", "--endpoint-url", stack.sts.url, "--output", "json"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    )
-    identity: dict[str, Any] = json.loads(result.stdout)
-    return identity
-
-
 def test_two_pods_on_one_role_get_their_own_sessions(stack: stacks.Stack, ns: str) -> None:
     before = len(stack.sts.assume_role_calls(ROLE_ARN))
     # The second pod's session name needs sanitising: a quote, a slash and spaces, and 80 characters too many.
@@ -71,7 +46,7 @@ def test_two_pods_on_one_role_get_their_own_sessions(stack: stacks.Stack, ns: st
 
     # Each pod's credentials are its own session, as STS (moto) itself sees them.
     for name, document in documents.items():
-        identity = caller_identity(stack, document)
+        identity = stacks.caller_identity(stack.sts.url, document)
         assert identity["Arn"] == f"arn:aws:sts::{moto.ACCOUNT_ID}:assumed-role/{ROLE}/{expected[name]}", identity
 
     # Exactly one AssumeRole per pod, each with the pod's session name and the four session tags.
@@ -93,4 +68,4 @@ def test_a_pod_without_a_session_name_is_named_after_itself(stack: stacks.Stack,
     node, ip = stack.nodes[0], stack.next_ip()
     stack.create_pod(ns, "carol", role=ROLE, node=node, ip=ip)
     document = stack.wait_credentials(node, ip)
-    assert caller_identity(stack, document)["Arn"].endswith(f":assumed-role/{ROLE}/{ns}.carol")
+    assert stacks.caller_identity(stack.sts.url, document)["Arn"].endswith(f":assumed-role/{ROLE}/{ns}.carol")
