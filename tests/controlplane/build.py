@@ -1,8 +1,13 @@
-"""Build (once) and find the multi-call control plane binary.
+"""Build (once) and find the multi-call binary of the local cluster.
 
 The Go module in ``go/`` pins k8s.io/kubernetes and go.etcd.io/etcd/server/v3;
 ``go build`` turns it into one static binary that runs kube-apiserver,
-kube-controller-manager or etcd depending on its first argument.
+kube-controller-manager, kube-scheduler, etcd or kubelet depending on its
+first argument.
+
+The kubelet is built from a patched copy of the pinned k8s.io/kubernetes
+module (see :data:`PATCHES`): unpatched, it either rewrites host-wide kernel
+sysctls or refuses to start, and the host's sysctls must never change.
 
 The binary lives outside the repository, in
 ``${PODIAM_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/podiam/controlplane}/<key>/``
@@ -15,6 +20,7 @@ builders (several test sessions, ``make`` and pytest) from building twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -34,7 +40,30 @@ from pathlib import Path
 GO_MODULE = Path(__file__).resolve().parent / "go"
 MAIN_PACKAGE = "./cmd/controlplane"
 BINARY_NAME = "controlplane"
-COMMANDS = ("kube-apiserver", "kube-controller-manager", "etcd")
+COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kubelet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """One exact text replacement in a file of the k8s.io/kubernetes module, and why."""
+
+    path: str
+    old: str
+    new: str
+    why: str
+
+
+PATCHES = (
+    Patch(
+        "pkg/kubelet/cm/container_manager_linux.go",
+        "\tb := KernelTunableModify\n",
+        "\tb := KernelTunableWarn // podiam: never write the host's sysctls\n",
+        "With protectKernelDefaults=false the kubelet writes vm.overcommit_memory, kernel.panic and "
+        "kernel.panic_on_oops host-wide (those sysctls are not per network namespace); with true it refuses "
+        "to start unless they already hold its values. A test cluster must leave the host as it found it, "
+        "so the kubelet only logs what it would have changed.",
+    ),
+)
 
 # Go 1.27 turns the jsonv2 experiment on by default, and a kube-apiserver built
 # with it serves OpenAPI documents kubectl cannot read ("failed to download
@@ -82,9 +111,10 @@ def _ldflags() -> str:
     return " ".join(flags)
 
 
-def _build_args(output: Path) -> list[str]:
+def _build_args(output: Path, modfile: Path | None = None) -> list[str]:
     return [
         "go", "build", "-v", "-p", _PARALLELISM, "-trimpath", "-buildvcs=false",
+        *([f"-modfile={modfile}"] if modfile else []),
         "-ldflags", _ldflags(), "-o", str(output), MAIN_PACKAGE,
     ]
 
@@ -119,6 +149,8 @@ def cache_key() -> str:
     for path in sorted([GO_MODULE / "go.mod", GO_MODULE / "go.sum", *GO_MODULE.joinpath("cmd").rglob("*.go")]):
         digest.update(path.relative_to(GO_MODULE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update(" ".join(_build_args(Path("OUT"))).encode())
+    for patch in PATCHES:
+        digest.update(repr((patch.path, patch.old, patch.new)).encode())
     digest.update(_build_env()["GOEXPERIMENT"].encode())
     digest.update(_go_version().encode())
     return f"{kube_version()}-{digest.hexdigest()[:12]}"
@@ -200,11 +232,11 @@ class _Progress:
             self.say(f"still {self.phase} ({self.compiled}/{self.total or '?'} packages compiled; linking comes last)")
 
 
-def _count_packages(env: dict[str, str], progress: _Progress) -> int:
+def _count_packages(env: dict[str, str], modfile: Path, progress: _Progress) -> int:
     """How many packages the binary has (for the progress counter); downloads the modules first if needed."""
     progress.phase = "resolving and downloading modules"
     with tempfile.TemporaryFile("w+") as listing:
-        process = subprocess.Popen(["go", "list", "-deps", MAIN_PACKAGE], cwd=GO_MODULE, env=env,
+        process = subprocess.Popen(["go", "list", f"-modfile={modfile}", "-deps", MAIN_PACKAGE], cwd=GO_MODULE, env=env,
                                    stdout=listing, stderr=subprocess.PIPE, text=True)
         assert process.stderr is not None
         errors = []
@@ -217,22 +249,57 @@ def _count_packages(env: dict[str, str], progress: _Progress) -> int:
         return len(listing.read().split())
 
 
+def _patched_modfile(env: dict[str, str], workdir: Path, progress: _Progress) -> Path:
+    """A go.mod beside a patched copy of k8s.io/kubernetes in ``workdir``, replacing the pinned module with it.
+
+    ``go build -overlay`` refuses files in the module cache, and go.mod in the
+    repository must not name a machine's path, so the build gets a modfile of
+    its own: the repository's go.mod plus one replace line.
+    """
+    progress.phase = "copying and patching k8s.io/kubernetes"
+    version = kube_version()
+    download = subprocess.run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"], cwd=GO_MODULE,
+                              env=env, capture_output=True, text=True)
+    if download.returncode != 0:
+        raise BuildError(f"cannot fetch k8s.io/kubernetes {version}:\n{download.stdout}{download.stderr}")
+    source = workdir / "kubernetes"
+    shutil.rmtree(source, ignore_errors=True)
+    # The module cache is read-only; the copy must be writable to patch and to remove.
+    shutil.copytree(json.loads(download.stdout)["Dir"], source, symlinks=True, copy_function=shutil.copyfile)
+    for patch in PATCHES:
+        path = source / patch.path
+        text = path.read_text()
+        if text.count(patch.old) != 1:
+            raise BuildError(f"patch for {patch.path} no longer applies to k8s.io/kubernetes {version} "
+                             f"(expected exactly one {patch.old.strip()!r}); review PATCHES in {__file__}")
+        path.write_text(text.replace(patch.old, patch.new))
+        progress.say(f"patched {patch.path}: {patch.why}")
+    modfile = workdir / "go.mod"
+    modfile.write_text((GO_MODULE / "go.mod").read_text() + f"\nreplace k8s.io/kubernetes => {source}\n")
+    shutil.copyfile(GO_MODULE / "go.sum", workdir / "go.sum")
+    return modfile
+
+
 def _build(target: Path, progress_enabled: bool) -> None:
     env = _build_env()
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     with _Progress(progress_enabled) as progress:
-        progress.say(f"building kube-apiserver + kube-controller-manager + etcd (k8s.io/kubernetes {kube_version()}, "
+        progress.say(f"building {' + '.join(COMMANDS)} (k8s.io/kubernetes {kube_version()}, "
                      f"etcd {etcd_version()}, {_go_version()}, GOEXPERIMENT={env['GOEXPERIMENT']}) into {target}")
-        progress.say("a cold build takes about 7 minutes on 2 cores and needs about 3 GB of memory; later runs reuse it")
-        progress.total = _count_packages(env, progress)
-        progress.phase = "compiling"
-        process = subprocess.Popen(
-            _build_args(partial), cwd=GO_MODULE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,  # so an interrupted build stops go's compile and link children too
-        )
-        assert process.stdout is not None
+        progress.say("a cold build takes 5 to 8 minutes on 2 cores and needs about 3 GB of memory; later runs reuse it")
+        # A stable path (the build lock is held), so Go's build cache serves rebuilds.
+        workdir = target.with_name(".build")
         lines: list[str] = []
+        process: subprocess.Popen[str] | None = None
         try:
+            modfile = _patched_modfile(env, workdir, progress)
+            progress.total = _count_packages(env, modfile, progress)
+            progress.phase = "compiling"
+            process = subprocess.Popen(
+                _build_args(partial, modfile), cwd=GO_MODULE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, start_new_session=True,  # so an interrupted build stops go's compile and link children too
+            )
+            assert process.stdout is not None
             for raw in process.stdout:
                 line = raw.rstrip()
                 lines.append(line)
@@ -242,10 +309,13 @@ def _build(target: Path, progress_enabled: bool) -> None:
                 progress.say(line)
             code = process.wait()
         except BaseException:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            if process is not None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
             partial.unlink(missing_ok=True)
             raise
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)  # the patched copy (124 MB) served this build only
     if code != 0:
         partial.unlink(missing_ok=True)
         tail = "\n".join(lines[-60:])
