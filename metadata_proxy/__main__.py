@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from metadata_proxy import _control, _health, _imds, _iptables, _logging, _metrics, _settings, _store, _tls
+from metadata_proxy import _control, _health, _imds, _interception, _iptables, _logging, _metrics, _settings, _store, _tls
 
 logger = logging.getLogger("metadata_proxy")
 
@@ -29,18 +29,27 @@ async def serve(settings: _settings.ProxySettings) -> None:
 
     tls = _tls.ServerTLS(cert, key, ca, on_load=record_expiry)
 
+    checker = None
     if settings.iptables:
         assert settings.host_ip is not None
         # Before listening: pods reaching a closed port get a refusal, never
         # the node's own metadata service.
         _iptables.install(settings.host_interface, str(settings.host_ip), settings.metadata_port)
+        if settings.interception_check:
+            checker = _interception.Checker(settings.host_interface, store.pod_ips, interval=settings.interception_check_interval)
+            metrics.watch_interception(checker)
+        else:
+            logger.warning("interception check off (--no-interception-check): a --host-interface that misses pods goes unnoticed")
+    else:
+        logger.info("no iptables rule (--iptables off): sending pods' 169.254.169.254:80 to the metadata port is up to "
+                    "you, and the proxy cannot check that it happens")
 
     runners = [
         (web.AppRunner(_imds.make_app(settings, store, metrics), handle_signals=False, access_log=None, shutdown_timeout=5), settings.metadata_port, None),
         (web.AppRunner(_control.make_app(store, metrics, settings.node_name, settings.operator_identity), handle_signals=False,
                        shutdown_timeout=5),
          settings.control_port, tls.listener_context),
-        (web.AppRunner(_health.make_app(store, metrics), handle_signals=False, access_log=None, shutdown_timeout=5),
+        (web.AppRunner(_health.make_app(store, metrics, checker), handle_signals=False, access_log=None, shutdown_timeout=5),
          settings.health_port, None),
     ]
     stop = asyncio.Event()
@@ -48,6 +57,7 @@ async def serve(settings: _settings.ProxySettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     watcher = asyncio.create_task(tls.watch(settings.tls_reload_interval, lambda outcome: metrics.tls_reloads.labels(outcome).inc()))
+    background = [watcher] + ([asyncio.create_task(checker.run())] if checker is not None else [])
     try:
         for runner, port, ssl_context in runners:
             await runner.setup()
@@ -65,9 +75,10 @@ async def serve(settings: _settings.ProxySettings) -> None:
         await stop.wait()
         logger.info("stopping" + (" (the iptables rule stays in place)" if settings.iptables else ""))
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for runner, _, _ in reversed(runners):
             await runner.cleanup()
 

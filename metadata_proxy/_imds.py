@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from metadata_proxy import _metrics, _settings, _store, _tokens, _upstream
+from metadata_proxy import _metrics, _settings, _store, _tokens, _upstream, wire
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 
 _TEXT = "text/plain"
+# What IAM accepts as a role name: the one path segment forwarded for a node-identity pod.
+_ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 
 
 def _text(status: int, body: str | bytes, headers: dict[str, str] | None = None) -> web.Response:
@@ -79,6 +81,7 @@ class _Counters:
         self.waited_hit = metrics.credentials.labels("waited_hit")
         self.miss = metrics.credentials.labels("miss")
         self.wrong_role = metrics.credentials.labels("wrong_role")
+        self.node_identity = metrics.credentials.labels("node_identity")
 
     def record(self, route: str, status: int, seconds: float) -> None:
         child = self._requests.get((route, status))
@@ -94,17 +97,50 @@ class _Counters:
 COUNTERS = web.AppKey("counters", _Counters)
 
 
+async def _from_upstream(request: web.Request, path: str) -> web.Response:
+    """``path`` from the node's real metadata service: its answer, a bare 404/429, or 502."""
+    counters = request.app[COUNTERS]
+    try:
+        answer = await request.app[UPSTREAM].get(path)
+    except _upstream.UpstreamError as error:
+        logger.warning("upstream metadata service failed", extra={"path": path, "error": str(error)})
+        counters.metrics.upstream.labels("error").inc()
+        return _text(502, "podiam: the node's metadata service did not answer\n")
+    counters.metrics.upstream.labels(str(answer.status)).inc()
+    if answer.status != 200:
+        return _text(answer.status if answer.status in (404, 429) else 502, b"")
+    return web.Response(body=answer.body, content_type=answer.content_type or _TEXT)
+
+
+async def _node_identity(request: web.Request, route: str, pod: wire.PodEntry) -> web.Response:
+    """One of the operator's own pods: the node's role, from the node's metadata service.
+
+    Only the three iam/ paths an SDK reads, with a plain role name: nothing
+    else of the node's metadata opens up for these pods either.
+    """
+    raw = request.rel_url.raw_path
+    if request.rel_url.raw_query_string or not _safe_for_upstream(raw):
+        return _text(404, b"")
+    if route == "credentials" and not _ROLE_NAME.fullmatch(raw[len(CREDENTIALS):]):
+        return _text(404, b"")
+    request.app[COUNTERS].node_identity.inc()
+    logger.debug("node identity for the operator's pod", extra={"pod": f"{pod.namespace}/{pod.name}", "path": request.path})
+    return await _from_upstream(request, raw)
+
+
 async def _credentials(request: web.Request, route: str, ip: str) -> web.Response:
     app = request.app
     store, counters = app[STORE], app[COUNTERS]
     pod, creds = store.lookup(ip)
     waited = False
-    if creds is None:
+    if creds is None and not (pod is not None and pod.node_identity):
         wait = app[SETTINGS].credential_wait
         if wait > 0:
             counters.metrics.waits.inc()
             waited = True
             pod, creds = await store.wait_lookup(ip, wait)
+    if pod is not None and pod.node_identity:
+        return await _node_identity(request, route, pod)
     if creds is None:
         counters.miss.inc()
         if pod is None:
@@ -145,17 +181,7 @@ async def _other(request: web.Request) -> web.Response:
         pattern.fullmatch(raw) for pattern in request.app[ALLOWED]
     ):
         return _text(404, b"")
-    upstream = request.app[UPSTREAM]
-    try:
-        answer = await upstream.get(raw)
-    except _upstream.UpstreamError as error:
-        logger.warning("upstream metadata service failed", extra={"path": raw, "error": str(error)})
-        request.app[COUNTERS].metrics.upstream.labels("error").inc()
-        return _text(502, "podiam: the node's metadata service did not answer\n")
-    request.app[COUNTERS].metrics.upstream.labels(str(answer.status)).inc()
-    if answer.status != 200:
-        return _text(answer.status if answer.status in (404, 429) else 502, b"")
-    return web.Response(body=answer.body, content_type=answer.content_type or _TEXT)
+    return await _from_upstream(request, raw)
 
 
 async def _dispatch(request: web.Request, route: str) -> web.Response:

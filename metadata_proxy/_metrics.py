@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import prometheus_client as prom
 
-from metadata_proxy import _store
+from metadata_proxy import _interception, _store
 
 # Fine buckets at the low end: a credentials hit takes well under a millisecond,
 # a wait for a push up to --credential-wait.
@@ -27,7 +27,8 @@ class Metrics:
         self.credentials = prom.Counter(
             "podiam_proxy_credential_lookups",
             "Credential lookups: hit (served at once), waited_hit (served after waiting for a push), "
-            "miss (nothing to serve after waiting), wrong_role (asked for a role the pod does not have).",
+            "miss (nothing to serve after waiting), wrong_role (asked for a role the pod does not have), "
+            "node_identity (one of the operator's own pods, answered from the node's metadata service).",
             ["result"], registry=r,
         )
         self.waits = prom.Counter("podiam_proxy_credential_waits", "Requests that waited for a push.", registry=r)
@@ -56,6 +57,11 @@ class Metrics:
         self.snapshot_generation = prom.Gauge(
             "podiam_proxy_snapshot_generation", "Generation of the last applied snapshot (-1: none yet).", registry=r,
         )
+        self.not_intercepted = prom.Gauge(
+            "podiam_proxy_pods_not_intercepted",
+            "Pushed pods whose route goes through an interface --host-interface does not match (with --iptables).",
+            registry=r,
+        )
         self.cert_expiry = prom.Gauge(
             "podiam_proxy_tls_certificate_expiry_timestamp_seconds",
             "notAfter of the loaded TLS files, as a Unix time.", ["file"], registry=r,
@@ -72,6 +78,9 @@ class Metrics:
         self.snapshot_generation.set_function(
             lambda: -1 if store.snapshot_generation is None else store.snapshot_generation
         )
+
+    def watch_interception(self, checker: _interception.Checker) -> None:
+        self.not_intercepted.set_function(lambda: checker.not_intercepted)
 
     def exposition(self) -> bytes:
         return prom.generate_latest(self.registry)

@@ -121,8 +121,20 @@ class ProxySettings(pydantic_settings.BaseSettings):
     )
     host_interface: str = pydantic.Field(
         "cali+",
-        description="Pod-side interfaces the rule matches (iptables -i syntax): cali+ (Calico), eni+ (AWS VPC CNI), "
-        "'!eth0' (everything but the node's interface). Kiam: --host-interface.",
+        description="Interfaces the rule matches (iptables -i syntax: a trailing + is a prefix, a leading ! negates): "
+        "the interface the node routes pod IPs through. cali+ (Calico), eni+ (AWS VPC CNI), lxc+ (Cilium with "
+        "endpoint routes), cni0 (bridge plugin, flannel), cbr0 (kubenet), weave (Weave Net), or '!eth0' (everything "
+        "but the node's own interface). Kiam: --host-interface.",
+    )
+    interception_check: bool = pydantic.Field(
+        True,
+        description="With --iptables: check that the node routes every pushed pod's IP through an interface "
+        "--host-interface matches; otherwise /readyz fails naming the pods, their interfaces and a pattern that fits. "
+        "Turn off only for a CNI whose routes do not name the interface pods' packets arrive on (e.g. Cilium without "
+        "endpoint routes, where pod routes point at cilium_host).",
+    )
+    interception_check_interval: Duration = pydantic.Field(
+        2.0, description="Seconds between two checks of the pods' routes (a miss counts when two checks in a row see it)."
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = pydantic.Field("info", description="Log level.")
@@ -156,6 +168,8 @@ class ProxySettings(pydantic_settings.BaseSettings):
             raise ValueError("--require-imdsv2 and --disable-imdsv2 exclude each other")
         if self.iptables and self.host_ip is None:
             raise ValueError("--iptables needs --host-ip (the node's IP, the rule's DNAT target)")
+        if self.interception_check_interval <= 0:
+            raise ValueError("--interception-check-interval must be more than 0 seconds")
         if len({self.metadata_port, self.control_port, self.health_port}) != 3:
             raise ValueError("--metadata-port, --control-port and --health-port must differ")
         return self

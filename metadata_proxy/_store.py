@@ -85,6 +85,7 @@ class Store:
         self._pods: dict[str, wire.PodEntry] = {}
         self._roles: dict[str, Credentials] = {}
         self.snapshot_generation: int | None = None
+        self.revision = 0  # counts applied pushes: watchers of the pod set compare it
         # Resolved (and replaced) on every change: waiters sleep on it, no polling.
         self._changed: asyncio.Future[None] | None = None
 
@@ -104,11 +105,18 @@ class Store:
     def pod(self, ip: str) -> wire.PodEntry | None:
         return self._pods.get(ip)
 
+    def pod_ips(self) -> list[str]:
+        return list(self._pods)
+
     def lookup(self, ip: str) -> tuple[wire.PodEntry | None, Credentials | None]:
-        """The pod at ``ip`` and its credentials if they can be served now (None otherwise)."""
+        """The pod at ``ip`` and its credentials if they can be served now (None otherwise).
+
+        A ``node_identity`` entry has no credentials here: the caller asks the
+        node's metadata service for it.
+        """
         pod = self._pods.get(ip)
-        if pod is None:
-            return None, None
+        if pod is None or pod.role_key is None:
+            return pod, None
         creds = self._roles.get(pod.role_key)
         if creds is None or creds.expires_at - self.expiry_margin <= self._clock():
             return pod, None
@@ -117,7 +125,7 @@ class Store:
     async def wait_lookup(self, ip: str, timeout: float) -> tuple[wire.PodEntry | None, Credentials | None]:
         """``lookup``, waiting up to ``timeout`` for the pod or its credentials to be pushed."""
         pod, creds = self.lookup(ip)
-        if creds is not None or timeout <= 0:
+        if creds is not None or timeout <= 0 or (pod is not None and pod.node_identity):
             return pod, creds
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -131,7 +139,7 @@ class Store:
             # raises: every waiter wakes on the next change and re-checks.
             await asyncio.wait((self._changed,), timeout=remaining)
             pod, creds = self.lookup(ip)
-            if creds is not None:
+            if creds is not None or (pod is not None and pod.node_identity):
                 return pod, creds
 
     def status(self, node_name: str) -> wire.ProxyStatus:
@@ -142,6 +150,7 @@ class Store:
 
     # -- writing -----------------------------------------------------------
     def _notify(self) -> None:
+        self.revision += 1
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
         self._changed = None
@@ -182,7 +191,7 @@ class Store:
                     ip=entry.ip, uid=entry.uid,
                     reason=f"{entry.ip} is held by another pod (uid {held.uid}); remove it first or send a snapshot",
                 ))
-            elif entry.role_key not in self._roles:
+            elif entry.role_key is not None and entry.role_key not in self._roles:
                 rejected.append(wire.Rejection(
                     ip=entry.ip, uid=entry.uid, reason=f"unknown role key {entry.role_key!r}: push its credentials first",
                 ))
@@ -215,7 +224,7 @@ class Store:
                 rejected.append(wire.Rejection(
                     ip=entry.ip, uid=entry.uid, reason=f"{entry.ip} is claimed by {claims[entry.ip]} pods in the snapshot",
                 ))
-            elif entry.role_key not in roles:
+            elif entry.role_key is not None and entry.role_key not in roles:
                 rejected.append(wire.Rejection(
                     ip=entry.ip, uid=entry.uid, reason=f"unknown role key {entry.role_key!r}: not in the snapshot's roles",
                 ))

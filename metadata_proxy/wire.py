@@ -13,7 +13,10 @@ Endpoints on the control port (mutual TLS only), all JSON:
     another uid, or naming a role key the proxy does not hold, is refused
     (listed in ``Ack.rejected``) so that a stale or reordered push can never
     hand one pod's credentials to another. The operator answers a rejection
-    with a full snapshot.
+    with a full snapshot. An entry with ``node_identity`` names no role key:
+    the same uid rules apply to it. Before it holds its picture of the
+    cluster, a newly active operator sends only its own replicas'
+    ``node_identity`` entries this way (it needs them to reach AWS at all).
 
 ``PUT /v1/snapshot``  body :class:`Snapshot`  -> :class:`Ack`
     Atomic replacement of everything the proxy holds for its node. The first
@@ -86,13 +89,27 @@ class RoleCredentials(_Model):
 
 
 class PodEntry(_Model):
-    """Which pod owns a source IP on this node, and which credentials it gets."""
+    """Which pod owns a source IP on this node, and which credentials it gets.
+
+    Either ``role_key`` (credentials the operator pushed) or ``node_identity``:
+    the pod reads the node's own role, which the proxy fetches from the node's
+    metadata service for it. The operator sends ``node_identity`` entries only
+    for its own replicas' pods (its namespace and ServiceAccount), so that it
+    can reach AWS through its node's proxy like any pod on the pod network.
+    """
 
     ip: PodIP
     uid: str = pydantic.Field(min_length=1, max_length=64)
     namespace: str = pydantic.Field(min_length=1, max_length=63)
     name: str = pydantic.Field(min_length=1, max_length=253)
-    role_key: RoleKey
+    role_key: RoleKey | None = None
+    node_identity: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> PodEntry:
+        if self.node_identity == (self.role_key is not None):
+            raise ValueError("a pod entry names either a role_key or node_identity: true, not both nor neither")
+        return self
 
 
 class PodRemoval(_Model):

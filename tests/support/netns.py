@@ -154,3 +154,43 @@ except Exception as e:
         done = self.python(code)
         assert done.returncode == 0, done.stderr
         return dict(json.loads(done.stdout))
+
+
+@dataclasses.dataclass
+class BridgePod(Pod):
+    """A pod behind a bridge, as the bridge plugin, flannel (``cni0``) and kubenet (``cbr0``) attach pods.
+
+    The bridge ``bridge`` carries ``host_ip``; the veth's host side ``host_if``
+    is a port of the bridge without an address, so the node routes the pod's
+    IP through the bridge, and iptables sees the pod's packets arrive on the
+    bridge, never on the veth. One pod per bridge: ``destroy`` removes both.
+    """
+
+    bridge: str = ""
+    prefix: int = 24
+
+    def create(self) -> BridgePod:
+        try:
+            run("ip", "link", "add", self.bridge, "type", "bridge")
+            run("ip", "addr", "add", f"{self.host_ip}/{self.prefix}", "dev", self.bridge)
+            run("ip", "link", "set", self.bridge, "up")
+            run("ip", "netns", "add", self.netns)
+            run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.pod_if)
+            run("ip", "link", "set", self.pod_if, "netns", self.netns)
+            run("ip", "link", "set", self.host_if, "master", self.bridge)
+            run("ip", "link", "set", self.host_if, "up")
+            for command in (
+                ["ip", "link", "set", "lo", "up"],
+                ["ip", "addr", "add", f"{self.pod_ip}/{self.prefix}", "dev", self.pod_if],
+                ["ip", "link", "set", self.pod_if, "up"],
+                ["ip", "route", "add", "default", "via", self.host_ip],
+            ):
+                run("ip", "netns", "exec", self.netns, *command)
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def destroy(self) -> None:
+        super().destroy()
+        run("ip", "link", "del", self.bridge, check=False)

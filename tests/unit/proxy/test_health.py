@@ -38,3 +38,24 @@ async def test_metrics_exposition(health: Any, store: _store.Store) -> None:
                  "podiam_proxy_pushes_total", "podiam_proxy_tls_certificate_expiry_timestamp_seconds"):
         assert f"# TYPE {name.removesuffix('_total')}" in text
     assert "never-in-metrics" not in text
+
+
+async def test_not_ready_while_pods_are_not_intercepted(aiohttp_client: Any, store: _store.Store) -> None:
+    from metadata_proxy import _health, _interception, _metrics
+    from tests.unit.proxy.test_interception import FLANNEL
+
+    metrics = _metrics.Metrics()
+    checker = _interception.Checker("veth+", store.pod_ips, interval=1.0, read_routes=lambda: FLANNEL)
+    metrics.watch_interception(checker)
+    client = await aiohttp_client(_health.make_app(store, metrics, checker))
+    store.apply_snapshot(wire.Snapshot(generation=1, roles=[role_credentials("k1", "r1")], pods=[pod_entry("10.244.1.5", "k1")]))
+    checker.check()
+    checker.check()
+    response = await client.get("/readyz")
+    text = await response.text()
+    assert response.status == 503 and text.startswith("not ready: the iptables rule (--host-interface 'veth+')")
+    assert "10.244.1.5 via cni0" in text and "--host-interface cni0 or '!eth0'" in text
+    assert "podiam_proxy_pods_not_intercepted 1.0" in await (await client.get("/metrics")).text()
+    checker.pattern = "cni0"
+    checker.check()
+    assert (await client.get("/readyz")).status == 200

@@ -227,7 +227,9 @@ async def real_imds(aiohttp_server: Any) -> TestServer:
         data = {
             "/latest/meta-data/placement/availability-zone": "eu-west-1a",
             "/latest/meta-data/placement/region": "eu-west-1",
+            "/latest/meta-data/iam/security-credentials/": "node-role",
             "/latest/meta-data/iam/security-credentials/node-role": '{"SecretAccessKey": "NODE-SECRET"}',
+            "/latest/meta-data/iam/info": '{"InstanceProfileArn": "arn:aws:iam::123456789012:instance-profile/node"}',
             "/latest/user-data": "#!/bin/sh NODE-SECRET",
         }
         if request.path not in data:
@@ -292,3 +294,73 @@ async def test_ipv4_pods_on_a_dual_stack_listener_are_known_by_their_ipv4(store:
 
     assert _imds._ipv6_caller("::ffff:127.0.0.1") == POD_IP
     assert _imds._ipv6_caller("fd00:0:0::1") == "fd00::1"
+
+
+# -- the operator's own pods: the node's identity, forwarded ---------------------
+
+def node_identity_entry(ip: str, name: str = "podiam-operator-7d9") -> wire.PodEntry:
+    return wire.PodEntry(ip=ip, uid="op-uid-1", namespace="podiam-system", name=name, node_identity=True)
+
+
+@pytest.fixture
+def operator_pod(store: _store.Store) -> wire.PodEntry:
+    """127.0.0.1 is one of the operator's pods; 127.0.0.2 a pod with role MyRole."""
+    entry = node_identity_entry(POD_IP)
+    role = role_credentials("k1", "MyRole")
+    store.apply_snapshot(wire.Snapshot(generation=1, roles=[role], pods=[entry, pod_entry("127.0.0.2", "k1")]))
+    return entry
+
+
+async def test_a_node_identity_pod_reads_the_nodes_role_through_the_proxy(
+    imds: ImdsFactory, real_imds: TestServer, operator_pod: wire.PodEntry, metrics: _metrics.Metrics,
+) -> None:
+    client = await imds(upstream=str(real_imds.make_url("")))
+    token = await (await client.put("/latest/api/token", headers=TTL)).text()  # the proxy's own token for the pod
+    headers = {"X-aws-ec2-metadata-token": token}
+    listing = await client.get(CREDS, headers=headers)
+    assert listing.status == 200 and await listing.text() == "node-role"
+    document = await client.get(CREDS + "node-role", headers=headers)
+    assert document.status == 200 and "NODE-SECRET" in await document.text()
+    info = await client.get("/latest/meta-data/iam/info", headers=headers)
+    assert info.status == 200 and "instance-profile/node" in await info.text()
+    # Upstream with the proxy's own token, never the pod's.
+    assert real_imds.app[SEEN] == [CREDS, CREDS + "node-role", "/latest/meta-data/iam/info"]
+    assert sample(metrics, "podiam_proxy_credential_lookups_total", result="node_identity") == 3
+
+
+@pytest.mark.parametrize("path", [
+    "/latest/user-data", "/latest/meta-data/", "/latest/dynamic/instance-identity/document",
+    CREDS + "../../../user-data", CREDS + "node-role?x=1", CREDS + "a/b", CREDS + "..", CREDS + "node%2Frole",
+])
+async def test_a_node_identity_pod_gets_nothing_else_of_the_node(
+    imds: ImdsFactory, real_imds: TestServer, operator_pod: wire.PodEntry, path: str,
+) -> None:
+    client = await imds(upstream=str(real_imds.make_url("")))
+    response = await client.get(path)
+    assert response.status == 404
+    assert real_imds.app[SEEN] == []
+
+
+async def test_other_pods_never_get_the_node_identity(imds: ImdsFactory, real_imds: TestServer, operator_pod: wire.PodEntry) -> None:
+    other = await imds(source_ip="127.0.0.2", upstream=str(real_imds.make_url("")))
+    assert await (await other.get(CREDS)).text() == "MyRole"
+    assert (await other.get(CREDS + "node-role")).status == 404
+    stranger = await imds(source_ip="127.0.0.3", upstream=str(real_imds.make_url("")))
+    assert (await stranger.get(CREDS)).status == 404
+    assert real_imds.app[SEEN] == []
+
+
+async def test_a_revoked_node_identity_entry_answers_404_at_once(
+    imds: ImdsFactory, real_imds: TestServer, operator_pod: wire.PodEntry, store: _store.Store,
+) -> None:
+    client = await imds(upstream=str(real_imds.make_url("")))
+    assert (await client.get(CREDS)).status == 200
+    store.apply_changes(wire.Changes(remove_pods=[wire.PodRemoval(ip=operator_pod.ip, uid=operator_pod.uid)]))
+    assert (await client.get(CREDS)).status == 404
+    assert real_imds.app[SEEN] == [CREDS]
+
+
+async def test_node_identity_with_the_node_service_down_is_502(imds: ImdsFactory, operator_pod: wire.PodEntry) -> None:
+    client = await imds(upstream="http://127.0.0.1:9", upstream_timeout=1)
+    response = await client.get(CREDS)
+    assert response.status == 502 and "node's metadata service" in await response.text()

@@ -201,3 +201,43 @@ async def test_zero_wait_does_not_wait(store: _store.Store) -> None:
     started = time.monotonic()
     assert await store.wait_lookup("10.0.0.1", 0) == (None, None)
     assert time.monotonic() - started < 0.05
+
+
+# -- node-identity entries (the operator's own pods) ---------------------------------
+
+
+def node_identity(ip: str, uid: str = "op-1") -> wire.PodEntry:
+    return wire.PodEntry(ip=ip, uid=uid, namespace="podiam-system", name="podiam-operator-x", node_identity=True)
+
+
+def test_a_pod_entry_names_a_role_key_or_the_node_identity_never_both_nor_neither() -> None:
+    assert node_identity("10.0.0.9").role_key is None
+    assert pod_entry("10.0.0.1", "k1").node_identity is False
+    for bad in ({"role_key": "k1", "node_identity": True}, {}):
+        with pytest.raises(pydantic.ValidationError, match="either a role_key or node_identity"):
+            wire.PodEntry(ip="10.0.0.1", uid="u", namespace="n", name="p", **bad)  # type: ignore[arg-type]
+
+
+def test_node_identity_entries_need_no_role_and_follow_the_uid_rules(store: _store.Store) -> None:
+    # Changes alone, before any snapshot: what a newly active operator sends for its own pods first.
+    ack = store.apply_changes(wire.Changes(upsert_pods=[node_identity("10.0.0.9")]))
+    assert ack == wire.Ack(applied=1) and not store.ready
+    pod, creds = store.lookup("10.0.0.9")
+    assert pod is not None and pod.node_identity and creds is None
+    # Another uid can neither take the IP over nor remove it.
+    ack = store.apply_changes(wire.Changes(upsert_pods=[node_identity("10.0.0.9", uid="op-2")],
+                                           remove_pods=[wire.PodRemoval(ip="10.0.0.9", uid="op-2")]))
+    assert ack.applied == 0 and len(ack.rejected) == 2
+    assert store.pod("10.0.0.9") == node_identity("10.0.0.9")
+    # A snapshot keeps it (no role needed), alongside ordinary pods.
+    ack = store.apply_snapshot(wire.Snapshot(generation=1, roles=[role_credentials("k1", "r1")],
+                                             pods=[node_identity("10.0.0.9"), pod_entry("10.0.0.1", "k1")]))
+    assert ack.rejected == [] and store.pod_count == 2 and sorted(store.pod_ips()) == ["10.0.0.1", "10.0.0.9"]
+
+
+async def test_a_wait_ends_at_once_for_a_node_identity_pod(store: _store.Store) -> None:
+    store.apply_changes(wire.Changes(upsert_pods=[node_identity("10.0.0.9")]))
+    started = time.monotonic()
+    pod, creds = await store.wait_lookup("10.0.0.9", 5.0)
+    assert pod is not None and pod.node_identity and creds is None
+    assert time.monotonic() - started < 1.0
