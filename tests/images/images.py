@@ -141,6 +141,7 @@ def ensure_built(progress: bool = True) -> dict[str, Image]:
     built = dict(planned)
     with _locked(root / ".lock", progress), _Progress(progress) as reporter:
         _fresh_directory(root / "tmp")  # what a killed build left
+        _remove_containers()
         for name, image in planned.items():
             if not image.archive.is_file():  # another builder may have built it while we waited
                 built[name] = _build(image, planned, reporter)
@@ -228,6 +229,7 @@ def _build(image: Image, planned: Mapping[str, Image], progress: _Progress) -> I
         _export(image, progress)
     finally:
         _remove(work)
+        _remove_containers()
     _forget_superseded(image, progress)
     seconds = time.monotonic() - progress.start
     progress.say(f"built {image.ref} in {_duration(seconds)} ({image.archive.stat().st_size / 2**20:.0f} MiB archive)")
@@ -358,6 +360,15 @@ def _forget_superseded(image: Image, progress: _Progress) -> None:
     if superseded:
         progress.phase = "removing superseded images"
         _run(_buildah("rmi", *superseded), progress)
+
+
+def _remove_containers() -> None:
+    """Removes (and unmounts) the working containers an interrupted or killed bud leaves behind.
+
+    The storage is ours alone and the build lock is held, so every container in it is a leftover.
+    Never raises: it runs while another error may be on its way out.
+    """
+    subprocess.run(_buildah("rm", "--all"), stdin=subprocess.DEVNULL, capture_output=True)
 
 
 def _stored_refs() -> set[str]:
