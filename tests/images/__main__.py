@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{image.ref}\t{image.archive}\t{took}")
         elif args.command == "list":
             for image in images.plan().values():
-                state = f"{image.archive.stat().st_size / 2**20:.0f} MiB" if image.archive.is_file() else "not built"
+                state = f"{image.archive.stat().st_size / 2**20:.1f} MiB" if image.archive.is_file() else "not built"
                 print(f"{image.ref}\t{image.archive}\t{state}")
     except images.ImageError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -232,7 +232,7 @@ def _build(image: Image, planned: Mapping[str, Image], progress: _Progress) -> I
         _remove_containers()
     _forget_superseded(image, progress)
     seconds = time.monotonic() - progress.start
-    progress.say(f"built {image.ref} in {_duration(seconds)} ({image.archive.stat().st_size / 2**20:.0f} MiB archive)")
+    progress.say(f"built {image.ref} in {_duration(seconds)} ({image.archive.stat().st_size / 2**20:.1f} MiB archive)")
     return dataclasses.replace(image, build_seconds=round(seconds, 1))
 
 
@@ -254,7 +254,7 @@ def _build_from_dockerfile(name: str, base: Image, work: Path, progress: _Progre
 def _build_python_base(image: Image, work: Path, progress: _Progress) -> None:
     rootfs = work / "rootfs"
     progress.phase = "running debootstrap (download, unpack, configure)"
-    progress.say("debootstrap takes about a minute on an idle machine, a few when the cores are busy")
+    progress.say("debootstrap takes under a minute on a quiet machine, a few when the cores are busy")
     _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), MIRROR],
          progress)
     _add_host_ca_certificates(rootfs, progress)
