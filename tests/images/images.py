@@ -280,6 +280,7 @@ def _add_host_ca_certificates(rootfs: Path, progress: _Progress) -> None:
 
 
 def _slim(rootfs: Path) -> None:
+    """Leaves out what debian:bookworm-slim does, now and (dpkg path-excludes) in later apt-get installs."""
     (rootfs / "etc/dpkg/dpkg.cfg.d/podiam-slim").write_text(
         "".join(f"path-exclude {p}\n" for p in DPKG_EXCLUDES) + "".join(f"path-include {p}\n" for p in DPKG_INCLUDES))
     for path in list((rootfs / "usr/share").rglob("*")):
@@ -300,10 +301,12 @@ def _matches_any(name: str, patterns: Iterable[str]) -> bool:
 def _build_pause(image: Image, work: Path, progress: _Progress) -> None:
     progress.phase = "compiling pause.c"
     module = _kubernetes_module()
-    tag = next(line.split("=", 1)[1].strip() for line in (module / "build/pause/Makefile").read_text().splitlines()
-               if line.startswith("TAG ?="))
+    makefile = module / "build/pause/Makefile"
+    match = re.search(r"^TAG \?= (\S+)$", makefile.read_text(), re.MULTILINE)
+    if match is None:
+        raise ImageError(f"no `TAG ?= ...` line in {makefile}: how upstream versions pause has changed")
     # Upstream's VERSION is v$(TAG)-$(git describe); the module's version is the describe here.
-    version = f"v{tag}-{controlplane_build.kube_version()}"
+    version = f"v{match.group(1)}-{controlplane_build.kube_version()}"
     _run(["gcc", *PAUSE_CFLAGS, f"-DVERSION={version}", "-o", str(work / "pause"),
           str(module / "build/pause/linux/pause.c")], progress)
     (work / "Containerfile").write_text(PAUSE_CONTAINERFILE)
@@ -341,7 +344,6 @@ def _export(image: Image, progress: _Progress) -> None:
     progress.phase = "writing the archive (compressing layers)"
     image.archive.parent.mkdir(parents=True, exist_ok=True)
     partial = image.archive.with_name(f".{image.archive.name}.{os.getpid()}.partial")
-    partial.unlink(missing_ok=True)  # containers/image refuses to write over a file
     try:
         # The ref inside (org.opencontainers.image.ref.name) is what `ctr images import` names the image.
         _run(_buildah("push", "--quiet", image.ref, f"oci-archive:{partial}:{image.ref}"), progress)
