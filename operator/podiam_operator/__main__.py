@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
 
     identity = _peering.detect_own_id(manual=False)
     memo = kopf.Memo(podiam_settings=settings, identity=identity, priority=priority)
-    liveness = f"http://{settings.liveness_address}:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    host = f"[{settings.liveness_address}]" if ":" in settings.liveness_address else settings.liveness_address
+    liveness = f"http://{host}:{settings.liveness_port}/healthz" if settings.liveness_port else None
     asyncio.run(
         kopf.operator(
             clusterwide=True,

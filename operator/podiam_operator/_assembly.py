@@ -1,42 +1,33 @@
-"""Builds the engine from the settings: STS source and cache, push client, API client, leadership."""
+"""Builds the engine from the settings: STS source and cache, push client, API client, leadership.
+
+Nothing here calls AWS, so the start-up handler ends (and kopf's liveness
+endpoint answers) whether or not the operator has AWS credentials yet.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import os
 
 from podiam_operator import _settings
-from podiam_operator._core import decide, roles
+from podiam_operator._core import decide, roles, world
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import engine as engines
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
 from podiam_operator._kits import push, sts, tlsfiles
 
-logger = logging.getLogger(__name__)
-
 
 def region(settings: _settings.OperatorSettings) -> str:
     return settings.sts_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-async def resolve_base(settings: _settings.OperatorSettings, source: sts.CredentialSource) -> roles.BaseArn:
-    """The configured base ARN, or the account and partition of our own identity (retried until STS answers)."""
-    if settings.base_role_arn:
-        return roles.BaseArn.parse(settings.base_role_arn)
-    delay = 1.0
-    while True:
-        try:
-            arn, account = await source.caller_identity()
-            base = roles.BaseArn.from_caller_identity(arn, account)
-            logger.info("role names resolve against %s (from the caller identity %s)", base.prefix, arn)
-            return base
-        except (sts.StsError, roles.RoleError) as error:
-            logger.error("GetCallerIdentity failed (%s); role names cannot be resolved yet, retrying in %.0fs", error, delay)
-            await asyncio.sleep(delay)
-            delay = min(30.0, delay * 2)
+def own_pods(settings: _settings.OperatorSettings) -> world.OwnPods | None:
+    """The operator's own pods, when they are to read the node's identity through their node's proxy."""
+    if not settings.operator_node_identity:
+        return None
+    assert settings.operator_namespace and settings.operator_service_account  # checked by the settings
+    return world.OwnPods(settings.operator_namespace, settings.operator_service_account)
 
 
 async def build(
@@ -54,7 +45,9 @@ async def build(
             max_connections=settings.sts_concurrency,
         )
     )
-    base = await resolve_base(settings, source)
+    # No STS call here: a standby needs no AWS, and the active replica asks for its
+    # identity only after pushing its own pods' entries (Engine.start).
+    base = roles.BaseArn.parse(settings.base_role_arn) if settings.base_role_arn else None
     clock = clocks.SystemClock()
     cache = sts.CredentialCache(
         source,
@@ -93,6 +86,8 @@ async def build(
         node_taint=settings.node_taint,
         manage_node_taint=settings.manage_node_taint,
         leadership=leadership,
+        identity=source.caller_identity,
+        own=own_pods(settings),
     )
     stack.push_async_callback(engine.close)
     return engine

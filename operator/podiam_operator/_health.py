@@ -11,8 +11,11 @@ because only the operator knows what "ready" means here:
   the Deployment proceeds (the new replica stands by, the old one is removed,
   the new one takes over); the body says which role it has.
 
-Not ready (HTTP 503) while starting (TLS set-up, API and STS connections,
-kopf's initial listing, the first credential fetches) or when TLS is broken.
+Not ready (HTTP 503) while starting (TLS set-up, API connection, kopf's
+initial listing, the operator's own AWS identity, the first credential
+fetches), when TLS is broken, or while the active replica's GetCallerIdentity
+fails (retried with backoff; never a liveness failure: kopf's /healthz answers
+as soon as the start-up handler is done, and it needs no AWS).
 The body is a few lines of text saying what is wrong or what is in use.
 """
 
@@ -79,6 +82,9 @@ class Probe:
             if failing:
                 text += f"; pushes failing to {', '.join(failing[:5])}{' ...' if len(failing) > 5 else ''} (see the log)"
             return "active", text
+        if engine.phase == "identity":
+            return "starting", ("starting: pushing this operator's own pods' entries and asking STS who it is "
+                                f"({engine.identity_error or 'GetCallerIdentity in flight'})")
         if engine.phase == "warming-up":
             return "starting", "starting: fetching the credentials in use before the first push"
         if engine.leadership is not None:
@@ -96,6 +102,13 @@ class Probe:
             return Readiness(False, role, f"not ready: TLS: {status.message}\n{text}")
         if role == "starting":
             return Readiness(False, role, f"not ready: {text}\nTLS: {status.message}")
+        engine = self.engine
+        if role == "active" and engine is not None:
+            if engine.identity_error is not None:
+                # Active and pushing (revocations still go out), but STS does not know us.
+                return Readiness(False, role, f"not ready: the operator's AWS identity is unknown: {engine.identity_error}\n"
+                                              f"{text}\nTLS: {status.message}")
+            text += f"\nAWS identity: {engine.caller_arn or 'asking STS (GetCallerIdentity)'}"
         return Readiness(True, role, f"ready: {text}\nTLS: {status.message}")
 
 

@@ -91,6 +91,19 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     )
     manage_node_taint: bool = pydantic.Field(default=True, description="Remove the start-up taint (needs patch on nodes)")
 
+    # --- the operator's own AWS identity --------------------------------------
+    operator_node_identity: bool = pydantic.Field(
+        default=False,
+        description="Push an entry for each of the operator's own pods (in --operator-namespace, running as "
+        "--operator-service-account) to its node's proxy, which answers their credential requests from the node's "
+        "metadata service: the operator on the pod network gets the node's IAM role, as a host-network process "
+        "would. Only pods that can run as that ServiceAccount in that namespace get it.",
+    )
+    operator_namespace: str | None = pydantic.Field(default=None, description="The operator's namespace (the chart: the pod's own)")
+    operator_service_account: str | None = pydantic.Field(
+        default=None, description="The operator's ServiceAccount (the chart: the pod's own)"
+    )
+
     # --- TLS (operator -> proxy) ---------------------------------------------
     tls_mode: TlsMode = pydantic.Field(default="auto", description="auto: issue certificates; secrets: use the files below")
     tls_client_cert_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/tls.crt"), description="Client certificate (PEM)")
@@ -100,10 +113,14 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     # --- operation -----------------------------------------------------------
     log_level: str = pydantic.Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$", description="Log level")
     log_format: LogFormat = pydantic.Field(default="json", description="json or plain")
-    metrics_address: str = pydantic.Field(default="0.0.0.0", description="Address of the metrics endpoint")
-    metrics_port: int = pydantic.Field(default=9090, ge=0, le=65535, description="Port of /metrics (0: off)")
-    liveness_address: str = pydantic.Field(default="0.0.0.0", description="Address of kopf's liveness endpoint")
-    liveness_port: int = pydantic.Field(default=8080, ge=0, le=65535, description="Port of kopf's /healthz (0: off)")
+    metrics_address: str = pydantic.Field(
+        default="0.0.0.0", description="Address of /metrics and /readyz (on the host network the chart sets the pod's IP)"
+    )
+    metrics_port: int = pydantic.Field(default=8185, ge=0, le=65535, description="Port of /metrics and /readyz (0: off)")
+    liveness_address: str = pydantic.Field(
+        default="0.0.0.0", description="Address of kopf's /healthz (on the host network the chart sets the pod's IP)"
+    )
+    liveness_port: int = pydantic.Field(default=8184, ge=0, le=65535, description="Port of kopf's /healthz (0: off)")
     peering_name: str = pydantic.Field(default="podiam", description="ClusterKopfPeering object the replicas share")
     peering_priority: int | None = pydantic.Field(
         default=None, description="Fixed peering priority (default: older replicas win, so a new one never preempts)"
@@ -134,6 +151,13 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     def _selector(cls, value: str) -> str:
         parse_label_pairs(value)
         return value
+
+    @pydantic.model_validator(mode="after")
+    def _own_pods_named(self) -> OperatorSettings:
+        if self.operator_node_identity and not (self.operator_namespace and self.operator_service_account):
+            raise ValueError("--operator-node-identity needs --operator-namespace and --operator-service-account "
+                             "(PODIAM_OPERATOR_NAMESPACE, PODIAM_OPERATOR_SERVICE_ACCOUNT; the chart sets both from the pod)")
+        return self
 
     @property
     def effective_min_remaining(self) -> int:

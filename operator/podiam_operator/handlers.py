@@ -58,7 +58,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
         await tls.prepare(ops, logger)
         if "proxy_server_name" not in ops.model_fields_set:
             ops.proxy_server_name = tls.settings().proxy_server_name
-    memo.probe.stage = "connecting to the Kubernetes API and to STS (the log says what fails)"
+    memo.probe.stage = "connecting to the Kubernetes API (the log says what fails)"
     memo.engine = await _assembly.build(ops, memo.stack, identity=memo.identity, priority=memo.priority)
     memo.probe.engine = memo.engine
     if importlib.util.find_spec("podiam_operator.tls") is not None:
@@ -138,10 +138,18 @@ async def _engine(memo: Any, kwargs: dict[str, Any]) -> engines.Engine:
 
 @kopf.on.event("pods")
 async def pod_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    engine = await _engine(memo, kwargs)
     raw = dict(body)
+    proxy = _is_proxy(raw, _ops(memo))
+    if proxy and not memo.engine.started:
+        # A proxy that appears while the engine's start waits (for AWS, say) must get the
+        # operator's own pods' entries now: they are how the operator reaches AWS. Not waiting
+        # for the start here keeps this pod's next events (its node, its IP) coming; the start
+        # loads every other pod from kopf's index, and a proxy pod decides nothing else.
+        memo.engine.proxy_event(type, raw)
+        return
+    engine = await _engine(memo, kwargs)
     engine.pod_event(type, raw)
-    if _is_proxy(raw, _ops(memo)):
+    if proxy:
         engine.proxy_event(type, raw)
     if type is None:  # kopf (re)listed pods: deletions meanwhile sent no event
         engine.relisted("pods")

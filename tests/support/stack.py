@@ -48,6 +48,8 @@ CRDS = (REPO / "crds" / "podrolebindings.podiam.io.yaml", REPO / "crds" / "kopf-
 PROXY_NAMESPACE = "podiam-system"
 PROXY_LABELS = {"app.kubernetes.io/name": "podiam-proxy"}
 TAINT = "podiam.io/agent-not-ready"
+# The chart runs the operator as this ServiceAccount in the release namespace (PROXY_NAMESPACE here).
+OPERATOR_SERVICE_ACCOUNT = "podiam-operator"
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 # The operator's TLS defaults in auto mode (podiam_operator.tls settings).
 PROXY_TLS_SECRET = "podiam-proxy-tls"
@@ -193,6 +195,10 @@ class Stack:
         self.nodes.append(node)
         self._create_proxy_pod(node)
         return node
+
+    def create_proxy_pod(self, node: Node) -> None:
+        """The node's proxy pod (again, e.g. after a test deleted it), Running with the node's address, not ready."""
+        self._create_proxy_pod(node)
 
     def _create_proxy_pod(self, node: Node, restarts: int = 0) -> None:
         pod_name = f"podiam-proxy-{node.name}"
@@ -417,6 +423,40 @@ class Stack:
 
     def wait_no_credentials(self, node: Node, pod_ip: str, timeout: float = 30.0) -> None:
         wait_for(lambda: self.imds(node, pod_ip).status == 404, timeout, f"no credentials for {pod_ip} on {node.name}")
+
+    # --- the operator's own pods -------------------------------------------------------------
+
+    def create_operator_pod(self, node: Node, name: str, ip: str = "127.0.0.1") -> dict[str, Any]:
+        """One of the operator's own pods as the chart runs them (its namespace, its ServiceAccount), Running on ``node``.
+
+        ``ip`` is where the operator process's requests to its node's proxy come
+        from: 127.0.0.1 for a process on loopback (see :meth:`node_identity_env`).
+        """
+        try:
+            self.cp.api("POST", f"/api/v1/namespaces/{PROXY_NAMESPACE}/serviceaccounts",
+                        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SERVICE_ACCOUNT}})
+        except ApiError as error:
+            if error.status != 409:
+                raise
+        manifest = self.pod_manifest(PROXY_NAMESPACE, name, labels={"app.kubernetes.io/name": "podiam-operator"})
+        manifest["spec"]["serviceAccountName"] = OPERATOR_SERVICE_ACCOUNT
+        self.cp.api("POST", f"/api/v1/namespaces/{PROXY_NAMESPACE}/pods", manifest)
+        kubelet.bind_pod(self.cp, PROXY_NAMESPACE, name, node.name)
+        return self.set_ip(PROXY_NAMESPACE, name, ip)
+
+    def node_identity_env(self, node: Node) -> dict[str, str]:
+        """An operator with no keys of its own that reads its AWS identity from ``node``'s proxy, as a pod would at
+        169.254.169.254, and pushes node-identity entries for its own pods (the chart's default)."""
+        return {
+            "PODIAM_OPERATOR_NODE_IDENTITY": "true",
+            "PODIAM_OPERATOR_NAMESPACE": PROXY_NAMESPACE,
+            "PODIAM_OPERATOR_SERVICE_ACCOUNT": OPERATOR_SERVICE_ACCOUNT,
+            "AWS_ACCESS_KEY_ID": "",  # empty: botocore's environment provider finds nothing
+            "AWS_SECRET_ACCESS_KEY": "",
+            "AWS_EC2_METADATA_DISABLED": "false",
+            # The node's proxy instead of 169.254.169.254: nothing in a test reaches a real metadata service.
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": node.proxy.metadata_url + "/",
+        }
 
     def node_taints(self, node: Node) -> list[str]:
         body = self.cp.api("GET", f"/api/v1/nodes/{node.name}")

@@ -44,7 +44,27 @@ class PodEntryPlan:
     uid: str
     namespace: str
     name: str
-    key: str
+    key: str | None  # None: a node-identity entry (one of the operator's own pods)
+
+    @property
+    def node_identity(self) -> bool:
+        return self.key is None
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnPods:
+    """Which pods are the operator's own replicas: its namespace and ServiceAccount.
+
+    Not labels: anyone who can create a pod can copy them. Tenants cannot
+    create pods in the operator's namespace, let alone run them as its
+    ServiceAccount, so these pods are the operator itself.
+    """
+
+    namespace: str
+    service_account: str
+
+    def __contains__(self, pod: facts.PodFacts) -> bool:
+        return pod.namespace == self.namespace and pod.service_account == self.service_account
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +74,13 @@ class NodeDesired:
 
 
 class World:
-    def __init__(self, config: decide.SessionConfig, base: roles.BaseArn | None = None) -> None:
+    def __init__(self, config: decide.SessionConfig, base: roles.BaseArn | None = None, own: OwnPods | None = None) -> None:
         self.config = config
         self.base = base
+        # The operator's own pods get node-identity entries on their node's proxy (None: none do).
+        self.own = own
+        self.own_pods: dict[str, set[PodKey]] = collections.defaultdict(set)  # node -> own pods alive there
+        self._own_placed: dict[PodKey, str] = {}
         self.pods: dict[PodKey, facts.PodFacts] = {}
         self.pods_by_ns: dict[str, set[str]] = collections.defaultdict(set)
         self.namespaces: dict[str, policy.NamespacePolicy] = {}
@@ -84,10 +108,15 @@ class World:
         pods: dict[str, PodEntryPlan] = {}
         by_ip: dict[str, list[PodEntryPlan]] = collections.defaultdict(list)
         keys: set[str] = set()
+        own = self.own_pods.get(node, set())
+        for pod_key in own:
+            pod = self.pods[pod_key]
+            if pod.ip:
+                by_ip[pod.ip].append(PodEntryPlan(pod.ip, pod.uid, pod.namespace, pod.name, None))
         for pod_key, grant in self.node_pods.get(node, {}).items():
             pod = self.pods[pod_key]
             keys.add(grant.key)
-            if pod.ip:
+            if pod.ip and pod_key not in own:  # the operator's own pod is the operator, whatever its annotations
                 by_ip[pod.ip].append(PodEntryPlan(pod.ip, pod.uid, pod.namespace, pod.name, grant.key))
         for ip, plans in by_ip.items():
             # Two live pods claiming one IP: one of them is stale and we cannot
@@ -137,8 +166,9 @@ class World:
         self.pods[pod.key] = pod
         self.pods_by_ns[pod.namespace].add(pod.name)
         delta |= self._recompute_pod(pod.key)
+        delta.nodes |= self._place_own(pod.key)
         if old is None or old.ip != pod.ip or old.node != pod.node:
-            delta.nodes |= {n for n in (pod.node, old.node if old else None) if n and pod.key in self.node_pods.get(n, {})}
+            delta.nodes |= {n for n in (pod.node, old.node if old else None) if n and self._served(n, pod.key)}
         delta.nodes |= self._claim(pod.key, pod)
         return delta
 
@@ -148,6 +178,7 @@ class World:
             return Delta()
         delta = self._unplace(key)
         delta.nodes |= self._claim(key, None)
+        delta.nodes |= self._place_own(key, gone=True)
         decision = self.decisions.pop(key, decide.NONE)
         for binding in decision.bindings:
             self.binding_pods[(namespace, binding)].discard(key)
@@ -252,9 +283,29 @@ class World:
             self._claimed[key] = wanted
         nodes = set()
         for node, ip in (c for c in (old, wanted) if c is not None):
-            if any(self.pods[p].ip == ip for p in self.ip_claims.get((node, ip), ()) if p in self.node_pods.get(node, {})):
+            if any(self.pods[p].ip == ip for p in self.ip_claims.get((node, ip), ()) if self._served(node, p)):
                 nodes.add(node)
         return nodes
+
+    def _served(self, node: str, key: PodKey) -> bool:
+        """Does the pod have (or want) an entry on this node's proxy?"""
+        return key in self.node_pods.get(node, {}) or key in self.own_pods.get(node, ())
+
+    def _place_own(self, key: PodKey, gone: bool = False) -> set[str]:
+        """Account one of the operator's own pods under its node; the nodes whose entries change."""
+        pod = None if gone else self.pods.get(key)
+        wanted = pod.node if (pod is not None and self.own is not None and pod in self.own and pod.alive
+                              and not pod.host_network and pod.node) else None  # host network: the node's IMDS directly
+        had = self._own_placed.get(key)
+        if had == wanted:
+            return set()
+        if had is not None:
+            self.own_pods[had].discard(key)
+            del self._own_placed[key]
+        if wanted is not None:
+            self.own_pods[wanted].add(key)
+            self._own_placed[key] = wanted
+        return {n for n in (had, wanted) if n is not None}
 
     def _place(self, key: PodKey) -> Delta:
         """Account the pod under its node and key according to its decision."""

@@ -29,8 +29,10 @@ from podiam_operator._kits import push, sts
 
 logger = logging.getLogger(__name__)
 
-Phase = Literal["listing", "standby", "warming-up", "active"]
+Phase = Literal["listing", "standby", "identity", "warming-up", "active"]
 WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
+IDENTITY_TIMEOUT = 30.0  # how long it waits for its own AWS identity (role names need its account) before going on
+IDENTITY_RETRY_MAX = 15.0  # longest wait between two GetCallerIdentity attempts
 STATUS_CONCURRENCY = 8
 MAX_POD_EVENTS_PER_FAILURE = 20
 RELIST_QUIET = 1.0  # seconds without relisted objects before checking what the relist did not show
@@ -65,9 +67,16 @@ class Engine:
         node_taint: str,
         manage_node_taint: bool,
         leadership: Any = None,
+        identity: Any = None,
+        own: world.OwnPods | None = None,
     ) -> None:
-        self.world = world.World(config, base)
+        self.world = world.World(config, base, own)
         self.cache = cache
+        # ``async () -> (arn, account)``: the operator's own AWS identity (GetCallerIdentity), asked once
+        # this replica leads; its account resolves role names when no base ARN is configured.
+        self.identity = identity
+        self.caller_arn: str | None = None
+        self.identity_error: str | None = None
         self.kube = kube
         self.clock = clock
         self.node_taint = node_taint
@@ -126,6 +135,14 @@ class Engine:
             if self.leadership is not None:
                 self.phase = "standby"
                 await self.leadership.wait_until_leader()
+            # Leading from here on. Our own pods' entries first: they need no AWS, and
+            # without them an operator on the pod network cannot reach AWS at all.
+            self.phase = "identity"
+            self.pusher.announce()
+            if self.identity is not None:
+                learning = self._spawn(self._learn_identity(), "identity")
+                if self.world.base is None:
+                    await asyncio.wait([learning], timeout=IDENTITY_TIMEOUT)
             self.phase = "warming-up"
             keys = self.world.used_keys()
             logger.info("starting with %d pods, %d bindings, %d proxies, %d credential sets to fetch",
@@ -149,6 +166,31 @@ class Engine:
             self._owned_wakeup.set()
             for key, decision in self.world.decisions.items():
                 self._pod_events(key, decision)
+
+    async def _learn_identity(self) -> None:
+        """GetCallerIdentity until it answers, with backoff; never fatal (liveness stays green), always said."""
+        delay = 1.0
+        while True:
+            try:
+                arn, account = await self.identity()
+                base = roles.BaseArn.from_caller_identity(arn, account)
+                break
+            except (sts.StsError, roles.RoleError) as error:
+                self.identity_error = f"GetCallerIdentity failed ({error}); retrying in {delay:.0f}s"
+                logger.error("the operator's own AWS identity is unknown: %s", self.identity_error)
+            await asyncio.sleep(delay)
+            delay = min(IDENTITY_RETRY_MAX, delay * 2)
+        self.caller_arn, self.identity_error = arn, None
+        if self.world.base is not None:
+            logger.info("the operator's AWS identity is %s (role names resolve against %s)", arn, self.world.base.prefix)
+            return
+        logger.info("the operator's AWS identity is %s: role names resolve against %s", arn, base.prefix)
+        delta = self.world.set_base(base)
+        if self.started:
+            self._apply(delta)
+            # Pods whose role name could not be resolved before now get their bindings.
+            self._owned_dirty |= delta.pods
+            self._owned_wakeup.set()
 
     async def close(self) -> None:
         for task in list(self._tasks):

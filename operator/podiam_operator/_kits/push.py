@@ -69,6 +69,12 @@ def explain(error: BaseException, server_name: str) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _entry(plan: world.PodEntryPlan) -> wire.PodEntry:
+    if plan.key is None:
+        return wire.PodEntry(ip=plan.ip, uid=plan.uid, namespace=plan.namespace, name=plan.name, node_identity=True)
+    return wire.PodEntry(ip=plan.ip, uid=plan.uid, namespace=plan.namespace, name=plan.name, role_key=plan.key)
+
+
 class Client:
     """HTTPS to the proxies' control ports with the operator's client certificate."""
 
@@ -143,6 +149,8 @@ class NodeWorker:
         self.anti_entropy = anti_entropy
         self.proxy: facts.ProxyFacts | None = None
         self.sent = _Sent()
+        # False until the operator holds its picture of the cluster: only its own pods' entries go out.
+        self.full = False
         self.need_snapshot = True
         self.generation = 0
         self.synced_once = False
@@ -185,10 +193,12 @@ class NodeWorker:
                 continue
             check = time.monotonic() >= next_check
             try:
-                if check:
+                if check and self.full:
                     next_check = time.monotonic() + self.anti_entropy
                     await self._check()
-                if self.need_snapshot:
+                if not self.full:
+                    await self._announce()
+                elif self.need_snapshot:
                     await self._snapshot()
                 else:
                     await self._changes()
@@ -211,19 +221,16 @@ class NodeWorker:
             credentials = self.credentials(key)
             if credentials is not None:
                 roles[key] = credentials
-        pods = {uid: plan for uid, plan in desired.pods.items() if plan.key in roles or plan.key in self.sent.roles}
+        pods = {uid: plan for uid, plan in desired.pods.items()
+                if plan.key is None or plan.key in roles or plan.key in self.sent.roles}
         return roles, pods
 
     async def _snapshot(self) -> None:
         desired = self.desired(self.node)
         roles, pods = self._roles_and_pods(desired)
-        pods = {uid: plan for uid, plan in pods.items() if plan.key in roles}
+        pods = {uid: plan for uid, plan in pods.items() if plan.key is None or plan.key in roles}
         self.generation = max(self.generation + 1, time.time_ns() // 1000)
-        snapshot = wire.Snapshot(
-            generation=self.generation,
-            roles=list(roles.values()),
-            pods=[wire.PodEntry(ip=p.ip, uid=p.uid, namespace=p.namespace, name=p.name, role_key=p.key) for p in pods.values()],
-        )
+        snapshot = wire.Snapshot(generation=self.generation, roles=list(roles.values()), pods=[_entry(p) for p in pods.values()])
         ack = self._ack(await self.client.request("PUT", self.base_url + wire.SNAPSHOT_PATH, wire.encode(snapshot), "snapshot"))
         self.sent = _Sent(pods=dict(pods), roles={k: c.access_key_id for k, c in roles.items()})
         self.need_snapshot = False
@@ -235,6 +242,31 @@ class NodeWorker:
         logger.info("snapshot %d sent to node %s: %d pods, %d roles", self.generation, self.node, len(pods), len(roles))
         self.synced_once = True
         await self.on_synced(self.node)
+
+    async def _announce(self) -> None:
+        """Only the operator's own pods' node-identity entries, as changes: everything else the proxy holds stays.
+
+        A newly active operator needs AWS (its identity, the credentials in
+        use) before its first snapshot, and on the pod network it reaches AWS
+        through these entries. A snapshot would replace what the previous
+        leader pushed, so it waits; changes touch nothing else.
+        """
+        own = {uid: plan for uid, plan in self.desired(self.node).pods.items() if plan.node_identity}
+        upsert = [plan for uid, plan in own.items() if self.sent.pods.get(uid) != plan]
+        remove = [plan for uid, plan in self.sent.pods.items() if own.get(uid) != plan]
+        if not (upsert or remove):
+            return
+        changes = wire.Changes(upsert_pods=[_entry(p) for p in upsert], remove_pods=[wire.PodRemoval(ip=p.ip, uid=p.uid) for p in remove])
+        ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes"))
+        for plan in remove:
+            self.sent.pods.pop(plan.uid, None)
+        for plan in upsert:
+            self.sent.pods[plan.uid] = plan
+        for rejection in ack.rejected:  # e.g. the IP still held by an old pod: the first snapshot settles it
+            logger.warning("proxy on node %s refused the operator's own pod %s (%s): %s", self.node, rejection.uid, rejection.ip, rejection.reason)
+        names = ", ".join(f"{p.namespace}/{p.name}" for p in upsert)
+        if names:
+            logger.info("node %s: the operator's own pods %s read the node's identity through its proxy", self.node, names)
 
     async def _changes(self) -> None:
         desired = self.desired(self.node)
@@ -248,7 +280,7 @@ class NodeWorker:
         changes = wire.Changes(
             upsert_roles=upsert_roles,
             remove_roles=remove_roles,
-            upsert_pods=[wire.PodEntry(ip=p.ip, uid=p.uid, namespace=p.namespace, name=p.name, role_key=p.key) for p in upsert_pods],
+            upsert_pods=[_entry(p) for p in upsert_pods],
             remove_pods=[wire.PodRemoval(ip=p.ip, uid=p.uid) for p in remove_pods],
         )
         ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes"))
@@ -315,7 +347,8 @@ class Pusher:
         self.port = port
         self.anti_entropy = anti_entropy
         self.workers: dict[str, NodeWorker] = {}
-        self.enabled = False
+        self.enabled = False  # workers run (announce() or start() was called)
+        self.full = False  # start() was called: everything goes out, not only the operator's own pods
 
     def _worker(self, node: str) -> NodeWorker:
         worker = self.workers.get(node)
@@ -323,17 +356,29 @@ class Pusher:
             worker = self.workers[node] = NodeWorker(
                 node, self.client, self._desired, self._credentials, self._on_synced, port=self.port, anti_entropy=self.anti_entropy
             )
+            worker.full = self.full
             if self.enabled:
                 worker.task = asyncio.ensure_future(worker.run())
         return worker
 
+    def announce(self) -> None:
+        """Push only the operator's own pods' entries, as changes (before start; see NodeWorker._announce)."""
+        self._run(full=False)
+
     def start(self) -> None:
-        """Begin pushing (once the operator's model of the cluster is complete)."""
+        """Begin pushing everything (once the operator's model of the cluster is complete)."""
+        self._run(full=True)
+
+    def _run(self, *, full: bool) -> None:
         self.enabled = True
+        self.full = full
         for worker in self.workers.values():
+            if full and not worker.full:
+                worker.full = True
+                worker.resync()  # what the announcements left is replaced by the first snapshot
             if worker.task is None:
                 worker.task = asyncio.ensure_future(worker.run())
-                worker.dirty.set()
+            worker.dirty.set()
 
     def set_proxy(self, node: str, proxy: facts.ProxyFacts | None) -> None:
         self._worker(node).set_proxy(proxy)

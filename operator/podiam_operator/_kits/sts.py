@@ -41,6 +41,13 @@ RETRYABLE_CODES = frozenset({
 })
 
 
+# What to check when botocore finds no credentials for the operator itself.
+NO_CREDENTIALS_HINT = (
+    "the operator's own AWS identity: on the pod network it reads the node's role through its node's proxy "
+    "(operator.nodeIdentity), or give it IRSA (operator.serviceAccount.annotations) or keys (operator.credentialsSecret)"
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class AssumeRequest:
     role_arn: str
@@ -323,7 +330,16 @@ rfc3339 = _rfc3339
 
 
 class AioBotocoreSource:
-    """STS through aiobotocore; with ``assume_role_arn``, pod roles are assumed from that role's session."""
+    """STS through aiobotocore; with ``assume_role_arn``, pod roles are assumed from that role's session.
+
+    No client exists before the first call: botocore resolves the credential
+    chain (environment, web identity for IRSA, the instance metadata service)
+    when a client is created, and a standby replica must not need AWS at all.
+    A client created while no credentials could be found would stay without
+    them forever (the operator pod may ask its node's proxy before the
+    operator has pushed its own entry there), so a call that finds none drops
+    the client and the next one resolves the chain again.
+    """
 
     def __init__(
         self,
@@ -339,20 +355,25 @@ class AioBotocoreSource:
         self.timeout = timeout
         self.assume_role_arn = assume_role_arn
         self.max_connections = max_connections
-        self._stack = contextlib.AsyncExitStack()
+        self._open: dict[str, Any] = {}  # "base" / "chained" -> its client's context manager
+        self._retired: set[Any] = set()
         self._base: Any = None
         self._chained: Any = None
         self._chained_credentials: Credentials | None = None
-        self._chain_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> AioBotocoreSource:
-        self._base = await self._client()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+        for creator in [*self._open.values(), *self._retired]:
+            with contextlib.suppress(Exception):
+                await creator.__aexit__(None, None, None)
+        self._open.clear()
+        self._retired.clear()
 
-    async def _client(self, credentials: Credentials | None = None) -> Any:
+    async def _client(self, slot: str, credentials: Credentials | None = None) -> Any:
+        """A new client in ``slot``; the one it replaces closes once calls in flight on it are done."""
         from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
         from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
@@ -373,22 +394,44 @@ class AioBotocoreSource:
                 aws_secret_access_key=credentials.secret_access_key.get_secret_value(),
                 aws_session_token=credentials.session_token.get_secret_value(),
             )
-        return await self._stack.enter_async_context(session.create_client("sts", **kwargs))
+        creator = session.create_client("sts", **kwargs)
+        client = await creator.__aenter__()
+        self._retire(slot)
+        self._open[slot] = creator
+        return client
+
+    def _retire(self, slot: str) -> None:
+        creator = self._open.pop(slot, None)
+        if creator is None:
+            return
+        self._retired.add(creator)
+
+        async def close() -> None:
+            await asyncio.sleep(self.timeout * 2)
+            self._retired.discard(creator)
+            with contextlib.suppress(Exception):
+                await creator.__aexit__(None, None, None)
+
+        asyncio.ensure_future(close())
+
+    def _forget_credentials(self) -> None:
+        """No usable credentials were found: resolve the chain again on the next call."""
+        self._base = self._chained = self._chained_credentials = None
 
     async def _caller(self) -> Any:
         """The client pod roles are assumed with: the base one, or the assumeRoleArn session's."""
-        if self.assume_role_arn is None:
-            return self._base
-        async with self._chain_lock:
+        async with self._lock:
+            if self._base is None:
+                self._base = await self._client("base")
+            if self.assume_role_arn is None:
+                return self._base
             now = datetime.datetime.now(datetime.timezone.utc)
             if self._chained is None or self._chained_credentials is None or self._chained_credentials.remaining(now) < 900:
                 credentials = await self._call(
                     self._base, AssumeRequest(self.assume_role_arn, "podiam-operator", 3600), "AssumeRole"
                 )
-                old = self._chained
-                self._chained = await self._client(credentials)
+                self._chained = await self._client("chained", credentials)
                 self._chained_credentials = credentials
-                del old  # its connections close with the exit stack
             return self._chained
 
     async def _call(self, client: Any, request: AssumeRequest, action: str) -> Credentials:
@@ -415,7 +458,7 @@ class AioBotocoreSource:
                            retryable=code in RETRYABLE_CODES or status >= 500 or status == 429, status=status) from None
         except (botocore.exceptions.BotoCoreError, OSError, asyncio.TimeoutError) as error:
             result = type(error).__name__
-            raise StsError(type(error).__name__, str(error), retryable=True) from None
+            raise self._explained(error) from None
         finally:
             elapsed = time.monotonic() - started
             _metrics.STS_CALLS.labels(action, result).inc()
@@ -428,6 +471,16 @@ class AioBotocoreSource:
             expiration=raw["Expiration"].astimezone(datetime.timezone.utc),
             issued=datetime.datetime.now(datetime.timezone.utc),
         )
+
+    def _explained(self, error: BaseException) -> StsError:
+        """A network or credential error as a retryable StsError; no credentials: look again next time."""
+        import botocore.exceptions
+
+        if isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
+                              botocore.exceptions.CredentialRetrievalError)):
+            self._forget_credentials()
+            return StsError(type(error).__name__, f"{error} ({NO_CREDENTIALS_HINT})", retryable=True)
+        return StsError(type(error).__name__, str(error), retryable=True)
 
     async def assume_role(self, request: AssumeRequest) -> Credentials:
         return await self._call(await self._caller(), request, "AssumeRole")
@@ -448,7 +501,7 @@ class AioBotocoreSource:
                            retryable=code in RETRYABLE_CODES or status >= 500, status=status) from None
         except (botocore.exceptions.BotoCoreError, OSError, asyncio.TimeoutError) as error:
             result = type(error).__name__
-            raise StsError(type(error).__name__, str(error), retryable=True) from None
+            raise self._explained(error) from None
         finally:
             _metrics.STS_CALLS.labels("GetCallerIdentity", result).inc()
             _metrics.STS_LATENCY.labels("GetCallerIdentity", result).observe(time.monotonic() - started)

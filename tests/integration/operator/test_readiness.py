@@ -61,13 +61,31 @@ def test_broken_tls_makes_the_replica_unready_with_the_reason(stack: stacks.Stac
         broken.stop()
 
 
-def test_a_replica_that_cannot_reach_sts_is_not_ready(stack: stacks.Stack) -> None:
-    # Role names cannot be resolved without GetCallerIdentity: the engine is never built.
+def test_a_replica_that_cannot_reach_sts_is_alive_and_stands_by(stack: stacks.Stack) -> None:
+    # Its start-up handler calls no AWS, so kopf's /healthz answers (the liveness probe never kills it);
+    # as a standby it asks STS nothing until it leads.
     unreachable = f"http://127.0.0.1:{ports.free_port()}"
-    stuck = stack.start_operator(env={"PODIAM_STS_ENDPOINT_URL": unreachable, "PODIAM_STS_TIMEOUT": "1", "PODIAM_STS_ATTEMPTS": "1"},
-                                 wait=False)  # kopf answers /healthz only after the start-up handlers
+    cut_off = stack.start_operator(env={"PODIAM_STS_ENDPOINT_URL": unreachable, "PODIAM_STS_TIMEOUT": "1", "PODIAM_STS_ATTEMPTS": "1"})
     try:
-        text = wait_readyz(stuck, 503, "not ready: starting: connecting to the Kubernetes API and to STS")
-        assert "TLS: TLS mode secrets" in text
+        wait_readyz(cut_off, 200, "ready: standby")
+        assert "GetCallerIdentity" not in cut_off.log()
     finally:
-        stuck.stop()
+        cut_off.stop()
+
+
+def test_an_active_replica_whose_sts_fails_is_alive_not_ready_and_says_why(stack: stacks.Stack) -> None:
+    active = stack.operator
+    active.stop()  # the next one leads at once (a stopped replica leaves the peering object)
+    unreachable = f"http://127.0.0.1:{ports.free_port()}"
+    cut_off = stack.start_operator(env={"PODIAM_STS_ENDPOINT_URL": unreachable, "PODIAM_STS_TIMEOUT": "1", "PODIAM_STS_ATTEMPTS": "1"})
+    try:
+        text = wait_readyz(cut_off, 503, "not ready: starting: pushing this operator's own pods' entries and asking STS who it is")
+        stacks.wait_for(lambda: "GetCallerIdentity failed (EndpointConnectionError" in readyz(cut_off)[1], 30,
+                        "the STS failure on /readyz")
+        assert "the operator's own AWS identity is unknown: GetCallerIdentity failed (EndpointConnectionError" in cut_off.log()
+        with urllib.request.urlopen(cut_off.liveness_url, timeout=5) as response:  # type: ignore[attr-defined]
+            assert response.status == 200, text
+    finally:
+        cut_off.stop()
+        stack.start_operator()
+        wait_readyz(stack.operator, 200, "ready: active", timeout=60)

@@ -26,6 +26,7 @@ def pod_body(
     deleting: bool = False,
     external_id: str | None = None,
     session_name: str | None = None,
+    service_account: str = "sa",
 ) -> dict[str, Any]:
     annotations = {}
     if role is not None:
@@ -37,7 +38,7 @@ def pod_body(
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()), "annotations": annotations, "labels": labels or {}}
     if deleting:
         meta["deletionTimestamp"] = "2030-01-01T00:00:00Z"
-    spec: dict[str, Any] = {"hostNetwork": host_network, "serviceAccountName": "sa"}
+    spec: dict[str, Any] = {"hostNetwork": host_network, "serviceAccountName": service_account}
     if node:
         spec["nodeName"] = node
     status: dict[str, Any] = {"phase": phase}

@@ -47,6 +47,8 @@ class Engine:
     phase: str = "listing"
     leadership: Leadership | None = None
     pusher: Pusher = dataclasses.field(default_factory=Pusher)
+    identity_error: str | None = None
+    caller_arn: str | None = None
 
 
 class Clock:
@@ -138,6 +140,25 @@ async def test_warming_up_is_not_ready() -> None:
     status, text, _ = await get(probe(engine=Engine(phase="warming-up", leadership=Leadership([]))))
     assert status == 503
     assert "fetching the credentials" in text
+
+
+async def test_the_identity_phase_says_what_sts_answered() -> None:
+    engine = Engine(phase="identity", leadership=Leadership([]),
+                    identity_error="GetCallerIdentity failed (NoCredentialsError: Unable to locate credentials); retrying in 4s")
+    status, text, headers = await get(probe(engine=engine))
+    assert status == 503 and headers["X-Podiam-Role"] == "starting"
+    assert text.startswith("not ready: starting: pushing this operator's own pods' entries and asking STS who it is")
+    assert "NoCredentialsError: Unable to locate credentials" in text
+
+
+async def test_an_active_replica_without_an_aws_identity_is_not_ready_and_says_why() -> None:
+    engine = Engine(started=True, phase="active", identity_error="GetCallerIdentity failed (AccessDenied: no); retrying in 15s")
+    status, text, headers = await get(probe(engine=engine))
+    assert status == 503 and headers["X-Podiam-Role"] == "active"
+    assert text.splitlines()[0] == "not ready: the operator's AWS identity is unknown: GetCallerIdentity failed (AccessDenied: no); retrying in 15s"
+    engine.identity_error, engine.caller_arn = None, "arn:aws:sts::123456789012:assumed-role/NodeRole/i-0abc"
+    status, text, _ = await get(probe(engine=engine))
+    assert status == 200 and "AWS identity: arn:aws:sts::123456789012:assumed-role/NodeRole/i-0abc" in text
 
 
 async def test_unreadable_peering_says_why() -> None:

@@ -179,3 +179,39 @@ async def test_a_dead_node_does_not_delay_another() -> None:
         if worker.task:
             worker.task.cancel()
     await asyncio.gather(*(w.task for w in pusher.workers.values() if w.task), return_exceptions=True)
+
+
+async def test_before_start_only_the_operators_own_pods_go_out_as_changes_then_a_snapshot_holds_everything() -> None:
+    w = world.World(decide.SessionConfig(), None, world.OwnPods("podiam-system", "podiam-operator"))
+    w.set_namespace(namespace("team", ".*"))
+    client = FakeClient()
+    synced: list[str] = []
+
+    async def on_synced(node: str) -> None:
+        synced.append(node)
+
+    worker = push.NodeWorker("n1", client, w.desired_for_node, credentials_for(w), on_synced, port=8182, anti_entropy=3600)  # type: ignore[arg-type]
+    worker.set_proxy(proxy())
+    me = pod(name="op-1", namespace="podiam-system", service_account="podiam-operator", role=None, node="n1", ip="10.0.0.50")
+    other = pod(name="a", node="n1", ip="10.0.0.1", role="arn:aws:iam::123456789012:role/RoleA")
+    w.set_pod(me)
+    w.set_pod(other)
+
+    await worker._announce()
+    method, url, body = client.requests[-1]
+    assert (method, url) == ("POST", "https://127.0.0.10:8182/v1/changes")
+    assert body == {"upsert_roles": [], "remove_roles": [], "remove_pods": [],
+                    "upsert_pods": [{"ip": "10.0.0.50", "uid": me.uid, "namespace": "podiam-system", "name": "op-1",
+                                     "role_key": None, "node_identity": True}]}
+    count = len(client.requests)
+    await worker._announce()
+    assert len(client.requests) == count and synced == []  # nothing new; an announcement never makes a node "synced"
+
+    worker.full = True
+    worker.resync()
+    await step(worker)
+    method, _, body = client.requests[-1]
+    assert method == "PUT"
+    entries = {e["name"]: e for e in body["pods"]}
+    assert entries["op-1"]["node_identity"] is True and entries["a"]["role_key"] is not None
+    assert synced == ["n1"]

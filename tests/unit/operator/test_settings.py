@@ -45,3 +45,20 @@ def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: str, val
     monkeypatch.setenv(env, value)
     with pytest.raises(pydantic.ValidationError):
         _settings.OperatorSettings()
+
+
+def test_ports_sit_next_to_the_proxys(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On the host network the operator shares the node's ports with the proxy's 8181-8183.
+    settings = _settings.from_argv([])
+    assert (settings.liveness_port, settings.metrics_port) == (8184, 8185)
+
+
+def test_the_operators_node_identity_needs_its_namespace_and_service_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _settings.from_argv([]).operator_node_identity is False
+    monkeypatch.setenv("PODIAM_OPERATOR_NODE_IDENTITY", "true")
+    with pytest.raises(pydantic.ValidationError, match="--operator-node-identity needs --operator-namespace and --operator-service-account"):
+        _settings.OperatorSettings()
+    monkeypatch.setenv("PODIAM_OPERATOR_NAMESPACE", "podiam-system")
+    settings = _settings.from_argv(["--operator-service-account", "podiam-operator"])
+    assert (settings.operator_node_identity, settings.operator_namespace, settings.operator_service_account) == (
+        True, "podiam-system", "podiam-operator")

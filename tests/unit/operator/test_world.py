@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
-from podiam_operator._core import decide, roles, world
+from podiam_operator._core import decide, facts, roles, world
 from tests.unit.operator.conftest import binding, namespace, pod
 
 pytestmark = pytest.mark.unit
@@ -181,3 +182,84 @@ def test_a_rival_claim_that_goes_away_restores_the_granted_pod() -> None:
     delta = w.delete_pod("team", "b")
     assert "n1" in delta.nodes
     assert set(w.desired_for_node("n1").pods) == {a.uid}
+
+
+# -- the operator's own pods: node-identity entries --------------------------------------
+
+OWN = world.OwnPods("podiam-system", "podiam-operator")
+
+
+def operator_pod(name: str = "op-1", **kwargs: Any) -> facts.PodFacts:
+    values: dict[str, Any] = {"namespace": "podiam-system", "service_account": "podiam-operator", "role": None,
+                              "node": "n1", "ip": "10.0.0.50"}
+    return pod(name=name, **(values | kwargs))
+
+
+def test_the_operators_own_pods_get_node_identity_entries_on_their_node_only() -> None:
+    w = world.World(decide.SessionConfig(), None, OWN)  # no base yet: own entries need none
+    me = operator_pod()
+    assert w.set_pod(me).nodes == {"n1"}
+    plan = w.desired_for_node("n1").pods[me.uid]
+    assert plan.node_identity and plan.key is None and plan.ip == "10.0.0.50"
+    assert w.desired_for_node("n1").keys == frozenset() and w.desired_for_node("n2").pods == {}
+    standby = operator_pod("op-2", node="n2", ip="10.0.0.60")
+    assert w.set_pod(standby).nodes == {"n2"}
+    assert w.desired_for_node("n2").pods[standby.uid].node_identity
+
+
+@pytest.mark.parametrize("other", [
+    {"namespace": "team"},  # the operator's ServiceAccount name in another namespace
+    {"service_account": "default"},  # another ServiceAccount in the operator's namespace
+    {"host_network": True},  # reads the node's metadata service directly, and shares the node's IP
+])
+def test_only_the_operators_namespace_and_service_account_count_labels_do_not(other: dict[str, Any]) -> None:
+    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"), OWN)
+    impostor = operator_pod(labels={"app.kubernetes.io/name": "podiam-operator"}, **other)
+    w.set_pod(impostor)
+    assert w.desired_for_node("n1").pods == {}
+
+
+def test_without_own_pods_configured_nothing_gets_the_node_identity() -> None:
+    w = world.World(decide.SessionConfig(), None)
+    w.set_pod(operator_pod())
+    assert w.desired_for_node("n1").pods == {}
+
+
+@pytest.mark.parametrize("change", [{"deleting": True}, {"phase": "Succeeded"}, {"phase": "Failed"}])
+def test_an_own_pod_is_revoked_when_it_terminates(change: dict[str, Any]) -> None:
+    w = world.World(decide.SessionConfig(), None, OWN)
+    me = operator_pod()
+    w.set_pod(me)
+    assert w.set_pod(dataclasses.replace(me, **change)).nodes == {"n1"}
+    assert w.desired_for_node("n1").pods == {}
+
+
+def test_an_own_pods_ip_change_and_deletion_reach_its_node() -> None:
+    w = world.World(decide.SessionConfig(), None, OWN)
+    me = operator_pod(ip=None)
+    w.set_pod(me)
+    assert w.desired_for_node("n1").pods == {}
+    assert w.set_pod(dataclasses.replace(me, ip="10.0.0.51")).nodes == {"n1"}
+    assert w.delete_pod("podiam-system", "op-1").nodes == {"n1"}
+    assert w.desired_for_node("n1").pods == {}
+
+
+def test_an_ip_claimed_by_another_live_pod_serves_neither_the_node_identity_nor_anything() -> None:
+    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"), OWN)
+    w.set_namespace(namespace("team", ".*"))
+    me = operator_pod(ip="10.0.0.70")
+    w.set_pod(me)
+    stale = pod(name="old", node="n1", ip="10.0.0.70", role=None)  # a stale pod still claims the IP
+    assert w.set_pod(stale).nodes == {"n1"}
+    assert w.desired_for_node("n1").pods == {}
+    w.delete_pod("team", "old")
+    assert set(w.desired_for_node("n1").pods) == {me.uid}
+
+
+def test_a_role_annotation_on_an_own_pod_does_not_replace_the_node_identity() -> None:
+    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"), OWN)
+    w.set_namespace(namespace("podiam-system", ".*"))
+    me = operator_pod(role="SomeRole")
+    w.set_pod(me)
+    desired = w.desired_for_node("n1")
+    assert desired.pods[me.uid].node_identity
