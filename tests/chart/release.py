@@ -64,11 +64,19 @@ def _free_ports(*names: str) -> dict[str, int]:
             sock.close()
 
 
-def _resolve_env(container: Mapping[str, Any], fields: Mapping[str, str], tls_dir: Path) -> dict[str, str]:
-    """The container's environment as the kubelet builds it: fieldRefs, then $(VAR) references in order."""
+def _resolve_env(container: Mapping[str, Any], fields: Mapping[str, str], tls_dir: Path,
+                 secrets: Callable[[str], Mapping[str, bytes]] | None = None) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: fieldRefs, secretKeyRefs, then $(VAR) references in order."""
     env: dict[str, str] = {}
     for item in container.get("env", []):
-        if "valueFrom" in item:
+        if "secretKeyRef" in item.get("valueFrom", {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert secrets is not None, f"{item['name']} comes from a Secret"
+            data = secrets(ref["name"])
+            if ref["key"] not in data and ref.get("optional"):
+                continue
+            value = data[ref["key"]].decode()
+        elif "valueFrom" in item:
             field = item["valueFrom"]["fieldRef"]["fieldPath"]
             value = fields[field]
         else:
@@ -194,16 +202,20 @@ class Release:
         if "secret" in volume:
             for key, value in self.secret(volume["secret"]["secretName"]).items():
                 (tls_dir / key).write_bytes(value)
-        chart_env = _resolve_env(container, {"metadata.namespace": self.namespace, "metadata.name": pod_name}, tls_dir)
+        fields = {"metadata.namespace": self.namespace, "metadata.name": pod_name,
+                  "spec.serviceAccountName": self.service_account("operator"),
+                  "status.podIP": "127.0.0.1"}  # on the host network: this machine's (loopback) address
+        chart_env = _resolve_env(container, fields, tls_dir, self.secret)
         kubeconfig = self.cp.kubeconfig_for_service_account(self.namespace, self.service_account("operator"))
         env = {
             **_clean_environ(),
+            # The operator's AWS identity (IRSA or the node role in a cluster): moto accepts any key.
+            # The chart's own (operator.credentialsSecret) win.
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
             **chart_env,
             # In a pod: the mounted token of the same ServiceAccount.
             "KUBECONFIG": str(kubeconfig),
-            # The operator's AWS identity (IRSA or the node role in a cluster): moto accepts any key.
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_CONFIG_FILE": "/dev/null",
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",

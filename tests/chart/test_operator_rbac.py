@@ -18,6 +18,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,14 @@ def _credentials(release: releases.Release, node: releases.Node, pod_ip: str) ->
     return json.loads(document.body) if document.status == 200 else None
 
 
+def _body(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as error:
+        return str(error.read().decode())
+
+
 # --- the whole job ----------------------------------------------------------------------------
 
 
@@ -233,6 +243,34 @@ def test_the_guides_values_migrated_work_with_the_guides_secrets(
     _serve_pods(controlplane, release)
     # server.assumeRoleArn: the operator assumed the intermediate role first.
     assert sts.assume_role_count("arn:aws:iam::123456789012:role/kiam-server") >= 1
+
+
+def test_static_keys_from_a_secret_are_the_operators_identity_and_never_show(
+    controlplane: ControlPlane, installed: Callable[..., releases.Release], moto_server: moto.MotoServer,
+) -> None:
+    """operator.credentialsSecret: keys of an IAM user, by reference; GetCallerIdentity names that user."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=moto_server.url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    user = f"podiam-static-{next(_octets)}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    secret = key["SecretAccessKey"]
+
+    def create_secret(release: releases.Release) -> None:  # kubectl create secret generic podiam-aws --from-literal=...
+        release.create_secret("podiam-aws", {"AWS_ACCESS_KEY_ID": key["AccessKeyId"].encode(),
+                                             "AWS_SECRET_ACCESS_KEY": secret.encode()})
+
+    release = installed("rbac-keys", values={"operator": {"credentialsSecret": "podiam-aws"}}, before_operator=create_secret)
+    _open_nodes(release)
+    readyz = f"http://127.0.0.1:{release.ports['metrics']}/readyz"
+    identity = f"AWS identity: arn:aws:iam::{moto.ACCOUNT_ID}:user/{user}"
+    releases.wait_for(lambda: identity in _body(readyz), 60, "the static keys' user on /readyz")
+    _serve_pods(controlplane, release)
+    assert secret not in release.operator_log()
+    for obj in release.objects:
+        assert secret not in json.dumps(obj)
 
 
 # --- one verb less: the test notices ---------------------------------------------------------------

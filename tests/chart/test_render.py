@@ -71,6 +71,17 @@ def test_operator_deployment_defaults(helm: _helm.Helm) -> None:
     assert operator["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert operator["resources"]["requests"] and operator["resources"]["limits"]["memory"]
     env = _helm.env_of(operator)
+    # The operator's own AWS identity: its pods (this namespace, this ServiceAccount) read the node's role via their proxy.
+    assert env["PODIAM_OPERATOR_NODE_IDENTITY"] == "true"
+    assert env["PODIAM_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["PODIAM_OPERATOR_SERVICE_ACCOUNT"] == {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}
+    assert not [name for name in env if name.startswith("AWS_")]
+    # It removes the start-up taint, so it must run on nodes that still carry it.
+    assert {"key": "podiam.io/agent-not-ready", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    # Pod network: listeners on every address of the pod, ports next to the proxy's.
+    assert "hostNetwork" not in pod and "PODIAM_METRICS_ADDRESS" not in env
+    assert {p["name"]: p["containerPort"] for p in operator["ports"]} == {"liveness": 8184, "metrics": 8185}
+    assert "preferredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"]
     assert env["PODIAM_TLS_MODE"] == "auto"
     assert env["PODIAM_PROXY_SELECTOR"] == "app.kubernetes.io/name=podiam-proxy,app.kubernetes.io/instance=podiam"
     assert env["PODIAM_PROXY_NAMESPACE"] == "podiam-system"
@@ -102,6 +113,7 @@ def test_proxy_daemonset_defaults(helm: _helm.Helm) -> None:
     assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     env = _helm.env_of(proxy)
     assert env["PODIAM_PROXY_IPTABLES"] == "true" and env["PODIAM_PROXY_HOST_INTERFACE"] == "cali+"
+    assert env["PODIAM_PROXY_INTERCEPTION_CHECK"] == "true"
     assert env["PODIAM_PROXY_CREDENTIAL_WAIT"] == "800ms"
     assert env["PODIAM_PROXY_HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
     assert env["PODIAM_PROXY_BIND_ADDRESS"] == "$(PODIAM_PROXY_HOST_IP)"
@@ -186,6 +198,53 @@ def test_kiam_guide_values(helm: _helm.Helm) -> None:
     ]
 
 
+def test_host_network_operator_binds_the_node_ip_spreads_one_per_node_and_rolls_in_place(helm: _helm.Helm) -> None:
+    rendered = helm.template(values={"operator": {"useHostNetwork": True, "tolerations": [{"key": "dedicated", "operator": "Exists"}]}})
+    deployment = rendered.get("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    # The replica being replaced holds the node's ports: it goes first; never two on one node.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    operator = _helm.container(deployment, "operator")
+    env = _helm.env_of(operator)
+    # The pod's IP is the node's: the listeners bind it, not every address of the node.
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["PODIAM_METRICS_ADDRESS"] == env["PODIAM_LIVENESS_ADDRESS"] == "$(POD_IP)"
+    names = [e["name"] for e in operator["env"]]
+    assert names.index("POD_IP") < names.index("PODIAM_METRICS_ADDRESS")  # $(POD_IP) is defined before its use
+    ports = {p["containerPort"] for p in operator["ports"]}
+    proxy_ports = {p["containerPort"] for p in _helm.container(rendered.get("DaemonSet"), "proxy")["ports"]}
+    assert ports == {8184, 8185} and not ports & proxy_ports
+    # The start-up taint's toleration stays, the user's are added.
+    assert pod["tolerations"] == [{"key": "podiam.io/agent-not-ready", "operator": "Exists", "effect": "NoSchedule"},
+                                  {"key": "dedicated", "operator": "Exists"}]
+    notes = helm.notes(values={"operator": {"useHostNetwork": True, "replicas": 3}})
+    assert "so the cluster needs at least 3 node(s)" in notes
+
+
+def test_static_keys_come_from_a_secret_by_reference_only(helm: _helm.Helm) -> None:
+    rendered = helm.template(values={"operator": {"credentialsSecret": "podiam-aws", "nodeIdentity": False}})
+    env = _helm.env_of(_helm.container(rendered.get("Deployment"), "operator"))
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "podiam-aws", "key": "AWS_ACCESS_KEY_ID"}}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "podiam-aws", "key": "AWS_SECRET_ACCESS_KEY"}}
+    assert env["AWS_SESSION_TOKEN"] == {"secretKeyRef": {"name": "podiam-aws", "key": "AWS_SESSION_TOKEN", "optional": True}}
+    assert env["PODIAM_OPERATOR_NODE_IDENTITY"] == "false"
+    assert "Secret" not in rendered.kinds()  # the chart never holds the keys
+
+
+def test_irsa_is_the_service_accounts_annotation_with_a_mounted_token(helm: _helm.Helm) -> None:
+    arn = "arn:aws:iam::123456789012:role/podiam-operator"
+    rendered = helm.template(values={"operator": {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": arn}}}})
+    account = rendered.get("ServiceAccount", "podiam-operator")
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": arn}
+    pod = rendered.get("Deployment")["spec"]["template"]["spec"]
+    # EKS's webhook adds the web-identity token volume and AWS_ROLE_ARN to pods of this ServiceAccount.
+    assert pod["serviceAccountName"] == "podiam-operator" and pod["automountServiceAccountToken"] is True
+
+
 def test_legacy_iptables_runs_as_root_with_two_capabilities_and_the_shared_lock(helm: _helm.Helm) -> None:
     daemonset = helm.template(values={"proxy": {"host": {"iptablesBackend": "legacy"}}}).get("DaemonSet")
     proxy = _helm.container(daemonset, "proxy")
@@ -253,6 +312,9 @@ def test_notes_tell_the_next_two_steps(helm: _helm.Helm) -> None:
     assert "kubectl annotate namespace default iam.amazonaws.com/permitted='.*'" in notes
     assert "iam.amazonaws.com/role:" in notes
     assert "cleanupIptables=true" in notes  # the uninstall path for the iptables rule
+    assert "The CRDs stay" in notes and "kubectl delete crd podrolebindings.podiam.io" in notes
+    without_rule = helm.notes(values={"proxy": {"host": {"iptables": False}}})
+    assert "cleanupIptables" not in without_rule and "The CRDs stay" in without_rule
 
 
 # -- refusals -----------------------------------------------------------------------
@@ -271,6 +333,9 @@ def test_notes_tell_the_next_two_steps(helm: _helm.Helm) -> None:
     ({"operator": {"extraEnv": {"BAD-NAME": "x"}}}, "invalid propertyName 'BAD-NAME'"),
     ({"tls": {"mode": "manual"}}, "/tls/mode"),
     ({"operator": {"replicaz": 2}}, "additional properties 'replicaz' not allowed"),
+    ({"operator": {"nodeIdentity": "yes"}}, "/operator/nodeIdentity"),
+    ({"operator": {"credentialsSecret": "My_Keys"}}, "/operator/credentialsSecret"),
+    ({"proxy": {"host": {"interceptionCheck": "off"}}}, "/proxy/host/interceptionCheck"),
 ], ids=lambda v: json.dumps(v) if isinstance(v, dict) else "")
 def test_schema_rejects_bad_values(helm: _helm.Helm, values: dict[str, Any], message: str) -> None:
     with pytest.raises(_helm.HelmError) as error:
@@ -285,8 +350,11 @@ def test_schema_rejects_bad_values(helm: _helm.Helm, values: dict[str, Any], mes
     ({"proxy": {"host": {"cleanupIptables": True}}}, "set proxy.host.iptables=false with it"),
     ({"operator": {"peering": {"enabled": False}}}, "keep peering on or use 1 replica"),
     ({"proxy": {"controlPort": 8181}}, "must differ"),
+    ({"operator": {"useHostNetwork": True, "ports": {"metrics": 8183}}},
+     "operator.ports.metrics (8183) is also a proxy port (proxy.host.port, proxy.controlPort, proxy.healthPort)"),
     ({"agent": {"host": {"interface": "!eth0"}}}, "this values file is Kiam's: podiam calls agent: proxy:"),
-], ids=["secrets-without-secrets", "secret-in-auto-mode", "cleanup-with-iptables", "replicas-without-peering", "ports", "kiam-file"])
+], ids=["secrets-without-secrets", "secret-in-auto-mode", "cleanup-with-iptables", "replicas-without-peering", "ports",
+        "host-network-ports", "kiam-file"])
 def test_template_explains_inconsistent_values(helm: _helm.Helm, values: dict[str, Any], message: str) -> None:
     with pytest.raises(_helm.HelmError) as error:
         helm.template(values=values)

@@ -170,6 +170,13 @@ imagePullSecrets:
 {{- if eq (int .Values.operator.ports.liveness) (int .Values.operator.ports.metrics) -}}
 {{- fail "operator.ports.liveness and operator.ports.metrics must differ" -}}
 {{- end -}}
+{{- if .Values.operator.useHostNetwork -}}
+{{- range $name, $port := .Values.operator.ports -}}
+{{- if has (int $port) $ports -}}
+{{- fail (printf "operator.ports.%s (%d) is also a proxy port (proxy.host.port, proxy.controlPort, proxy.healthPort): with operator.useHostNetwork both listen on the node's addresses; pick another port" $name (int $port)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The proxy's iptables flavour: the image puts iptables-legacy first on PATH under /opt/podiam/iptables-legacy. */}}
