@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -240,6 +241,11 @@ def test_the_guides_values_migrated_work_with_the_guides_secrets(
         before_operator=_guide_secrets(tmp_path / "guide-pki"),
     )
     _open_nodes(release)
+    # useHostNetwork: kopf's /healthz listens on the pod's IP (here 127.0.0.1) only, not on every address of the node.
+    liveness = release.ports["liveness"]
+    socket.create_connection(("127.0.0.1", liveness), timeout=2).close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", liveness), timeout=2).close()
     _serve_pods(controlplane, release)
     # server.assumeRoleArn: the operator assumed the intermediate role first.
     assert sts.assume_role_count("arn:aws:iam::123456789012:role/kiam-server") >= 1
