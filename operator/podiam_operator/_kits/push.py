@@ -188,13 +188,14 @@ class NodeWorker:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.dirty.wait(), timeout)
             self.dirty.clear()
+            check = time.monotonic() >= next_check
+            if check:  # whatever happens below: a past next_check would make the wait above return at once, forever
+                next_check = time.monotonic() + self.anti_entropy
             if self.proxy is None or not self.proxy.reachable:
                 self.need_snapshot = True
                 continue
-            check = time.monotonic() >= next_check
             try:
-                if check and self.full:
-                    next_check = time.monotonic() + self.anti_entropy
+                if check and self.full:  # announcements need no check: a snapshot follows them anyway
                     await self._check()
                 if not self.full:
                     await self._announce()

@@ -215,3 +215,24 @@ async def test_before_start_only_the_operators_own_pods_go_out_as_changes_then_a
     entries = {e["name"]: e for e in body["pods"]}
     assert entries["op-1"]["node_identity"] is True and entries["a"]["role_key"] is not None
     assert synced == ["n1"]
+
+
+@pytest.mark.parametrize("full", [False, True])
+async def test_the_worker_loop_waits_between_rounds_past_its_anti_entropy_time(full: bool) -> None:
+    """Rounds come with pokes or every anti-entropy interval: never back to back (a spin) once that time has passed."""
+    w, client, worker, _ = await setup()
+    calls = 0
+
+    def desired(node: str) -> world.NodeDesired:
+        nonlocal calls
+        calls += 1
+        return w.desired_for_node(node)
+
+    worker.desired = desired
+    worker.anti_entropy = 0.05
+    worker.full = full
+    task = asyncio.ensure_future(worker.run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert 3 <= calls <= 20, calls
