@@ -1,4 +1,4 @@
-"""``python -m tests.controlplane build | up --dir DIR | down --dir DIR | status --dir DIR | bump VERSION``."""
+"""``python -m tests.controlplane build | up --dir DIR [--nodes N] | down --dir DIR | status --dir DIR | bump VERSION``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.controlplane import build, controlplane
+from tests.controlplane import build, cluster, controlplane
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start etcd, kube-apiserver and kube-controller-manager; leave them running")
     up.add_argument("--dir", type=Path, required=True, help="where the kubeconfig, PKI, logs and etcd data go")
     up.add_argument("--timeout", type=float, default=60.0)
-    down = commands.add_parser("down", help="stop the processes `up` started in DIR")
+    up.add_argument("--nodes", type=int, default=0,
+                    help="also kube-scheduler and N real nodes (kubelet + containerd in network namespaces; root)")
+    up.add_argument("--sts-endpoint", help="with --nodes: moto's URL; each node's 169.254.169.254 serves the node role from it")
+    down = commands.add_parser("down", help="stop the processes `up` started in DIR (and remove its nodes)")
     down.add_argument("--dir", type=Path, required=True)
     status = commands.add_parser("status", help="show what runs in DIR")
     status.add_argument("--dir", type=Path, required=True)
@@ -36,12 +39,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"`python -m tests.controlplane build` builds it", file=sys.stderr)
         elif args.command == "path":
             print(build.ensure_built().parent)
+        elif args.command == "up" and args.nodes:
+            started = cluster.Cluster.start(args.dir, nodes=args.nodes, sts_endpoint=args.sts_endpoint, detached=True)
+            print(f"cluster with {args.nodes} nodes ready in {started.startup_seconds:.1f}s: {started.plane.server}",
+                  file=sys.stderr)
+            print(f"export KUBECONFIG={started.plane.kubeconfig}")
         elif args.command == "up":
             plane = controlplane.ControlPlane.start(args.dir, detached=True, timeout=args.timeout)
             print(f"control plane ready in {plane.startup_seconds:.1f}s: {plane.server}", file=sys.stderr)
             print(f"export KUBECONFIG={plane.kubeconfig}")
         elif args.command == "down":
-            stopped = controlplane.stop_directory(args.dir)
+            stopped = cluster.stop_directory(args.dir)
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
         elif args.command == "status":
             state_file = args.dir / controlplane.STATE_FILE
@@ -52,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             running = plane.running()
             print(json.dumps({"server": plane.server, "kubeconfig": str(plane.kubeconfig), "running": running}, indent=2))
             return 0 if running and all(running.values()) else 1
-    except (build.BuildError, controlplane.ControlPlaneError) as error:
+    except (build.BuildError, controlplane.ControlPlaneError, cluster.ClusterError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -40,6 +40,7 @@ def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
 
 class CertificateAuthority:
     def __init__(self, directory: Path, common_name: str = "podiam-test-ca") -> None:
+        """A new CA, written to ``directory/ca.crt`` and ``ca.key``."""
         self.directory = directory
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -64,6 +65,19 @@ class CertificateAuthority:
         self.key_path = directory / "ca.key"
         _write_key(self.key, self.key_path)
 
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        """The CA written to ``directory`` earlier (nodes joining a running cluster get certificates from it)."""
+        ca = cls.__new__(cls)
+        ca.directory = directory
+        ca.cert_path = directory / "ca.crt"
+        ca.key_path = directory / "ca.key"
+        ca.cert = x509.load_pem_x509_certificate(ca.cert_path.read_bytes())
+        key = serialization.load_pem_private_key(ca.key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        ca.key = key
+        return ca
+
     def issue(
         self,
         stem: str,
@@ -72,8 +86,10 @@ class CertificateAuthority:
         organizations: tuple[str, ...] = (),
         server_names: tuple[str, ...] = (),
         client: bool = False,
+        directory: Path | None = None,
     ) -> KeyPair:
-        """A leaf certificate written to ``<stem>.crt``/``<stem>.key``; server names may be IPs or DNS names."""
+        """A leaf certificate written to ``<stem>.crt``/``<stem>.key`` (in ``directory``, default the CA's);
+        server names may be IPs or DNS names."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
@@ -99,7 +115,8 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        pair = KeyPair(self.directory / f"{stem}.crt", self.directory / f"{stem}.key")
+        folder = directory or self.directory
+        pair = KeyPair(folder / f"{stem}.crt", folder / f"{stem}.key")
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, pair.key)
         return pair

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from tests.controlplane import build, certs, client, processes
+from tests.controlplane import build, certs, client, network, processes
 
 # Controllers a test cluster needs. Deliberately absent: node-lifecycle (it
 # would taint the kubelet-less Nodes unreachable after 40 s) and pod-garbage-
@@ -42,6 +42,7 @@ DEFAULT_CONTROLLERS = (
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATE_FILE = "controlplane.json"
+_STOP_ORDER = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
 T = TypeVar("T")
 
@@ -105,6 +106,7 @@ class ControlPlane:
         self.startup_seconds = 0.0
         self.detached = False
         self.controllers: tuple[str, ...] = DEFAULT_CONTROLLERS
+        self.scheduler = False
         self._procs: dict[str, processes.Process] = {}
         self._records: dict[str, processes.Record] = {}
         self._client: client.Client | None = None
@@ -119,17 +121,21 @@ class ControlPlane:
         *,
         detached: bool = False,
         controllers: Iterable[str] = DEFAULT_CONTROLLERS,
+        scheduler: bool = False,
         timeout: float = 60.0,
     ) -> ControlPlane:
         """Start everything in ``directory`` (created if missing).
 
         ``detached``: the processes outlive this Python process (the CLI's
         ``up``); otherwise they die with it, even if it is killed.
+        ``scheduler``: also run kube-scheduler (for real nodes; with the
+        ``kubelet`` stand-ins, tests bind pods themselves).
         """
         binary = build.ensure_built()
         plane = cls(directory)
         plane.detached = detached
         plane.controllers = tuple(controllers)
+        plane.scheduler = scheduler
         plane.dir.mkdir(parents=True, exist_ok=True)
         if (plane.dir / STATE_FILE).exists() and any(r.alive() for r in _read_records(plane.dir)):
             raise ControlPlaneError(f"a control plane is already running in {plane.dir}; stop it first (down --dir)")
@@ -168,8 +174,8 @@ class ControlPlane:
         return plane
 
     def stop(self) -> None:
-        """Stop the controller manager, the API server and etcd (in that order); idempotent."""
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        """Stop the scheduler, the controller manager, the API server and etcd (in that order); idempotent."""
+        for name in _STOP_ORDER:
             self._stop_one(name)
         with _live_lock:
             _live.discard(self)
@@ -230,6 +236,10 @@ class ControlPlane:
         self.restart_controller_manager(timeout)
 
     # ---- clients ---------------------------------------------------------
+
+    def certificate_authority(self) -> certs.CertificateAuthority:
+        """The cluster's CA (it signs the kubelets' certificates too)."""
+        return certs.CertificateAuthority.load(self.pki)
 
     def api(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
         """A JSON request as the admin; raises ``client.ApiError`` (``.status``) on non-2xx.
@@ -293,11 +303,16 @@ class ControlPlane:
         shutil.rmtree(self.etcd_data, ignore_errors=True)
         ca = certs.CertificateAuthority(self.pki)
         serving = ca.issue("apiserver", "kube-apiserver", server_names=(
-            "127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
+            "127.0.0.1", "localhost", network.KUBERNETES_SERVICE_IP, "kubernetes", "kubernetes.default",
             "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+            network.HOST_SERVICES_ADDRESS,  # the nodes' relay to this API server
         ))
         admin = ca.issue("admin", "admin", organizations=("system:masters",), client=True)
         kcm = ca.issue("kube-controller-manager", "system:kube-controller-manager", client=True)
+        scheduler = ca.issue("kube-scheduler", "system:kube-scheduler", client=True)
+        # What the API server shows kubelets for logs, exec and port-forward (kubeadm names it so).
+        kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                  organizations=("system:masters",), client=True)
         sa = certs.service_account_keys(self.pki)
 
         etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
@@ -308,6 +323,9 @@ class ControlPlane:
         kcm_kubeconfig = self.pki / "kube-controller-manager.kubeconfig"
         _write_kubeconfig(kcm_kubeconfig, self.server, self.ca_file, "system:kube-controller-manager",
                           {"client-certificate-data": _b64(kcm.cert), "client-key-data": _b64(kcm.key)})
+        scheduler_kubeconfig = self.pki / "kube-scheduler.kubeconfig"
+        _write_kubeconfig(scheduler_kubeconfig, self.server, self.ca_file, "system:kube-scheduler",
+                          {"client-certificate-data": _b64(scheduler.cert), "client-key-data": _b64(scheduler.key)})
 
         tool = binary.parent
         peer = f"http://127.0.0.1:{peer_port}"
@@ -336,6 +354,10 @@ class ControlPlane:
                 # kubernetes Service's endpoint, which validation rejects.
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
+                # Real kubelets (tests/controlplane/node.py): dialled at their InternalIP, both ends verified.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={ca.cert_path}",
+                f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
                 f"--cert-dir={self.pki}",
                 "--profiling=false",
                 # Otherwise a stop waits for open watches up to --request-timeout
@@ -355,6 +377,14 @@ class ControlPlane:
                 "--leader-elect=false",
                 "--secure-port=0",  # nothing to serve; and no port clash between sessions
             ],
+            "kube-scheduler": [
+                str(tool / "kube-scheduler"),
+                f"--kubeconfig={scheduler_kubeconfig}",
+                f"--authentication-kubeconfig={scheduler_kubeconfig}",
+                f"--authorization-kubeconfig={scheduler_kubeconfig}",
+                "--leader-elect=false",
+                "--secure-port=0",
+            ],
         }
 
     def _launch(self, name: str) -> None:
@@ -364,8 +394,8 @@ class ControlPlane:
         self._records[name] = process.record
 
     def _start_processes(self) -> None:
-        # All three at once: each retries its upstream, and the start-up overlaps.
-        for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
+        # All at once: each retries its upstream, and the start-up overlaps.
+        for name in ("etcd", "kube-apiserver", "kube-controller-manager", *(("kube-scheduler",) if self.scheduler else ())):
             self._launch(name)
 
     def _stop_one(self, name: str) -> None:
@@ -429,9 +459,9 @@ def _read_records(directory: Path) -> list[processes.Record]:
 def stop_directory(directory: Path) -> list[str]:
     """Stop the processes recorded in ``directory`` (``down``); returns the names stopped."""
     records = _read_records(directory)
-    order = {"kube-controller-manager": 0, "kube-apiserver": 1, "etcd": 2}
+    order = {name: position for position, name in enumerate(_STOP_ORDER)}
     stopped = []
-    for record in sorted(records, key=lambda r: order.get(r.name, 3)):
+    for record in sorted(records, key=lambda r: order.get(r.name, len(order))):
         if record.alive():
             processes.stop_record(record)
             stopped.append(record.name)

@@ -23,7 +23,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _taint(taint: Mapping[str, str] | str) -> dict[str, str]:
+def parse_taint(taint: Mapping[str, str] | str) -> dict[str, str]:
     """A taint from a dict, or from kubectl's ``key=value:Effect`` / ``key:Effect`` form."""
     if not isinstance(taint, str):
         return dict(taint)
@@ -57,7 +57,7 @@ def create_node(
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": name, "labels": node_labels},
-        "spec": {"taints": [_taint(t) for t in taints]},
+        "spec": {"taints": [parse_taint(t) for t in taints]},
     }
     cp.api("POST", "/api/v1/nodes", body)
     now = _now()

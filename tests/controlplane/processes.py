@@ -114,11 +114,12 @@ class Record:
 class Process:
     """One control plane process, logging to ``log_path``."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *, detached: bool) -> None:
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *, detached: bool, cwd: Path | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.detached = detached
+        self.cwd = cwd or log_path.parent
         self.popen: subprocess.Popen[bytes] | None = None
         self.record: Record | None = None
 
@@ -130,7 +131,7 @@ class Process:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    cwd=self.log_path.parent,
+                    cwd=self.cwd,
                     preexec_fn=_own_session if self.detached else _own_session_dying_with_parent,
                     close_fds=True,
                 )

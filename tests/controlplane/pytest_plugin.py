@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 
 from tests.controlplane import build, processes
+from tests.controlplane import cluster as _cluster
 from tests.controlplane import controlplane as _cp
+from tests.images import images as _images
 
 _PREFIX = "podiam-controlplane-"
 _OWNER_FILE = "owner.json"
@@ -42,7 +44,7 @@ def _sweep_orphaned_dirs() -> None:
         except (OSError, ValueError, KeyError):
             continue  # not ours, or being created right now
         if not owner.alive():
-            _cp.stop_directory(directory)
+            _cluster.stop_directory(directory)  # its nodes, if any, then its control plane
             _cp.remove_tree(directory)
 
 
@@ -92,6 +94,13 @@ def pytest_runtestloop(session: pytest.Session) -> None:
             _build_uncaptured(session.config)
     except build.BuildError as error:
         pytest.exit(f"building the control plane failed: {error}", returncode=1)
+    if any("podiam_images" in getattr(item, "fixturenames", ()) for item in session.items):
+        capture: Any = session.config.pluginmanager.getplugin("capturemanager")
+        try:
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                _images.ensure_built(progress=True)
+        except _images.ImageError as error:
+            pytest.exit(f"building the images failed: {error}", returncode=1)
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +112,9 @@ def controlplane_binary(request: pytest.FixtureRequest) -> Path:
 
 
 @contextlib.contextmanager
-def _started(**options: Any) -> Iterator[_cp.ControlPlane]:
-    """A control plane in a fresh temporary folder, stopped and removed on exit."""
+def _started(start: Callable[..., Any] = _cp.ControlPlane.start, **options: Any) -> Iterator[Any]:
+    """What ``start(folder, **options)`` starts (a control plane, a cluster), in a fresh temporary folder,
+    stopped and the folder removed on exit."""
     _sweep_orphaned_dirs()
     directory = Path(tempfile.mkdtemp(prefix=_PREFIX))
     keep = os.environ.get("PODIAM_KEEP_CONTROLPLANE") == "1"
@@ -121,17 +131,25 @@ def _started(**options: Any) -> Iterator[_cp.ControlPlane]:
     (directory / _OWNER_FILE).write_text(json.dumps({"name": "pytest", "pid": os.getpid(), "start_time": me}))
     _install_sigterm_handler()
     try:
-        plane = _cp.ControlPlane.start(directory, **options)
+        started = start(directory, **options)
     except BaseException:
         remove()
         atexit.unregister(remove)
         raise
     try:
-        yield plane
+        yield started
     finally:
-        plane.stop()
+        started.stop()
         remove()
         atexit.unregister(remove)
+
+
+def started_cluster(**options: Any) -> contextlib.AbstractContextManager[_cluster.Cluster]:
+    """A cluster with real nodes (``Cluster.start``'s options) in a fresh temporary folder, removed on exit.
+
+    Needs root; the caller decides whether that is a skip or a failure.
+    """
+    return _started(_cluster.Cluster.start, **options)
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +161,12 @@ def controlplane(controlplane_binary: Path) -> Iterator[_cp.ControlPlane]:
     """
     with _started() as plane:
         yield plane
+
+
+@pytest.fixture(scope="session")
+def podiam_images(controlplane_binary: Path) -> dict[str, Any]:
+    """podiam's images and the test images (built before the first test that needs them, see above)."""
+    return dict(_images.ensure_built(progress=True))
 
 
 @pytest.fixture
