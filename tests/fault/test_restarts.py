@@ -75,10 +75,10 @@ def test_operator_sigkill_and_restart(stack: stacks.Stack, ns: str, checker: inv
         targets += [(gone_node, gone_ip), (new_node, new_ip)]
         started = time.monotonic()
         new = stack.start_operator()
-        up = time.monotonic()
-        checker.recovered()
+        up = time.monotonic()  # kopf's /healthz: its start-up needs no AWS, so this comes before it may act
         stacks.wait_for(lambda: _snapshots_sent(stack, new) >= len(stack.nodes), RECOVERY_BOUND, "the new operator's snapshots")
         resynced = time.monotonic()
+        checker.recovered()  # as for a standby's takeover: a leader acts again once the killed one's peering lifetime is over
         stack.wait_no_credentials(gone_node, gone_ip, timeout=RECOVERY_BOUND)
         revoked = time.monotonic()
         stack.wait_credentials(new_node, new_ip, timeout=RECOVERY_BOUND)
