@@ -85,7 +85,6 @@ class Store:
         self._pods: dict[str, wire.PodEntry] = {}
         self._roles: dict[str, Credentials] = {}
         self.snapshot_generation: int | None = None
-        self.revision = 0  # counts applied pushes: watchers of the pod set compare it
         # Resolved (and replaced) on every change: waiters sleep on it, no polling.
         self._changed: asyncio.Future[None] | None = None
 
@@ -150,7 +149,6 @@ class Store:
 
     # -- writing -----------------------------------------------------------
     def _notify(self) -> None:
-        self.revision += 1
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
         self._changed = None
