@@ -192,6 +192,10 @@ class ControlPlane:
     def running(self) -> dict[str, bool]:
         return {name: record.alive() for name, record in self._records.items()}
 
+    def pids(self) -> dict[str, int]:
+        """The running components' process ids, by name."""
+        return {name: record.pid for name, record in self._records.items() if record.alive()}
+
     def stop_apiserver(self) -> None:
         """Stop kube-apiserver alone (etcd and the controller manager keep running)."""
         self._stop_one("kube-apiserver")
