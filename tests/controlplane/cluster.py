@@ -35,7 +35,7 @@ STATE_FILE = "cluster.json"
 # the pods of removed nodes, endpointslice serves the chart's Services.
 CONTROLLERS = (*controlplane.DEFAULT_CONTROLLERS, "node-lifecycle-controller", "taint-eviction-controller",
                "pod-garbage-collector-controller", "endpointslice-controller")
-NODE_ROLE_NAME = "podiam-test-node-role"
+NODE_ROLE_NAME = "my-eks-node-role"  # the name demo/iam.py creates in moto
 ACCOUNT_ID = "123456789012"  # moto's default account
 
 

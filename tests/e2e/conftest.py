@@ -21,8 +21,11 @@ from typing import Any
 
 import pytest
 
+from demo import iam
+from tests.chart import helm as _helm
 from tests.controlplane import cluster as clusters
 from tests.controlplane.pytest_plugin import started_cluster
+from tests.e2e import release as releases
 from tests.support import moto, netns
 
 GUARD_COMMENT = "podiam-e2e-guard"
@@ -48,12 +51,40 @@ def root_safety() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def real_cluster(root_safety: None, podiam_images: dict[str, Any], moto_server: moto.MotoServer) -> Iterator[clusters.Cluster]:
-    """Two real nodes, node-0 and node-1, shared by the tier: make your own namespace, undo what you change."""
-    with started_cluster(nodes=2, sts_endpoint=moto_server.url) as cluster:
+def iam_roles(moto_server: moto.MotoServer) -> iam.Roles:
+    """The guide's roles in moto's IAM (examples/iam): the node role, podiam-operator, KiamTesterRole."""
+    return iam.create_roles(moto_server.url)
+
+
+@pytest.fixture(scope="session")
+def real_cluster(root_safety: None, podiam_images: dict[str, Any], moto_server: moto.MotoServer, sts: moto.StsFront,
+                 iam_roles: iam.Roles) -> Iterator[clusters.Cluster]:
+    """Two real nodes, node-0 and node-1, shared by the tier: make your own namespace, undo what you change.
+
+    Each node's 169.254.169.254 serves the node role from moto; pods reach the
+    counting STS front at ``cluster.url(sts.url)``.
+    """
+    with started_cluster(nodes=2, sts_endpoint=moto_server.url, forward_ports=[sts.port]) as cluster:
         cluster.check_safety()
         yield cluster
         cluster.check_safety()
+
+
+@pytest.fixture(scope="session")
+def helm() -> _helm.Helm:
+    return _helm.Helm(_helm.install_helm())
+
+
+@pytest.fixture(scope="module")
+def release(real_cluster: clusters.Cluster, helm: _helm.Helm, sts: moto.StsFront) -> Iterator[releases.Release]:
+    """``helm install`` with the user's values only (tests/e2e/release.py), uninstalled after the module."""
+    installed = releases.Release(real_cluster, helm, sts.url)
+    installed.install()
+    try:
+        yield installed
+    finally:
+        installed.uninstall()
+        installed.remove_iptables_rules()
 
 
 @pytest.fixture

@@ -32,6 +32,11 @@ def pod(name: str, image: str, command: Sequence[str] = (), *, args: Sequence[st
             "spec": spec}
 
 
+def yaml_dump(*manifests: Mapping[str, Any]) -> str:
+    """Manifests as kubectl apply -f - reads them (JSON documents are YAML)."""
+    return "\n---\n".join(json.dumps(m) for m in manifests)
+
+
 def sleeper(name: str, image: str, **options: Any) -> dict[str, Any]:
     """A pod that stays up (for exec)."""
     return pod(name, image, ["/bin/sleep", "3600"], restart="Always", **options)
