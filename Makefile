@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv system-deps controlplane lint bench clean
+.PHONY: demo test venv system-deps controlplane images lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,16 @@ venv: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-# Builds (once, then cached) kube-apiserver, kube-controller-manager and etcd.
+# Builds (once, then cached) kube-apiserver, kube-controller-manager,
+# kube-scheduler, etcd and kubelet (one binary).
 controlplane: venv
 	$(PY) -m tests.controlplane build
+
+# Builds (once, then cached) the images real nodes run: a Debian base, the
+# pause image, podiam's two Dockerfiles and the guide's AWS CLI image; as
+# root (buildah), else the real-node tiers cannot run anyway.
+images: venv system-deps controlplane
+	@if [ "$$(id -u)" -eq 0 ]; then $(PY) -m tests.images build; else echo "images: not root, skipped (real nodes need root)"; fi
 
 # The proxy never imports the operator, the operator only the proxy's wire
 # models (import-linter); both packages type-check under mypy --strict.
@@ -31,7 +38,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy operator/podiam_operator metadata_proxy
 
-test: venv system-deps controlplane lint
+test: venv system-deps controlplane images lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv system-deps controlplane
