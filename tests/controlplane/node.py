@@ -488,6 +488,10 @@ class Node:
                 raise NodeError(f"{self.name}: no {what} after {timeout}s; {process.log_path}:\n{process.log_tail()}")
             time.sleep(0.05)
 
+    def ctr(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """containerd's own client against this node's containerd, in the kubelet's namespace (k8s.io)."""
+        return network.run("ctr", "--address", str(self.record.socket), "--namespace", "k8s.io", *argv, check=check)
+
     def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """A command in the node's network namespace (as a host-network process on the node)."""
         return network.in_netns(self.netns, *argv, check=check)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,16 @@ def samples(cluster: clusters.Cluster, namespace: str, pod: str) -> list[dict[st
     return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
 
 
-def node_role_leaks(cluster: clusters.Cluster) -> list[dict[str, Any]]:
-    """Every answer a node's metadata service gave with credentials to anything but the node itself (a pod)."""
+def node_role_leaks(cluster: clusters.Cluster, operator_ips: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Every answer a node's metadata service gave with credentials to a pod.
+
+    The node itself is expected (the proxy's upstream for the operator's node
+    identity), and so are the operator's own pods (``operator_ips``): the node
+    identity is theirs, and before a node's proxy has its rule in place they
+    reach the metadata service directly, as Kiam's server did on the host network.
+    """
     leaks = []
     for member in cluster.nodes.values():
-        node_sources = {member.ip}
-        leaks += [r for r in member.metadata_requests() if r["credentials"] and r["source"] not in node_sources]
+        allowed = {member.ip, *operator_ips}
+        leaks += [r for r in member.metadata_requests() if r["credentials"] and r["source"] not in allowed]
     return leaks

@@ -33,37 +33,36 @@ def test_install_runs_every_part(release: releases.Release, real_cluster: cluste
         assert release.iptables_rules(name), f"no {releases.CHAIN} rule on {name}"
 
 
-def test_the_guides_test_chapter(release: releases.Release, real_cluster: clusters.Cluster, sts: moto.StsFront) -> None:
+def test_the_guides_test_chapter(release: releases.Release, real_cluster: clusters.Cluster, sts: moto.StsFront,
+                                 ns: str) -> None:
     plane = real_cluster.plane
-    plane.create_namespace("guide")
-    plane.kubectl("annotate", "namespace", "guide", "iam.amazonaws.com/permitted=.*")
-    plane.kubectl("apply", "-n", "guide", "-f", "-", input=pods.yaml_dump(guide.deployment(real_cluster, sts.url)))
-    plane.kubectl("rollout", "status", "-n", "guide", "deployment/aws-iam-tester", "--timeout=90s")
-    (pod,) = [p["metadata"]["name"] for p in plane.api("GET", "/api/v1/namespaces/guide/pods?labelSelector=app%3Daws-iam-tester")["items"]]
+    plane.kubectl("annotate", "namespace", ns, "iam.amazonaws.com/permitted=.*")
+    plane.kubectl("apply", "-n", ns, "-f", "-", input=pods.yaml_dump(guide.deployment(real_cluster, sts.url)))
+    plane.kubectl("rollout", "status", "-n", ns, "deployment/aws-iam-tester", "--timeout=90s")
+    (pod,) = [p["metadata"]["name"] for p in plane.api("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=app%3Daws-iam-tester")["items"]]
 
-    code, output = guide.caller_identity(real_cluster, "guide", pod)
+    code, output = guide.caller_identity(real_cluster, ns, pod)
     assert code == 0 and ":assumed-role/KiamTesterRole/" in output, output
-    listed = plane.kubectl("get", "podrolebindings", "-n", "guide")
+    listed = plane.kubectl("get", "podrolebindings", "-n", ns)
     assert "KiamTesterRole" in listed and "Bound" in listed, listed
 
-    plane.kubectl("annotate", "pods", "-n", "guide", pod, "iam.amazonaws.com/role-")
+    plane.kubectl("annotate", "pods", "-n", ns, pod, "iam.amazonaws.com/role-")
 
     def refused() -> bool:
-        code, output = guide.caller_identity(real_cluster, "guide", pod)
+        code, output = guide.caller_identity(real_cluster, ns, pod)
         return code != 0 and "Unable to locate credentials" in output
 
     pods.controlplane.wait_until(refused, 10, "Unable to locate credentials after the annotation is removed", interval=0.2)
 
 
 def test_each_proxy_holds_only_its_nodes_pods(release: releases.Release, real_cluster: clusters.Cluster,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, ns: str) -> None:
     plane = real_cluster.plane
-    plane.create_namespace("spread")
-    plane.kubectl("annotate", "namespace", "spread", "iam.amazonaws.com/permitted=.*")
+    plane.kubectl("annotate", "namespace", ns, "iam.amazonaws.com/permitted=.*")
     placement = {"a-0": "node-0", "b-0": "node-0", "c-1": "node-1"}
     for name, node in placement.items():
-        pods.create(plane, "spread", guide.sampler(name, real_cluster, node=node, role="KiamTesterRole"))
-    ips = {name: pods.wait_ready(plane, "spread", name)["status"]["podIP"] for name in placement}
+        pods.create(plane, ns, guide.sampler(name, real_cluster, node=node, role="KiamTesterRole"))
+    ips = {name: pods.wait_ready(plane, ns, name)["status"]["podIP"] for name in placement}
 
     def held_and_expected() -> dict[str, tuple[int, int]]:
         return {node: (release.proxy_status(node, tmp_path / "tls").pods, _served_pods_on(release, node))
@@ -75,11 +74,11 @@ def test_each_proxy_holds_only_its_nodes_pods(release: releases.Release, real_cl
 
     # A pod of node-1 asking node-0's proxy directly is nobody there.
     other = real_cluster.nodes["node-0"]
-    answer = pods.exec_in(plane, "spread", "c-1", "python3", "-c", _GET_STATUS,
+    answer = pods.exec_in(plane, ns, "c-1", "python3", "-c", _GET_STATUS,
                           f"http://{other.ip}:8181/latest/meta-data/iam/security-credentials/", check=False)
     assert answer.strip().startswith("404"), answer
     # and its own node answers it with its role.
-    assert guide.samples(real_cluster, "spread", "c-1")[-1].get("role") == "KiamTesterRole"
+    assert guide.samples(real_cluster, ns, "c-1")[-1].get("role") == "KiamTesterRole"
     assert ips["c-1"] not in {r["source"] for r in other.metadata_requests()}
 
 
