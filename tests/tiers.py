@@ -1,0 +1,66 @@
+"""Which test tiers ran, said at the end of every session; a root-only tier that skips as root fails it.
+
+The tiers are the markers in pyproject.toml. CI runs as root, where the
+``node`` and ``e2e`` tiers can always run: a skip there would hide that they
+did not, so the session fails instead (pytest's own exit code 5, no tests
+collected, is a failure already).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import pytest
+
+TIERS = ("unit", "integration", "node", "chart", "fault", "e2e")
+ROOT_ONLY = ("node", "e2e")
+
+_tier_of: dict[str, str] = {}
+_outcomes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+_skipped_as_root: list[str] = []
+
+
+def _tier(item: pytest.Item) -> str:
+    for tier in TIERS:
+        if item.get_closest_marker(tier) is not None:
+            return tier
+    # Tests without a tier marker are grouped by their folder (tests/unit/..., tests/demo/...).
+    parts = item.nodeid.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        _tier_of[item.nodeid] = _tier(item)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tier = _tier_of.get(report.nodeid, "other")
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        _outcomes[tier][outcome] += 1
+        if report.skipped and tier in ROOT_ONLY and os.geteuid() == 0:
+            _skipped_as_root.append(f"{report.nodeid}: {report.longrepr}")
+    elif report.when == "teardown" and report.failed:
+        _outcomes[tier]["teardown errors"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.section("tiers that ran")
+    for tier in sorted(_outcomes, key=lambda t: (TIERS.index(t) if t in TIERS else len(TIERS), t)):
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(_outcomes[tier].items()))
+        terminalreporter.write_line(f"{tier:<12} {counts}")
+    for tier in TIERS:
+        if tier not in _outcomes:
+            terminalreporter.write_line(f"{tier:<12} did not run")
+    if _skipped_as_root:
+        terminalreporter.write_line("root-only tests skipped although running as root (a failure):", red=True)
+        for line in _skipped_as_root:
+            terminalreporter.write_line(f"  {line}", red=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_as_root and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
