@@ -93,7 +93,13 @@ def ns(real_cluster: clusters.Cluster, request: pytest.FixtureRequest) -> Iterat
     name = f"e{next(_names)}-{slug}"
     real_cluster.plane.create_namespace(name)
     yield name
-    real_cluster.plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+    delete_namespace(real_cluster, name)
+
+
+def delete_namespace(cluster: clusters.Cluster, name: str) -> None:
+    """Delete and wait until its pods are gone: a pod still polling after its module uninstalled podiam would
+    reach the node's own metadata service, and count as a leak for the next module's release."""
+    cluster.plane.kubectl("delete", "namespace", name, "--ignore-not-found", "--timeout=90s", check=False, timeout=120)
 
 
 @pytest.hookimpl(wrapper=True)

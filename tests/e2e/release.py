@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from metadata_proxy import wire
 from tests.chart import helm as _helm
 from tests.controlplane import cluster as clusters
 from tests.controlplane import controlplane, network
+from tests.e2e import guide
 from tests.support import certs
 from tests.support import proxy as proxy_support
 
@@ -68,6 +70,9 @@ class Release:
         self.namespace = namespace
         self.values = merged(user_values(cluster, sts_url), values or {})
         self.values_files = list(values_files)
+        self.installed_at = 0.0
+        # Every address an operator pod of this release had: the node identity is theirs (see guide.node_role_leaks).
+        self.operator_ips: set[str] = set()
 
     @property
     def fullname(self) -> str:
@@ -83,8 +88,11 @@ class Release:
 
     def install(self, timeout: str = "150s") -> str:
         """``helm install --create-namespace --wait``: returns helm's output (NOTES included)."""
-        return self._helm("install", self.name, str(self.helm.chart), "--create-namespace", values=self.values,
-                          timeout=timeout)
+        self.installed_at = time.time()
+        output = self._helm("install", self.name, str(self.helm.chart), "--create-namespace", values=self.values,
+                            timeout=timeout)
+        self.pods("operator")  # records their addresses
+        return output
 
     def upgrade(self, values: Mapping[str, Any], timeout: str = "150s") -> str:
         """``helm upgrade --wait`` with ``values`` laid over the current ones."""
@@ -101,7 +109,15 @@ class Release:
         selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component={component}"
         listed: list[dict[str, Any]] = self.plane.api(
             "GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")["items"]
+        if component == "operator":
+            self.operator_ips.update(p["status"]["podIP"] for p in listed if p.get("status", {}).get("podIP"))
         return listed
+
+    def node_role_leaks(self) -> list[dict[str, Any]]:
+        """Credentials a node's metadata service gave to a pod since this release was installed, other than the
+        operator's own pods (their node identity)."""
+        self.pods("operator")
+        return [r for r in guide.node_role_leaks(self.cluster, self.operator_ips) if r["time"] >= self.installed_at]
 
     def proxy_pod(self, node: str) -> dict[str, Any]:
         (found,) = [p for p in self.pods("proxy") if p["spec"].get("nodeName") == node]

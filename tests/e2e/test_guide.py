@@ -85,7 +85,7 @@ def test_each_proxy_holds_only_its_nodes_pods(release: releases.Release, real_cl
 def test_no_pod_ever_received_the_node_role(release: releases.Release, real_cluster: clusters.Cluster) -> None:
     """Across the module: the nodes' metadata services gave credentials to the nodes themselves only (the
     proxies' upstream for the operator's node identity), never to a pod address."""
-    assert guide.node_role_leaks(real_cluster) == []
+    assert release.node_role_leaks() == []
     served = [r for m in real_cluster.nodes.values() for r in m.metadata_requests() if r["credentials"]]
     assert served, "the operator never used the node identity (it should have: that is how it reached STS)"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.controlplane import cluster as clusters
-from tests.e2e import guide, pods
+from tests.e2e import conftest, guide, pods
 from tests.e2e import release as releases
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,7 @@ def samplers(release: releases.Release, real_cluster: clusters.Cluster) -> Itera
         pods.controlplane.wait_until(lambda n=name: _served(real_cluster, namespace, f"sampler-{n}"), 60,
                                      f"sampler on {name} served")
     yield namespace
-    plane.kubectl("delete", "namespace", namespace, "--wait=false")
+    conftest.delete_namespace(real_cluster, namespace)
 
 
 def _served(cluster: clusters.Cluster, namespace: str, pod: str) -> bool:
@@ -40,8 +40,9 @@ def _served(cluster: clusters.Cluster, namespace: str, pod: str) -> bool:
     return bool(found) and found[-1].get("role") == ROLE and "key" in found[-1]
 
 
-def _through(cluster: clusters.Cluster, namespace: str, disruption: Callable[[], None]) -> dict[str, Any]:
+def _through(release: releases.Release, namespace: str, disruption: Callable[[], None]) -> dict[str, Any]:
     """Run ``disruption``, wait until every sampler is served again, and judge what the samplers saw meanwhile."""
+    cluster = release.cluster
     began = time.time()
     disruption()
     time.sleep(2)  # what follows a kill (restart, resync) starts after it returns
@@ -57,7 +58,7 @@ def _through(cluster: clusters.Cluster, namespace: str, disruption: Callable[[],
         gaps = [b - a for a, b in zip(served, served[1:])]
         report["longest_gap"] = max([report["longest_gap"], *gaps])
         report["answers"] += len(window)
-    assert guide.node_role_leaks(cluster) == [], "a pod received the node's credentials"
+    assert release.node_role_leaks() == [], "a pod received the node's credentials"
     assert report["longest_gap"] <= RECOVERY_BOUND, report
     return report
 
@@ -70,7 +71,7 @@ def test_proxy_rolling_update(release: releases.Release, real_cluster: clusters.
         real_cluster.plane.kubectl("rollout", "status", "-n", release.namespace, f"daemonset/{release.fullname}-proxy",
                                    "--timeout=120s")
 
-    report = _through(real_cluster, samplers, upgrade)
+    report = _through(release, samplers, upgrade)
     assert not before & {p["metadata"]["uid"] for p in release.pods("proxy")}, "the proxies were not replaced"
     print(f"proxy rolling update: longest gap {report['longest_gap']:.1f} s over {report['answers']} answers")
 
@@ -87,7 +88,7 @@ def test_proxy_container_killed_through_the_runtime(release: releases.Release, r
             lambda: release.proxy_pod("node-0")["status"]["containerStatuses"][0]["restartCount"] > restarts, 60,
             "the kubelet restarting the proxy container")
 
-    report = _through(real_cluster, samplers, kill)
+    report = _through(release, samplers, kill)
     print(f"proxy container SIGKILL: longest gap {report['longest_gap']:.1f} s")
 
 
@@ -97,7 +98,7 @@ def test_operator_rolling_update(release: releases.Release, real_cluster: cluste
         real_cluster.plane.kubectl("rollout", "status", "-n", release.namespace,
                                    f"deployment/{release.fullname}-operator", "--timeout=180s")
 
-    report = _through(real_cluster, samplers, upgrade)
+    report = _through(release, samplers, upgrade)
     print(f"operator rolling update: longest gap {report['longest_gap']:.1f} s")
 
 
@@ -107,5 +108,5 @@ def test_operator_pod_killed(release: releases.Release, real_cluster: clusters.C
             real_cluster.plane.kubectl("delete", "pod", "-n", release.namespace, pod["metadata"]["name"],
                                        "--grace-period=0", "--force", "--wait=false")
 
-    report = _through(real_cluster, samplers, kill_all)
+    report = _through(release, samplers, kill_all)
     print(f"every operator pod deleted at once: longest gap {report['longest_gap']:.1f} s")
