@@ -41,7 +41,8 @@ lint: venv
 test: venv system-deps controlplane images lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: venv system-deps controlplane
+# Real nodes as root (the images they run come from `images`), else the stand-in; `python -m demo --help`.
+demo: venv system-deps controlplane images
 	$(PY) -m demo
 
 # Benchmarks (not tests): figures and the machine they ran on are in the README.

@@ -1,9 +1,13 @@
 """``make demo``: podiam's main job on this machine, following the Kiam guide's test chapter.
 
-The real control plane (tests/controlplane), moto's IAM and STS, the operator
-in TLS auto mode and a proxy on each of two fake nodes, all real processes;
-then the guide's steps with kubectl and, as the pod, the real AWS CLI.
-Everything it starts is stopped and removed at the end, on failure and on
-Ctrl-C. Modules: ``pods`` (netns or loopback), ``cluster`` (start-up),
-``iam`` (roles in moto), ``guide`` (the steps), ``show`` (the screen).
+Real-node mode (the default as root): two real nodes (tests/controlplane:
+kubelet, containerd, runc, CNI, each in a network namespace), moto's IAM and
+STS, ``helm install`` of charts/podiam, then the guide's steps with kubectl
+and, through ``kubectl exec``, the AWS CLI in the guide's pod. Stand-in mode
+(the fallback, saying why, or ``--mode standin|netns|loopback``): the control
+plane without kubelets, the operator and proxies as local processes, the pod
+in a network namespace or on loopback. Everything it starts is stopped and
+removed at the end, on failure and on Ctrl-C. Modules: ``nodes_cluster`` and
+``nodes_guide``; ``standin_pods``, ``standin_cluster`` and ``standin_guide``;
+``iam`` (roles in moto), ``kubectl``, ``show`` (the screen), ``checks``.
 """

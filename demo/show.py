@@ -85,3 +85,16 @@ def mask_json(text: str) -> str:
     if not isinstance(document, dict):
         return text
     return json.dumps(mask(document), indent=2)
+
+
+def metadata_requests(results: Iterable[Mapping[str, Any]], base: str, prompt: str) -> None:
+    """demo/imds_probe.py's results as the requests and answers curl would show, secrets masked."""
+    for result in results:
+        command([result["method"], base + result["path"]], prompt=prompt)
+        if "error" in result:
+            output(result["error"])
+            continue
+        body = result["body"]
+        if result["path"].endswith("/api/token") and result["status"] == 200:
+            body = mask_value(body)
+        output(f"HTTP {result['status']}\n{mask_json(body)}".rstrip())

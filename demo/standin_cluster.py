@@ -1,4 +1,4 @@
-"""Start every component the demo needs, each as it runs in a cluster, registering its clean-up.
+"""Stand-in mode: start every component the demo needs as local processes, registering their clean-up.
 
 The real control plane (tests/controlplane), moto's IAM and STS, then
 podiam itself through :class:`tests.support.stack.Stack`: the operator as a
@@ -14,7 +14,8 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from demo import iam, kubectl, pods, show
+from demo import iam, kubectl, show
+from demo import standin_pods as pods
 from tests.controlplane import ControlPlane, build
 from tests.support import moto
 from tests.support import stack as stacks

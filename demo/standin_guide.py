@@ -1,4 +1,4 @@
-"""The guide's test chapter, step by step, on the running cluster; every result is checked.
+"""Stand-in mode: the guide's test chapter on the stand-in cluster (no kubelets); every result is checked.
 
 1. ``kubectl annotate namespace default iam.amazonaws.com/permitted='.*'``
 2. ``kubectl apply -f`` the aws-iam-tester Deployment (role KiamTesterRole);
@@ -13,22 +13,19 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from demo import checks, cluster, kubectl, pods, show
+from demo import checks, kubectl, show
+from demo import standin_cluster as cluster
+from demo import standin_pods as pods
 from tests.controlplane import kubelet
-from tests.support import moto
 from tests.support import stack as stacks
 
-NAMESPACE = "default"
+NAMESPACE = kubectl.NAMESPACE
 MANIFEST = Path(__file__).resolve().parent / "aws-iam-tester.yaml"
-ROLE_ANNOTATION = "iam.amazonaws.com/role"
-ASSUMED_ROLE_ARN = re.compile(rf"^arn:aws:sts::{moto.ACCOUNT_ID}:assumed-role/KiamTesterRole/[\w+=,.@-]+$")
-NO_CREDENTIALS = "Unable to locate credentials"
 
 
 def _aws_cli() -> str:
@@ -50,12 +47,6 @@ def _pod_created_by_deployment(c: cluster.Cluster) -> str:
 
 def _untainted(c: cluster.Cluster, node: stacks.Node) -> None:
     stacks.wait_for(lambda: stacks.TAINT not in c.stack.node_taints(node), 30, f"{node.name} without the start-up taint")
-
-
-def annotate_namespace(c: cluster.Cluster) -> None:
-    show.step("The guide's chapter 3: permit roles in the namespace")
-    kubectl.run(c.cp, "annotate", "namespace", NAMESPACE, "iam.amazonaws.com/permitted=.*",
-                shown=f"annotate namespace {NAMESPACE} iam.amazonaws.com/permitted='.*'")
 
 
 def deploy_tester(c: cluster.Cluster, place: pods.Place) -> str:
@@ -110,15 +101,7 @@ def _probe(place: pods.Place, env: dict[str, str], port: int, *extra: str) -> li
 def _show_requests(place: pods.Place, port: int, results: list[dict[str, Any]], pod: str) -> None:
     host, real_port = place.metadata_endpoint(port)
     base = f"http://{host}" if real_port == 80 else f"http://{host}:{real_port}"
-    for result in results:
-        show.command([result["method"], base + result["path"]], prompt=f"{pod}$")
-        if "error" in result:
-            show.output(result["error"])
-            continue
-        body = result["body"]
-        if result["path"].endswith("/api/token") and result["status"] == 200:
-            body = show.mask_value(body)
-        show.output(f"HTTP {result['status']}\n{show.mask_json(body)}".rstrip())
+    show.metadata_requests(results, base, prompt=f"{pod}$")
 
 
 def read_metadata(c: cluster.Cluster, place: pods.Place, pod: str, home: Path) -> None:
@@ -131,12 +114,7 @@ def read_metadata(c: cluster.Cluster, place: pods.Place, pod: str, home: Path) -
     port = c.pod_node.proxy.metadata_port
     results = _probe(place, pods.pod_environment(home), port)
     _show_requests(place, port, results, pod)
-    statuses = [r.get("status") for r in results]
-    checks.expect(statuses == [200, 200, 200], f"metadata requests answered {statuses}, expected 200 three times")
-    checks.expect(results[1]["body"].strip() == "KiamTesterRole", f"role listing was {results[1]['body']!r}")
-    document = json.loads(results[2]["body"])
-    checks.expect(document.get("Code") == "Success" and document.get("AccessKeyId", "").startswith("ASIA"),
-                  "the credentials document is not a successful one with temporary credentials")
+    checks.role_served(results)
     show.ok("the pod reads its role's temporary credentials from the metadata API")
 
 
@@ -165,7 +143,7 @@ def caller_identity(c: cluster.Cluster, place: pods.Place, pod: str, home: Path)
     code, out, err = _caller_identity(c, place, pod, home)
     checks.expect(code == 0, f"aws sts get-caller-identity exited {code}: {err.strip()}")
     arn = str(json.loads(out).get("Arn", ""))
-    checks.expect(ASSUMED_ROLE_ARN.match(arn), f"the CLI's identity is {arn!r}, not the assumed KiamTesterRole")
+    checks.expect(checks.ASSUMED_ROLE_ARN.match(arn), f"the CLI's identity is {arn!r}, not the assumed KiamTesterRole")
     show.ok(f"the pod is {arn}")
     assumed = c.sts.stats()["assumed"]
     calls = ", ".join(f"{role_arn.rsplit('/', 1)[-1]} x{count}" for role_arn, count in sorted(assumed.items()))
@@ -175,11 +153,11 @@ def caller_identity(c: cluster.Cluster, place: pods.Place, pod: str, home: Path)
 
 def revoke(c: cluster.Cluster, place: pods.Place, pod: str, home: Path) -> None:
     show.step("Remove the annotation: the pod loses the role at once")
-    kubectl.run(c.cp, "annotate", "pods", pod, f"{ROLE_ANNOTATION}-")
+    kubectl.run(c.cp, "annotate", "pods", pod, f"{kubectl.ROLE_ANNOTATION}-")
     code, out, err = _caller_identity(c, place, pod, home)
     checks.expect(code != 0, f"aws sts get-caller-identity still succeeded after the annotation was removed: {out.strip()}")
-    checks.expect(NO_CREDENTIALS in err, f"expected {NO_CREDENTIALS!r}, the CLI said: {err.strip()}")
-    show.ok(f"the very next command fails: \"{NO_CREDENTIALS}\"")
+    checks.expect(checks.NO_CREDENTIALS in err, f"expected {checks.NO_CREDENTIALS!r}, the CLI said: {err.strip()}")
+    show.ok(f"the very next command fails: \"{checks.NO_CREDENTIALS}\"")
     port = c.pod_node.proxy.metadata_port
     results = _probe(place, pods.pod_environment(home), port)
     _show_requests(place, port, results[1:2], pod)
@@ -190,7 +168,7 @@ def revoke(c: cluster.Cluster, place: pods.Place, pod: str, home: Path) -> None:
 def run(c: cluster.Cluster, place: pods.Place, workdir: Path) -> None:
     home = workdir / "pod-home"
     home.mkdir(exist_ok=True)
-    annotate_namespace(c)
+    kubectl.permit_roles(c.cp)
     pod = deploy_tester(c, place)
     read_metadata(c, place, pod, home)
     caller_identity(c, place, pod, home)

@@ -1,4 +1,4 @@
-"""Where the demo's pod lives: its own network namespace (as in a cluster), or loopback (the fallback).
+"""Stand-in mode: where the pod lives, in its own network namespace (as in a cluster) or on loopback.
 
 ``netns`` (root, iptables and ip available, IP forwarding off): the pod
 ``aws-iam-tester`` gets a network namespace joined to this machine by a veth
