@@ -53,6 +53,8 @@ async def build(
         source,
         clock,
         concurrency=settings.sts_concurrency,
+        namespace_burst=settings.sts_namespace_burst,
+        namespace_rate=settings.sts_namespace_rate,
         attempts=settings.sts_attempts,
         retry_base=settings.sts_retry_base,
         refresh_point=settings.refresh_point,
@@ -77,7 +79,7 @@ async def build(
             kube, name=settings.peering_name, identity=identity, priority=priority, interval=max(1.0, settings.peering_lifetime / 3)
         )
     engine = engines.Engine(
-        config=decide.SessionConfig(settings.session_duration, settings.session_name, settings.per_pod_sessions),
+        config=decide.Config(settings.session_duration, settings.session_name, settings.per_pod_sessions, settings.allow_mirror_pods),
         base=base,
         cache=cache,
         pusher_factory=pusher_factory,

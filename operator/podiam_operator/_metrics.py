@@ -23,3 +23,9 @@ PUSH_LATENCY = prometheus_client.Histogram(
 BINDINGS = prometheus_client.Gauge("podiam_bindings", "PodRoleBindings by phase", ["phase"])
 PODS_SERVED = prometheus_client.Gauge("podiam_pod_entries", "Pod entries pushed to proxies (all nodes)")
 PROXIES = prometheus_client.Gauge("podiam_proxies", "Proxies known, by state (synced, pending)", ["state"])
+STS_WAITING = prometheus_client.Gauge(
+    "podiam_sts_calls_waiting", "STS calls waiting for a slot or their namespace's budget, by priority (renewal, new)", ["priority"]
+)
+STS_BUDGET_WAITS = prometheus_client.Counter(
+    "podiam_sts_budget_waits_total", "STS calls that had to wait because every namespace using them had spent its budget"
+)

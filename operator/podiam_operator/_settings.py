@@ -62,9 +62,21 @@ class OperatorSettings(pydantic_settings.BaseSettings):
         default=False, description="One session per pod, with session tags naming it (costs one AssumeRole per pod)"
     )
     session_name: str = pydantic.Field(
-        default="podiam", pattern=r"^[\w+=,.@-]{2,64}$", description="Role session name of shared sessions"
+        default="podiam", pattern=r"^[\w+=,.@-]{2,64}$",
+        description="Role session name of shared sessions (pods' iam.amazonaws.com/session-name applies to per-pod sessions only)",
+    )
+    allow_mirror_pods: bool = pydantic.Field(
+        default=False,
+        description="Serve roles to mirror pods (static pods: made by a node's kubelet from its own manifests, not by a user "
+        "through the API, so a compromised node could give them any role)",
     )
     sts_concurrency: int = pydantic.Field(default=8, ge=1, le=256, description="STS calls in flight at most")
+    sts_namespace_burst: int = pydantic.Field(
+        default=100, ge=1, description="STS budget of each namespace: this many calls at once, then --sts-namespace-rate"
+    )
+    sts_namespace_rate: float = pydantic.Field(
+        default=2.0, gt=0, description="STS calls a second each namespace may make once its burst is spent (the rest wait)"
+    )
     sts_attempts: int = pydantic.Field(default=5, ge=1, le=20, description="Attempts per STS call on throttling and 5xx")
     sts_timeout: float = pydantic.Field(default=10.0, gt=0, description="Seconds per STS attempt")
     sts_retry_base: float = pydantic.Field(default=0.2, gt=0, description="First backoff (seconds) between STS attempts")

@@ -6,6 +6,7 @@ Pure functions over facts: the world model calls them, the handlers never do.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Literal
 
 from podiam_operator._core import facts, policy, roles, selectors
@@ -14,10 +15,13 @@ Outcome = Literal["none", "granted", "denied", "conflict", "error"]
 
 
 @dataclasses.dataclass(frozen=True)
-class SessionConfig:
+class Config:
+    """What decisions depend on besides the facts: the operator's settings."""
+
     default_duration: int = 3600
-    session_name: str = "podiam"
+    session_name: str = "podiam"  # of shared sessions
     per_pod: bool = False
+    allow_mirror_pods: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class BindingEval:
     role: roles.RoleRef | None = None
     selector: selectors.Selector | None = None
     error: str | None = None  # the spec is unusable (phase Error)
+    error_reason: str = "InvalidSpec"
     verdict: policy.Verdict | None = None  # None when error is set
 
     @property
@@ -65,8 +70,8 @@ def evaluate_binding(binding: facts.BindingFacts, namespace: policy.NamespacePol
     try:
         role = roles.resolve(binding.role, base)
     except roles.RoleError as error:
-        return BindingEval(binding, error=str(error))
-    return BindingEval(binding, role=role, selector=selector, verdict=namespace.check(role))
+        return BindingEval(binding, error=f"spec.role: {error}", error_reason="InvalidRole")
+    return BindingEval(binding, role=role, selector=selector, verdict=namespace.check(role, base))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,9 +94,18 @@ class _Candidate:
     duration: int | None
 
 
-def _session(pod: facts.PodFacts, config: SessionConfig) -> tuple[str, tuple[tuple[str, str], ...]]:
+def _session(pod: facts.PodFacts, config: Config) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The session name and tags of the pod's credentials.
+
+    Shared sessions serve every pod on the role, of every namespace: no pod
+    names them (a name per pod would also be an AssumeRole per name). A
+    per-pod session's name is ``<namespace>.<the annotation, or the pod's
+    name>``: a namespace name holds no ".", so no pod of another namespace
+    can take a name that starts like this one (in CloudTrail, or in a
+    resource policy matching ``assumed-role/<role>/<namespace>.*``).
+    """
     if config.per_pod:
-        name = roles.sanitize_session_name(pod.session_name or f"{pod.namespace}.{pod.name}")
+        name = roles.sanitize_session_name(f"{pod.namespace}.{pod.session_name or pod.name}")
         # The tags EKS Pod Identity sets, for CloudTrail attribution and ABAC.
         tags = (
             ("kubernetes-namespace", pod.namespace),
@@ -100,7 +114,15 @@ def _session(pod: facts.PodFacts, config: SessionConfig) -> tuple[str, tuple[tup
             ("kubernetes-service-account", pod.service_account),
         )
         return name, tags
-    return roles.sanitize_session_name(pod.session_name or config.session_name), ()
+    return config.session_name, ()
+
+
+def session_name_ignored(pod: facts.PodFacts, config: Config) -> str | None:
+    """What to tell a pod whose session-name annotation has no effect (shared sessions), or None."""
+    if pod.session_name is None or config.per_pod:
+        return None
+    return (f"{facts.SESSION_NAME_ANNOTATION} is ignored: this operator uses shared sessions (one per role, for every pod "
+            f"using it), named {config.session_name!r} by the operator; only per-pod sessions take a name from the pod")
 
 
 def decide_pod(
@@ -108,7 +130,7 @@ def decide_pod(
     namespace: policy.NamespacePolicy,
     bindings: list[BindingEval],
     base: roles.BaseArn | None,
-    config: SessionConfig,
+    config: Config,
 ) -> PodDecision:
     """The pod's role from its annotation and the user bindings selecting it."""
     if pod.finished:
@@ -151,6 +173,15 @@ def decide_pod(
             message=f"pod {pod.name} is bound to different roles, so it gets none: {described}",
         )
     chosen = candidates[0]
+    if pod.mirror and not config.allow_mirror_pods:
+        return PodDecision(
+            "denied",
+            bindings=names,
+            reason="MirrorPod",
+            message=f"pod {pod.name} is a mirror pod ({facts.MIRROR_ANNOTATION}): the kubelet of node {pod.node} made it from "
+            "a static manifest, not a user through the API, so a compromised node could give it any role; no role is served "
+            "(the operator's --allow-mirror-pods changes that)",
+        )
     if pod.host_network:
         return PodDecision(
             "denied",
@@ -158,7 +189,7 @@ def decide_pod(
             reason="HostNetwork",
             message=f"pod {pod.name} uses hostNetwork: it shares the node's IP, so the proxy cannot tell it apart; no role is served",
         )
-    verdict = namespace.check(chosen.role)
+    verdict = namespace.check(chosen.role, base)
     if not verdict.allowed:
         return PodDecision("denied", bindings=names, reason=verdict.reason, message=verdict.message)
     durations = [c.duration for c in candidates if c.duration is not None]
@@ -198,11 +229,18 @@ def binding_status(
     evaluation: BindingEval | None,
     decisions: list[tuple[facts.PodFacts, PodDecision]],
     key_states: dict[str, KeyState],
+    contested: Mapping[tuple[str, str], str] | None = None,
 ) -> BindingStatus:
-    """The status of one binding from its own evaluation and the decisions of the pods it applies to."""
+    """The status of one binding from its own evaluation and the decisions of the pods it applies to.
+
+    ``contested``: the granted pods that are not served because another live
+    pod claims their IP (why, by pod key). They are not counted as served; a
+    binding none of whose pods is served says Conflict.
+    """
+    contested = contested or {}
     role_arn = evaluation.role.arn if evaluation and evaluation.role else None
     if evaluation is not None and evaluation.error is not None:
-        return BindingStatus("Error", "InvalidSpec", evaluation.error)
+        return BindingStatus("Error", evaluation.error_reason, evaluation.error)
     owned = evaluation is not None and evaluation.binding.pod_owned
     if evaluation is not None and not owned and evaluation.verdict is not None and not evaluation.verdict.allowed:
         return BindingStatus("Denied", evaluation.verdict.reason, evaluation.verdict.message, role_arn)
@@ -211,23 +249,33 @@ def binding_status(
         # A user binding is not Denied for one hostNetwork pod among others: that pod gets its own Event.
         if hits and (owned or outcome != "denied" or len(hits) == len(decisions)):
             first = hits[0]
-            more = f" (and {len(hits) - 1} more pods)" if len(hits) > 1 else ""
-            return BindingStatus(phase, first.reason, first.message + more, role_arn)  # type: ignore[arg-type]
+            return BindingStatus(phase, first.reason, first.message + _more(len(hits)), role_arn)  # type: ignore[arg-type]
     granted = [(p, d) for p, d in decisions if d.outcome == "granted" and d.grant is not None]
     if not granted:
         what = "its pod has finished" if owned else "no running pod matches its podSelector"
         return BindingStatus("Pending", "NoPods", what, role_arn)
     if role_arn is None:
         role_arn = granted[0][1].grant.role.arn  # type: ignore[union-attr]
-    states = [key_states.get(d.grant.key, KeyState("pending")) for _, d in granted]  # type: ignore[union-attr]
+    unserved = [contested[p.key] for p, _ in granted if p.key in contested]
+    served = [(p, d) for p, d in granted if p.key not in contested]
+    if not served:
+        return BindingStatus("Conflict", "IPConflict", unserved[0] + _more(len(unserved)), role_arn)
+    not_served = f"; not served: {unserved[0]}{_more(len(unserved))}" if unserved else ""
+    states = [key_states.get(d.grant.key, KeyState("pending")) for _, d in served]  # type: ignore[union-attr]
     failed = [s for s in states if s.state == "failed"]
     if failed:
         return BindingStatus("Error", failed[0].reason, failed[0].message, role_arn)
     ok = [s for s in states if s.state == "ok"]
     if len(ok) < len(states):
-        return BindingStatus("Pending", "AssumingRole", f"assuming {role_arn}", role_arn, pods=len(ok))
+        default = KeyState("pending", reason="AssumingRole", message=f"assuming {role_arn}")
+        waiting = next((s for s in states if s.state == "pending" and s.reason), default)
+        return BindingStatus("Pending", waiting.reason, waiting.message + not_served, role_arn, pods=len(ok))
     expirations = sorted(s.expiration for s in ok if s.expiration)
     return BindingStatus(
-        "Bound", "CredentialsIssued", f"{len(ok)} pod(s) served {role_arn}", role_arn, pods=len(ok),
+        "Bound", "CredentialsIssued", f"{len(ok)} pod(s) served {role_arn}{not_served}", role_arn, pods=len(ok),
         expiration=expirations[0] if expirations else None,
     )
+
+
+def _more(count: int) -> str:
+    return f" (and {count - 1} more pods)" if count > 1 else ""

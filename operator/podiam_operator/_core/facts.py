@@ -15,6 +15,8 @@ from podiam_operator._core import policy
 ROLE_ANNOTATION = "iam.amazonaws.com/role"
 EXTERNAL_ID_ANNOTATION = "iam.amazonaws.com/external-id"
 SESSION_NAME_ANNOTATION = "iam.amazonaws.com/session-name"
+# Set by the kubelet on the API's copy of a static pod (a "mirror pod"): made by a node, not by a user.
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 POD_LABEL = "podiam.io/pod"  # on pod-owned bindings: the owner pod's name
 
 GROUP = "podiam.io"
@@ -38,6 +40,7 @@ class PodFacts:
     phase: str
     deleting: bool
     host_network: bool
+    mirror: bool
     service_account: str
     labels: tuple[tuple[str, str], ...]
     role: str | None
@@ -75,11 +78,13 @@ def pod_facts(body: Mapping[str, Any]) -> PodFacts:
         phase=str(status.get("phase") or "Pending"),
         deleting=meta.get("deletionTimestamp") is not None,
         host_network=bool(spec.get("hostNetwork")),
+        mirror=MIRROR_ANNOTATION in annotations,
         service_account=str(spec.get("serviceAccountName") or "default"),
         labels=tuple(sorted((str(k), str(v)) for k, v in _mapping(meta.get("labels")).items())),
         role=role.strip() if isinstance(role, str) and role.strip() else None,
         external_id=annotations.get(EXTERNAL_ID_ANNOTATION) or None,
-        session_name=annotations.get(SESSION_NAME_ANNOTATION) or None,
+        # No session name is longer than 64 characters: the rest of an annotation (up to 256 KiB) is never kept.
+        session_name=str(annotations.get(SESSION_NAME_ANNOTATION) or "")[:64] or None,
     )
 
 

@@ -1,4 +1,9 @@
-"""Namespace policy: the anchored ``iam.amazonaws.com/permitted`` regex."""
+"""Namespace policy: the anchored ``iam.amazonaws.com/permitted`` regex.
+
+The regex is matched, whole, against one string per role (:func:`subject`):
+the name with its path for a role of the operator's own account, the full
+ARN for a role of any other account or partition.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +57,8 @@ class NamespacePolicy:
         compiled = self.compiled
         return compiled if isinstance(compiled, str) else None
 
-    def check(self, role: roles.RoleRef) -> Verdict:
+    def check(self, role: roles.RoleRef, base: roles.BaseArn | None) -> Verdict:
+        """Does the regex permit ``role``? It is matched against one form of the role only (:func:`subject`)."""
         compiled = self.compiled
         if self.permitted is None:
             return Verdict(False, "NamespaceNotPermitted",
@@ -61,20 +67,49 @@ class NamespacePolicy:
             return Verdict(False, "InvalidPermittedRegex",
                            f"namespace {self.namespace!r}: {PERMITTED_ANNOTATION} {self.permitted!r} is not a valid regex "
                            f"({compiled}): every role is denied")
-        # Anchored at both ends (as Kiam does): "foo" must not permit "foo-admin".
-        # Matched against the role's name (with its path) and its full ARN.
+        if base is None:
+            return Verdict(False, "AccountNotKnown", f"role {role.arn} cannot be checked against namespace {self.namespace!r}'s "
+                                                     "policy yet: the operator's own account is not known (GetCallerIdentity)")
+        text = subject(role, base)
         try:
-            matched = any(compiled.fullmatch(text, timeout=MATCH_TIME_LIMIT) for text in (role.path_and_name, role.arn))
+            # Anchored at both ends (as Kiam does): "foo" must not permit "foo-admin".
+            matched = compiled.fullmatch(text, timeout=MATCH_TIME_LIMIT) is not None
         except TimeoutError:
             # Unusable from now on, for every role: the cached compiled form becomes the reason.
             self.__dict__["compiled"] = (f"matching took longer than {MATCH_TIME_LIMIT:g}s "
                                          "(catastrophic backtracking, e.g. nested quantifiers)")
-            return self.check(role)
+            return self.check(role, base)
         if matched:
             return Verdict(True, "Permitted", f"permitted by {PERMITTED_ANNOTATION} {self.permitted!r}")
         return Verdict(False, "RoleNotPermitted",
-                       f"role {role.arn} is not permitted in namespace {self.namespace!r} "
-                       f"({PERMITTED_ANNOTATION} is {self.permitted!r})")
+                       f"role {role.arn} is not permitted in namespace {self.namespace!r}: {PERMITTED_ANNOTATION} "
+                       f"{self.permitted!r} does not match {text!r}{self._hint(compiled, role, base)}")
+
+    def _hint(self, compiled: re.Pattern[str], role: roles.RoleRef, base: roles.BaseArn) -> str:
+        """Why the other form of the role does not count, when it would have matched."""
+        other = role.arn if base.holds(role) else role.path_and_name
+        try:
+            if compiled.fullmatch(other, timeout=MATCH_TIME_LIMIT) is None:
+                return ""
+        except TimeoutError:
+            return ""
+        if base.holds(role):
+            return (f" (it matches the role's ARN, but a role of the operator's own account {base.prefix} "
+                    f"is matched by its name: write {role.path_and_name!r} in the regex)")
+        return (f" (a role name stands for the operator's own account {base.prefix} only: a role of "
+                f"account {role.account} in partition {role.partition} is matched by its full ARN)")
+
+
+def subject(role: roles.RoleRef, base: roles.BaseArn) -> str:
+    """The one string the namespace regex is matched against.
+
+    A role of the operator's own account (its base ARN) is matched by its
+    name with its path, however the pod or binding wrote it; any other role
+    by its full ARN. Each role has exactly one form here, so writing the
+    other one (an ARN for ``(?!admin).*``) can neither defeat an exclusion
+    nor borrow a name's permission for another account's role of that name.
+    """
+    return role.path_and_name if base.holds(role) else role.arn
 
 
 DENY_UNKNOWN = "namespace not seen yet"

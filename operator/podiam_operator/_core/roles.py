@@ -1,4 +1,13 @@
-"""Role names and ARNs: parsing, resolution against the account's base ARN, cache keys."""
+"""Role names and ARNs: strict parsing, resolution against the account's base ARN, cache keys.
+
+What is accepted is narrower than IAM's own grammar on purpose. IAM allows a
+role name of 1-64 ``[\\w+=,.@-]`` and a path of printable ASCII (``/`` or
+``/…/``, up to 512 characters). Here a path segment may only hold a role
+name's characters, and never be ``.`` or ``..`` (nor may the name): a path
+like ``team-a/../admin`` passes a ``team-a/.*`` policy as text while naming
+another role to anything that normalises it, and a ``:`` in a path would let
+a role name read as an ARN. Every refusal says which part is wrong.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +17,13 @@ import hashlib
 import re
 
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov", "aws-iso", "aws-iso-b", "aws-iso-e", "aws-iso-f", "aws-eusc")
+MAX_NAME = 64
+MAX_PATH = 512  # with its leading and trailing "/"
 
-# IAM: a role name is 1-64 of [\w+=,.@-]; a path is "/" or "/seg/.../" of
-# printable ASCII. Path segments written in a pod annotation may not hold ":",
-# so that a mistyped ARN is reported as such, not taken for a name.
-_NAME = r"[\w+=,.@-]{1,64}"
-_ARN_RE = re.compile(
-    r"^arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):role/(?P<path>(?:[\x21-\x2e\x30-\x7e]+/)*)(?P<name>" + _NAME + r")$",
-    re.ASCII,
-)
-_NAME_RE = re.compile(r"^/?(?P<path>(?:[\x21-\x2e\x30-\x39\x3b-\x7e]+/)*)(?P<name>" + _NAME + r")$", re.ASCII)
-_CALLER_ARN_RE = re.compile(r"^arn:(?P<partition>aws[a-z-]*):(?:sts|iam)::(?P<account>\d{12}):", re.ASCII)
+_SEGMENT = re.compile(r"[\w+=,.@-]+", re.ASCII)
+_ACCOUNT = re.compile(r"\d{12}", re.ASCII)
+_ARN = re.compile(r"arn:(?P<partition>[^:]*):iam::(?P<account>[^:]*):role/(?P<rest>.*)", re.ASCII | re.DOTALL)
+_CALLER_ARN = re.compile(r"arn:(?P<partition>[^:]*):(?:sts|iam)::(?P<account>\d{12}):.*", re.ASCII | re.DOTALL)
 _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]", re.ASCII)
 
 
@@ -29,8 +34,15 @@ class RoleError(ValueError):
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoleRef:
     arn: str
-    path_and_name: str  # "path/to/Role" (no leading slash), as matched by the namespace regex
+    partition: str
+    account: str
+    path: str  # "/" or "/path/to/"
     name: str  # the last segment: what a pod sees under security-credentials/
+
+    @property
+    def path_and_name(self) -> str:
+        """``path/to/Role`` (no leading slash): how a role of the operator's own account is written and matched."""
+        return self.path[1:] + self.name
 
 
 def _shown(value: str) -> str:
@@ -38,18 +50,44 @@ def _shown(value: str) -> str:
     return repr(value) if len(value) <= 100 else repr(value[:100]) + f"... ({len(value)} characters)"
 
 
+def _split(value: str, rest: str) -> tuple[str, str]:
+    """``path/to/Name`` -> ("/path/to/", "Name"), or RoleError saying what IAM (or podiam) would not accept."""
+    *segments, name = rest.split("/")
+    for segment in segments:
+        if segment == "":
+            raise RoleError(f"{_shown(value)}: empty path segment ('//' or a trailing '/')")
+        if segment in (".", ".."):
+            raise RoleError(f"{_shown(value)}: {segment!r} path segments are refused (they could name a role outside the path)")
+        if not _SEGMENT.fullmatch(segment):
+            raise RoleError(f"{_shown(value)}: path segment {_shown(segment)} may only hold letters, digits and +=,.@_-")
+    if name == "":
+        raise RoleError(f"{_shown(value)}: the role name is missing (nothing after the last '/')")
+    if name in (".", ".."):
+        raise RoleError(f"{_shown(value)}: {name!r} is not a role name")
+    if len(name) > MAX_NAME or not _SEGMENT.fullmatch(name):
+        raise RoleError(f"{_shown(value)}: role name {_shown(name)} must be 1-{MAX_NAME} letters, digits and +=,.@_-")
+    path = "/" + "".join(s + "/" for s in segments)
+    if len(path) > MAX_PATH:
+        raise RoleError(f"{_shown(value)}: the path is {len(path)} characters long (IAM allows {MAX_PATH})")
+    return path, name
+
+
 def parse_role_arn(value: str) -> RoleRef:
-    match = _ARN_RE.match(value)
+    """``arn:<partition>:iam::<account>:role/[path/]name``, strictly (see the module's docstring)."""
+    match = _ARN.fullmatch(value)
     if match is None:
         raise RoleError(f"{_shown(value)} is not a valid IAM role ARN (arn:<partition>:iam::<12-digit account>:role/[path/]name)")
     if match["partition"] not in PARTITIONS:
-        raise RoleError(f"{value!r}: unknown partition {match['partition']!r}")
-    return RoleRef(arn=value, path_and_name=match["path"] + match["name"], name=match["name"])
+        raise RoleError(f"{_shown(value)}: unknown partition {_shown(match['partition'])} (one of {', '.join(PARTITIONS)})")
+    if not _ACCOUNT.fullmatch(match["account"]):
+        raise RoleError(f"{_shown(value)}: the account must be 12 digits, not {_shown(match['account'])}")
+    path, name = _split(value, match["rest"])
+    return RoleRef(arn=value, partition=match["partition"], account=match["account"], path=path, name=name)
 
 
 @dataclasses.dataclass(frozen=True)
 class BaseArn:
-    """``arn:<partition>:iam::<account>:role/``: what role names resolve against."""
+    """``arn:<partition>:iam::<account>:role/``: what role names resolve against, the operator's own account."""
 
     partition: str
     account: str
@@ -58,9 +96,13 @@ class BaseArn:
     def prefix(self) -> str:
         return f"arn:{self.partition}:iam::{self.account}:role/"
 
+    def holds(self, role: RoleRef) -> bool:
+        """Is ``role`` in this account and partition?"""
+        return (role.partition, role.account) == (self.partition, self.account)
+
     @classmethod
     def parse(cls, value: str) -> BaseArn:
-        match = re.match(r"^arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):role(?:/.*)?$", value, re.ASCII)
+        match = re.fullmatch(r"arn:(?P<partition>[a-z-]+):iam::(?P<account>\d{12}):role(?:/.*)?", value, re.ASCII | re.DOTALL)
         if match is None or match["partition"] not in PARTITIONS:
             raise RoleError(f"{value!r} is not a base role ARN like arn:aws:iam::123456789012:role/")
         return cls(match["partition"], match["account"])
@@ -68,34 +110,31 @@ class BaseArn:
     @classmethod
     def from_caller_identity(cls, arn: str, account: str | None = None) -> BaseArn:
         """From GetCallerIdentity's Arn (a user, a role or an assumed-role session): partition-aware."""
-        match = _CALLER_ARN_RE.match(arn)
+        match = _CALLER_ARN.fullmatch(arn)
         if match is None or match["partition"] not in PARTITIONS:
             raise RoleError(f"cannot derive the account from caller identity {arn!r}")
         return cls(match["partition"], account or match["account"])
 
 
 def resolve(value: str, base: BaseArn | None) -> RoleRef:
-    """A pod annotation's or binding's role (name, path/name or ARN) as a role ARN."""
+    """A pod annotation's or binding's role (name, path/name or ARN) as a role; RoleError says what is wrong."""
     value = value.strip()
     if value.startswith("arn:"):
         return parse_role_arn(value)
-    match = _NAME_RE.match(value)
-    if match is None:
-        raise RoleError(
-            f"{_shown(value)} is not a role name (letters, digits and +=,.@_- up to 64, optionally after a path like team/) nor a role ARN"
-        )
+    if ":" in value:
+        raise RoleError(f"{_shown(value)} is neither a role name (no ':') nor a role ARN (arn:<partition>:iam::<account>:role/...)")
+    path, name = _split(value, value[1:] if value.startswith("/") else value)
     if base is None:
         raise RoleError(f"cannot resolve role name {value!r}: the operator's account is not known yet")
-    path_and_name = match["path"] + match["name"]
-    return RoleRef(arn=base.prefix + path_and_name, path_and_name=path_and_name, name=match["name"])
+    return RoleRef(arn=base.prefix + path[1:] + name, partition=base.partition, account=base.account, path=path, name=name)
 
 
-_EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$", re.ASCII)
+_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}", re.ASCII)
 
 
 def check_external_id(value: str) -> None:
     """STS's rule for ExternalId (2-1224 of ``[\\w+=,.@:/-]``); RoleError otherwise, without echoing a huge value."""
-    if not _EXTERNAL_ID.match(value):
+    if not _EXTERNAL_ID.fullmatch(value):
         raise RoleError(f"{_shown(value)} is not a valid external id (2-1224 characters of letters, digits and +=,.@:/_-)")
 
 

@@ -57,14 +57,16 @@ class OwnPods:
 
     Not labels: anyone who can create a pod can copy them. Tenants cannot
     create pods in the operator's namespace, let alone run them as its
-    ServiceAccount, so these pods are the operator itself.
+    ServiceAccount, so these pods are the operator itself. Never a mirror
+    pod: a node's kubelet makes those from its own manifests, any namespace
+    and ServiceAccount it likes.
     """
 
     namespace: str
     service_account: str
 
     def __contains__(self, pod: facts.PodFacts) -> bool:
-        return pod.namespace == self.namespace and pod.service_account == self.service_account
+        return pod.namespace == self.namespace and pod.service_account == self.service_account and not pod.mirror
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ class NodeDesired:
 
 
 class World:
-    def __init__(self, config: decide.SessionConfig, base: roles.BaseArn | None = None, own: OwnPods | None = None) -> None:
+    def __init__(self, config: decide.Config, base: roles.BaseArn | None = None, own: OwnPods | None = None) -> None:
         self.config = config
         self.base = base
         # The operator's own pods get node-identity entries on their node's proxy (None: none do).
@@ -142,6 +144,17 @@ class World:
     def binding_decisions(self, key: BindingKey) -> list[tuple[facts.PodFacts, decide.PodDecision]]:
         return [(self.pods[p], self.decisions[p]) for p in sorted(self.binding_pods.get(key, ())) if p in self.pods]
 
+    def ip_conflict(self, key: PodKey) -> str | None:
+        """Why the pod is not served although granted: another live pod claims its IP on its node (None: it does not)."""
+        claim = self._claimed.get(key)
+        rivals = sorted(self.ip_claims.get(claim, set()) - {key}) if claim is not None else []
+        if not rivals:
+            return None
+        assert claim is not None
+        names = ", ".join(f"{namespace}/{name}" for namespace, name in rivals[:3]) + (" ..." if len(rivals) > 3 else "")
+        return (f"pod {key[1]}: its IP {claim[1]} on node {claim[0]} is also claimed by live pod {names}, so neither is served "
+                "until one of them is gone (an IP reused while the API server still shows its previous pod)")
+
     def owned_binding_for(self, pod: facts.PodFacts) -> facts.BindingFacts | None:
         binding = self.bindings.get((pod.namespace, pod.name))
         return binding if binding is not None and binding.owner_pod_uid == pod.uid else None
@@ -169,7 +182,7 @@ class World:
         delta.nodes |= self._place_own(pod.key)
         if old is None or old.ip != pod.ip or old.node != pod.node:
             delta.nodes |= {n for n in (pod.node, old.node if old else None) if n and self._served(n, pod.key)}
-        delta.nodes |= self._claim(pod.key, pod)
+        delta |= self._claim(pod.key, pod)
         return delta
 
     def delete_pod(self, namespace: str, name: str) -> Delta:
@@ -177,7 +190,7 @@ class World:
         if key not in self.pods:
             return Delta()
         delta = self._unplace(key)
-        delta.nodes |= self._claim(key, None)
+        delta |= self._claim(key, None)
         delta.nodes |= self._place_own(key, gone=True)
         decision = self.decisions.pop(key, decide.NONE)
         for binding in decision.bindings:
@@ -266,12 +279,17 @@ class World:
         delta |= self._place(key)
         return delta
 
-    def _claim(self, key: PodKey, pod: facts.PodFacts | None) -> set[str]:
-        """Account the pod's claim on its (node, IP); the nodes where a granted pod's IP got or lost a rival claim."""
+    def _claim(self, key: PodKey, pod: facts.PodFacts | None) -> Delta:
+        """Account the pod's claim on its (node, IP).
+
+        The Delta: the nodes where a served pod's IP got or lost a rival
+        claim, and the granted pods on either IP (and their bindings), whose
+        being served may have changed with it.
+        """
         wanted = (pod.node, pod.ip) if pod is not None and pod.node and pod.ip and pod.alive and not pod.host_network else None
         old = self._claimed.get(key)
         if old == wanted:
-            return set()
+            return Delta()
         if old is not None:
             claims = self.ip_claims[old]
             claims.discard(key)
@@ -281,11 +299,17 @@ class World:
         if wanted is not None:
             self.ip_claims[wanted].add(key)
             self._claimed[key] = wanted
-        nodes = set()
+        delta = Delta()
         for node, ip in (c for c in (old, wanted) if c is not None):
-            if any(self.pods[p].ip == ip for p in self.ip_claims.get((node, ip), ()) if self._served(node, p)):
-                nodes.add(node)
-        return nodes
+            claims = self.ip_claims.get((node, ip), set())
+            if any(self.pods[p].ip == ip for p in claims if self._served(node, p)):
+                delta.nodes.add(node)
+            for holder in claims | {key}:
+                decision = self.decisions.get(holder)
+                if decision is not None and decision.outcome == "granted":
+                    delta.pods.add(holder)
+                    delta.bindings.update((holder[0], name) for name in decision.bindings)
+        return delta
 
     def _served(self, node: str, key: PodKey) -> bool:
         """Does the pod have (or want) an entry on this node's proxy?"""

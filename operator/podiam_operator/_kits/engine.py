@@ -58,7 +58,7 @@ class Engine:
     def __init__(
         self,
         *,
-        config: decide.SessionConfig,
+        config: decide.Config,
         base: roles.BaseArn | None,
         cache: sts.CredentialCache,
         pusher_factory: Any,
@@ -99,6 +99,7 @@ class Engine:
         self._owned_dirty: set[world.PodKey] = set()
         self._owned_wakeup = asyncio.Event()
         self._owned_created: dict[world.PodKey, str] = {}  # created, not seen back yet: pod uid
+        self._owned_refused: dict[world.PodKey, tuple[str, str | None, str | None]] = {}  # 422: (pod uid, role, external id)
         self._emitted: dict[tuple[str, str], str] = {}  # (object uid, reason) -> message, to post each Event once
         self._relisted_at = 0.0  # when kopf last delivered an object of a relist
         self._reconciling = False
@@ -155,7 +156,7 @@ class Engine:
             self.started = True
             self.phase = "active"
             self.pusher.start()
-            self._spawn(self.cache.run_refresher(self._in_use, self._refreshed), "refresher")
+            self._spawn(self.cache.run_refresher(self._in_use, self._refreshed, self._payers), "refresher")
             self._spawn(self._status_loop(), "status-writer")
             self._spawn(self._owned_loop(), "owned-bindings")
             if self.leadership is not None:
@@ -213,6 +214,7 @@ class Engine:
             self._owned_wakeup.set()
         else:
             self._forget_events(meta.get("uid", ""))
+            self._owned_refused.pop(key, None)
 
     def proxy_event(self, event_type: str | None, body: dict[str, Any], node_hint: str | None = None) -> None:
         proxy = None if event_type == "DELETED" else facts.proxy_facts(body)
@@ -355,7 +357,7 @@ class Engine:
             return
         self._fetching.add(key)
         try:
-            await self.cache.get(key, sts.AssumeRequest.for_grant(grant))
+            await self.cache.get(key, sts.AssumeRequest.for_grant(grant), self._payers(key))
         except sts.StsError as error:
             await self._refreshed(key, None, error)
         else:
@@ -365,6 +367,10 @@ class Engine:
 
     def _in_use(self, key: str) -> bool:
         return bool(self.world.key_users.get(key))
+
+    def _payers(self, key: str) -> frozenset[str]:
+        """The namespaces whose STS budgets the key's calls may spend: those of the pods using it."""
+        return frozenset(namespace for namespace, _ in self.world.key_users.get(key, ()))
 
     async def _refreshed(self, key: str, credentials: sts.Credentials | None, error: sts.StsError | None) -> None:
         """New credentials go to every node that needs them; failures to statuses and Events."""
@@ -432,12 +438,22 @@ class Engine:
         pod = self.world.pods.get(key)
         if pod is None:
             return
+        ref = _ref("v1", "Pod", pod.namespace, pod.name, pod.uid)
         if decision.outcome in ("denied", "conflict", "error"):
-            self._post_event(_ref("v1", "Pod", pod.namespace, pod.name, pod.uid), "Warning", decision.reason, decision.message)
+            self._post_event(ref, "Warning", decision.reason, decision.message)
         elif decision.outcome == "granted":
             # A later failure of the same kind is news again.
-            for reason in ("HostNetwork", "NamespaceNotPermitted", "RoleNotPermitted", "InvalidPermittedRegex", "ConflictingBindings", "InvalidRole"):
+            for reason in ("HostNetwork", "MirrorPod", "NamespaceNotPermitted", "RoleNotPermitted", "InvalidPermittedRegex",
+                           "ConflictingBindings", "InvalidRole", "AccountNotKnown"):
                 self._emitted.pop((pod.uid, reason), None)
+            conflict = self.world.ip_conflict(key)
+            if conflict is not None:
+                self._post_event(ref, "Warning", "IPConflict", conflict)
+            else:
+                self._emitted.pop((pod.uid, "IPConflict"), None)
+            ignored = decide.session_name_ignored(pod, self.world.config)
+            if ignored is not None:
+                self._post_event(ref, "Normal", "SessionNameIgnored", ignored)
 
     # --- binding statuses --------------------------------------------------------------------
 
@@ -450,7 +466,8 @@ class Engine:
             # A pod-owned binding speaks for its owner pod only.
             decisions = [(p, d) for p, d in decisions if p.uid == binding.owner_pod_uid]
         states = {d.grant.key: self.cache.state(d.grant.key) for _, d in decisions if d.grant is not None}
-        return decide.binding_status(self.world.evals.get(key), decisions, states), binding
+        contested = {p.key: why for p, _ in decisions if (why := self.world.ip_conflict(p.key)) is not None}
+        return decide.binding_status(self.world.evals.get(key), decisions, states, contested), binding
 
     async def _status_loop(self) -> None:
         semaphore = asyncio.Semaphore(STATUS_CONCURRENCY)
@@ -559,23 +576,25 @@ class Engine:
                                  f"a PodRoleBinding named {pod.name} already exists and is not this pod's; "
                                  "the pod's role annotation still applies, its status shows on the pod's Events only")
             return
-        if owned is None:
-            if self._owned_created.get(key) == pod.uid:
-                return
-            decision = self.world.decisions.get(key)
-            if decision is not None and decision.reason in ("InvalidRole", "InvalidExternalId"):
-                return  # the CRD would refuse it; the pod's Event says why
-            try:
-                await self.kube.create_owned_binding(pod)
-            except ApiException as error:
-                if error.status == 422:
-                    # Refused by the CRD's validation: retrying cannot help (and would spin);
-                    # the pod's next change tries again.
-                    logger.warning("pod %s/%s: its PodRoleBinding was refused by the API server: %s", *key, error.reason)
+        # A role the operator refuses (a "..", another account...) still gets its binding, whose status says why;
+        # only what the CRD's own validation refuses (HTTP 422) stays on the pod's Events.
+        wanted = (pod.uid, pod.role, pod.external_id)
+        if self._owned_refused.get(key) == wanted:
+            return  # retrying cannot help (and would spin): the annotations must change
+        try:
+            if owned is None:
+                if self._owned_created.get(key) == pod.uid:
                     return
-                if error.status != 409:
-                    raise
-            self._owned_created[key] = pod.uid
-            return
-        if owned.role != pod.role or owned.external_id != pod.external_id:
-            await self.kube.patch_binding_spec(pod.namespace, pod.name, {"role": pod.role, "externalId": pod.external_id})
+                try:
+                    await self.kube.create_owned_binding(pod)
+                except ApiException as error:
+                    if error.status != 409:
+                        raise
+                self._owned_created[key] = pod.uid
+            elif owned.role != pod.role or owned.external_id != pod.external_id:
+                await self.kube.patch_binding_spec(pod.namespace, pod.name, {"role": pod.role, "externalId": pod.external_id})
+        except ApiException as error:
+            if error.status != 422:
+                raise
+            self._owned_refused[key] = wanted
+            logger.warning("pod %s/%s: its PodRoleBinding was refused by the API server: %s", *key, error.reason)

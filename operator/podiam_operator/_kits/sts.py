@@ -5,29 +5,34 @@
   give a fake.
 - :func:`with_retries`: exponential backoff with full jitter on throttling,
   5xx and network errors; other errors (AccessDenied, ...) fail at once.
+- :class:`Dispatcher`: STS calls in flight at most ``concurrency``; which
+  waiting call goes next, and when a namespace's budget lets it, is
+  :class:`~podiam_operator._core.fairshare.FairShare`'s choice.
 - :class:`CredentialCache`: one credential set per key, shared by every pod
-  that uses it; one call in flight per key; a semaphore bounds STS
-  concurrency; a failed key is retried later with growing delays; each set
-  is renewed at its refresh point and never handed out below a floor of
+  that uses it; one call in flight per key, charged to the namespaces that
+  use it; a failed key is retried later with growing delays; each set is
+  renewed at its refresh point and never handed out below a floor of
   remaining lifetime. Time comes from an injected clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import pydantic
 
 from podiam_operator import _metrics
-from podiam_operator._core import decide
+from podiam_operator._core import decide, fairshare
 from podiam_operator._kits import clock as clocks
 
 logger = logging.getLogger(__name__)
@@ -113,9 +118,96 @@ async def with_retries(
     raise AssertionError("unreachable")
 
 
+OVER_BUDGET_LOG_INTERVAL = 60.0  # seconds between two log lines about one namespace's waiting calls
+
+
+class Dispatcher:
+    """At most ``concurrency`` STS calls in flight; the order and the budgets are :class:`fairshare.FairShare`'s."""
+
+    def __init__(self, clock: clocks.Clock, *, concurrency: int, burst: float, rate: float) -> None:
+        self.clock = clock
+        self.share = fairshare.FairShare(burst=burst, rate=rate)
+        self._free = concurrency
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._ids = itertools.count()
+        self._timer: asyncio.Task[None] | None = None
+        self._logged: dict[str, float] = {}  # namespace -> when its waiting calls were last logged
+
+    def _now(self) -> float:
+        return self.clock.now().timestamp()
+
+    def over_budget(self, payers: frozenset[str]) -> bool:
+        """Would a call for these namespaces wait for a budget now?"""
+        return not self.share.can_pay(payers, self._now())
+
+    @contextlib.asynccontextmanager
+    async def slot(self, payers: frozenset[str], *, renewal: bool) -> AsyncIterator[None]:
+        """Hold one of the STS slots for one call (waits for its turn and its namespaces' budget)."""
+        ticket = fairshare.Ticket(next(self._ids), payers, fairshare.RENEWAL if renewal else fairshare.NEW)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[ticket.id] = future
+        self.share.add(ticket)
+        if not self.share.can_pay(payers, self._now()):
+            _metrics.STS_BUDGET_WAITS.inc()
+        self._dispatch()
+        try:
+            await future
+        except BaseException:
+            if self._waiting.pop(ticket.id, None) is not None:
+                self.share.discard(ticket.id)  # cancelled while waiting
+                self._gauge()
+            elif not future.cancelled():
+                self._release()  # cancelled just as its turn came
+            raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._free += 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        now = self._now()
+        while self._free > 0 and (picked := self.share.pick(now)) is not None:
+            future = self._waiting.pop(picked[0].id)
+            self._free -= 1
+            future.set_result(None)
+        self._gauge()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._free > 0 and (delay := self.share.next_refill(now)) is not None:
+            self._report(now)
+            self._timer = asyncio.ensure_future(self._wake(delay))
+
+    async def _wake(self, delay: float) -> None:
+        await self.clock.sleep(delay)
+        self._timer = None
+        self._dispatch()
+
+    def _report(self, now: float) -> None:
+        """Say (at most once a minute per namespace) which namespaces' calls wait for their budget."""
+        waiting = collections.Counter(p for t in self.share.tickets() if not self.share.can_pay(t.payers, now) for p in t.payers)
+        for namespace, count in waiting.items():
+            if now - self._logged.get(namespace, -OVER_BUDGET_LOG_INTERVAL) >= OVER_BUDGET_LOG_INTERVAL:
+                self._logged[namespace] = now
+                logger.warning("namespace %s has spent its STS budget (%g calls, then %g a second): %d of its AssumeRole "
+                               "calls wait; other namespaces' calls go ahead", namespace, self.share.burst, self.share.rate, count)
+        for namespace in [n for n, t in self._logged.items() if now - t >= OVER_BUDGET_LOG_INTERVAL and n not in waiting]:
+            del self._logged[namespace]
+
+    def _gauge(self) -> None:
+        _metrics.STS_WAITING.labels("renewal").set(self.share.waiting(fairshare.RENEWAL))
+        _metrics.STS_WAITING.labels("new").set(self.share.waiting(fairshare.NEW))
+
+
 @dataclasses.dataclass
 class _Entry:
     request: AssumeRequest
+    payers: frozenset[str] = frozenset()  # the namespaces using it, when last fetched
+    queued: bool = False  # its call waits for an STS slot (its turn, its namespaces' budget)
     credentials: Credentials | None = None
     refresh_at: datetime.datetime | None = None
     failure: StsError | None = None
@@ -131,6 +223,8 @@ class CredentialCache:
         clock: clocks.Clock,
         *,
         concurrency: int = 8,
+        namespace_burst: float = 100.0,
+        namespace_rate: float = 2.0,
         attempts: int = 5,
         retry_base: float = 0.2,
         retry_cap: float = 10.0,
@@ -150,7 +244,7 @@ class CredentialCache:
         self.failure_retry_base = failure_retry_base
         self.failure_retry_max = failure_retry_max
         self.rng = rng or random.Random()
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self.dispatcher = Dispatcher(clock, concurrency=concurrency, burst=namespace_burst, rate=namespace_rate)
         self._entries: dict[str, _Entry] = {}
         self._changed = asyncio.Event()
 
@@ -178,6 +272,11 @@ class CredentialCache:
         if entry.failure is not None:
             retry = f"; retrying at {_rfc3339(entry.retry_at)}" if entry.retry_at else ""
             return decide.KeyState("failed", reason=entry.failure.code, message=f"AssumeRole {entry.request.role_arn}: {entry.failure.message}{retry}")
+        if entry.queued and self.dispatcher.over_budget(entry.payers):
+            share = self.dispatcher.share
+            return decide.KeyState("pending", reason="StsBudget", message=(
+                f"AssumeRole {entry.request.role_arn} waits: namespace {', '.join(sorted(entry.payers))} has spent its STS budget "
+                f"({share.burst:g} calls, then {share.rate:g} a second); other namespaces' calls go ahead"))
         return decide.KeyState("pending")
 
     def keys(self) -> list[str]:
@@ -185,8 +284,8 @@ class CredentialCache:
 
     # --- obtaining ---------------------------------------------------------------
 
-    async def get(self, key: str, request: AssumeRequest) -> Credentials:
-        """Usable credentials for ``key``, from the cache or one (shared) STS call. Raises StsError."""
+    async def get(self, key: str, request: AssumeRequest, payers: frozenset[str] = frozenset()) -> Credentials:
+        """Usable credentials for ``key``, from the cache or one (shared) STS call charged to ``payers``. Raises StsError."""
         entry = self._entries.get(key)
         if entry is not None and entry.request == request:
             credentials = self.usable(key)
@@ -199,24 +298,31 @@ class CredentialCache:
             if entry.failure is not None and entry.retry_at is not None and self.clock.now() < entry.retry_at:
                 raise entry.failure  # not yet: a denied role is not hammered
         _metrics.CACHE_LOOKUPS.labels("miss").inc()
-        return await self.refresh(key, request)
+        return await self.refresh(key, request, payers)
 
-    async def refresh(self, key: str, request: AssumeRequest) -> Credentials:
-        """Fetch new credentials for ``key`` (joins a call already in flight)."""
+    async def refresh(self, key: str, request: AssumeRequest, payers: frozenset[str] = frozenset()) -> Credentials:
+        """Fetch new credentials for ``key`` (joins a call already in flight), charged to ``payers``' budgets."""
         entry = self._entries.get(key)
         if entry is None or entry.request != request:
             entry = self._entries[key] = _Entry(request)
             _metrics.CACHE_SIZE.set(len(self._entries))
+        entry.payers = payers
         if entry.inflight is None:
             entry.inflight = asyncio.ensure_future(self._fetch(key, entry))
             entry.inflight.add_done_callback(_consume)
         return await asyncio.shield(entry.inflight)
 
     async def _fetch(self, key: str, entry: _Entry) -> Credentials:
+        renewal = entry.credentials is not None  # credentials in use go before first fetches
         try:
             async def attempt() -> Credentials:
-                async with self._semaphore:
-                    return await self.source.assume_role(entry.request)
+                entry.queued = True
+                try:
+                    async with self.dispatcher.slot(entry.payers, renewal=renewal):
+                        entry.queued = False
+                        return await self.source.assume_role(entry.request)
+                finally:
+                    entry.queued = False
 
             credentials = await with_retries(
                 attempt, attempts=self.attempts, base=self.retry_base, cap=self.retry_cap,
@@ -260,18 +366,20 @@ class CredentialCache:
         self,
         in_use: Callable[[str], bool],
         on_result: Callable[[str, Credentials | None, StsError | None], Awaitable[None]],
+        payers: Callable[[str], frozenset[str]] = lambda key: frozenset(),
         *,
         max_sleep: float = 60.0,
     ) -> None:
         """Forever: renew keys at their refresh point, retry failed ones, drop keys nobody uses.
 
-        ``on_result`` hears of every renewal and failure (to push, and to update statuses).
+        ``on_result`` hears of every renewal and failure (to push, and to update statuses);
+        ``payers`` says which namespaces use a key (whose STS budgets its calls spend).
         """
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(key: str, request: AssumeRequest) -> None:
             try:
-                credentials = await self.refresh(key, request)
+                credentials = await self.refresh(key, request, payers(key))
             except StsError as error:
                 await on_result(key, None, error)
             except asyncio.CancelledError:

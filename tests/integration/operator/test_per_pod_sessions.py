@@ -30,8 +30,9 @@ def stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: pyte
 def test_two_pods_on_one_role_get_their_own_sessions(stack: stacks.Stack, ns: str) -> None:
     before = len(stack.sts.assume_role_calls(ROLE_ARN))
     # The second pod's session name needs sanitising: a quote, a slash and spaces, and 80 characters too many.
+    # Both start with the pod's namespace: no pod of another namespace can take these names.
     raw_name = "bob's job/nightly " + "x" * 80
-    expected = {"alice": "alice@batch.team-a", "bob": ("bob-s-job-nightly-" + "x" * 80)[:64]}
+    expected = {"alice": f"{ns}.alice@batch.team-a", "bob": (f"{ns}.bob-s-job-nightly-" + "x" * 80)[:64]}
     pods = {}
     for name, node, session in (("alice", stack.nodes[0], "alice@batch.team-a"), ("bob", stack.nodes[1], raw_name)):
         ip = stack.next_ip()

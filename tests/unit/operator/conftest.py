@@ -27,6 +27,7 @@ def pod_body(
     external_id: str | None = None,
     session_name: str | None = None,
     service_account: str = "sa",
+    mirror: bool = False,
 ) -> dict[str, Any]:
     annotations = {}
     if role is not None:
@@ -35,6 +36,8 @@ def pod_body(
         annotations[facts.EXTERNAL_ID_ANNOTATION] = external_id
     if session_name is not None:
         annotations[facts.SESSION_NAME_ANNOTATION] = session_name
+    if mirror:
+        annotations[facts.MIRROR_ANNOTATION] = "f00d"
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()), "annotations": annotations, "labels": labels or {}}
     if deleting:
         meta["deletionTimestamp"] = "2030-01-01T00:00:00Z"

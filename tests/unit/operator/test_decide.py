@@ -7,7 +7,7 @@ from tests.unit.operator.conftest import binding, namespace, pod
 
 pytestmark = pytest.mark.unit
 BASE = roles.BaseArn("aws", "123456789012")
-CONFIG = decide.SessionConfig()
+CONFIG = decide.Config()
 
 
 def evals(*bindings_: object, permitted: str | None = ".*") -> list[decide.BindingEval]:
@@ -27,7 +27,7 @@ def test_pods_on_one_role_share_a_key_unless_per_pod() -> None:
     a = decide.decide_pod(pod(name="a"), namespace(), [], BASE, CONFIG)
     b = decide.decide_pod(pod(name="b"), namespace(), [], BASE, CONFIG)
     assert a.grant and b.grant and a.grant.key == b.grant.key
-    per_pod = decide.SessionConfig(per_pod=True)
+    per_pod = decide.Config(per_pod=True)
     pa = decide.decide_pod(pod(name="a"), namespace(), [], BASE, per_pod)
     pb = decide.decide_pod(pod(name="b"), namespace(), [], BASE, per_pod)
     assert pa.grant and pb.grant and pa.grant.key != pb.grant.key
@@ -118,3 +118,79 @@ def test_binding_status_phases() -> None:
     assert decide.binding_status(denied_eval, [], {}).phase == "Denied"
     (error_eval,) = evals(binding(name="x", role="X"))
     assert decide.binding_status(error_eval, [], {}).phase == "Error"
+
+
+def test_mirror_pods_are_refused_unless_allowed() -> None:
+    mirror = pod(mirror=True)
+    decision = decide.decide_pod(mirror, namespace(), [], BASE, CONFIG)
+    assert (decision.outcome, decision.reason) == ("denied", "MirrorPod")
+    assert "kubelet of node node-1" in decision.message and "--allow-mirror-pods" in decision.message
+    allowed = decide.decide_pod(mirror, namespace(), [], BASE, decide.Config(allow_mirror_pods=True))
+    assert allowed.outcome == "granted"
+    # A user binding selecting it is not Denied for it alone; the pod's Event says why.
+    b = binding(name="web", role="WebRole", selector={"matchLabels": {"app": "web"}})
+    (evaluation,) = evals(b)
+    others = pod(name="other", role=None, labels={"app": "web"})
+    static = pod(name="static", role=None, labels={"app": "web"}, mirror=True)
+    decisions = [(p, decide.decide_pod(p, namespace(), [evaluation], BASE, CONFIG)) for p in (others, static)]
+    assert decide.binding_status(evaluation, decisions, {}).phase == "Pending"  # assuming, for "other"
+    assert decide.binding_status(evaluation, decisions[1:], {}).phase == "Denied"
+
+
+def test_session_names_never_split_shared_sessions() -> None:
+    plain = decide.decide_pod(pod(name="a"), namespace(), [], BASE, CONFIG)
+    named = decide.decide_pod(pod(name="b", session_name="other-team.victim"), namespace(), [], BASE, CONFIG)
+    assert plain.grant and named.grant and plain.grant.key == named.grant.key
+    assert named.grant.session_name == "podiam"
+    ignored = decide.session_name_ignored(pod(session_name="x"), CONFIG)
+    assert ignored is not None and "shared sessions" in ignored
+    assert decide.session_name_ignored(pod(), CONFIG) is None
+    assert decide.session_name_ignored(pod(session_name="x"), decide.Config(per_pod=True)) is None
+
+
+@pytest.mark.parametrize(("namespace_name", "annotation", "expected"), [
+    ("team", None, "team.app"),
+    ("team", "nightly", "team.nightly"),
+    ("team", "victims.app", "team.victims.app"),  # cannot pass for namespace "victims"
+    ("team", "bob's job/nightly", "team.bob-s-job-nightly"),
+    ("n" * 63, "x", "n" * 63 + "."),  # the namespace always fits whole (at most 63 characters, no ".")
+])
+def test_per_pod_session_names_start_with_the_namespace(namespace_name: str, annotation: str | None, expected: str) -> None:
+    config = decide.Config(per_pod=True)
+    p = pod(name="app", namespace=namespace_name, session_name=annotation)
+    decision = decide.decide_pod(p, namespace(name=namespace_name), [], BASE, config)
+    assert decision.grant is not None and decision.grant.session_name == expected
+
+
+def test_a_role_iam_would_refuse_is_an_invalid_role_on_the_binding() -> None:
+    (evaluation,) = evals(binding(name="b", role="team-a/../admin", selector={}))
+    status = decide.binding_status(evaluation, [], {})
+    assert (status.phase, status.reason) == ("Error", "InvalidRole")
+    assert status.message.startswith("spec.role: ") and "'..' path segments are refused" in status.message
+    decision = decide.decide_pod(pod(role="team-a/../admin"), namespace(), [], BASE, CONFIG)
+    assert (decision.outcome, decision.reason) == ("error", "InvalidRole")
+
+
+def test_a_binding_counts_only_the_pods_it_serves() -> None:
+    b = binding(name="web", role="WebRole", selector={"matchLabels": {"app": "web"}})
+    (evaluation,) = evals(b)
+    pods = [pod(name=n, role=None, labels={"app": "web"}) for n in ("a", "b")]
+    decisions = [(p, decide.decide_pod(p, namespace(), [evaluation], BASE, CONFIG)) for p in pods]
+    key = decisions[0][1].grant.key  # type: ignore[union-attr]
+    ok = {key: decide.KeyState("ok", expiration="2030-01-01T01:00:00Z")}
+    one = decide.binding_status(evaluation, decisions, ok, {pods[1].key: "pod b: its IP is also claimed"})
+    assert (one.phase, one.pods) == ("Bound", 1)
+    assert one.message.endswith("; not served: pod b: its IP is also claimed")
+    none = decide.binding_status(evaluation, decisions, ok, {p.key: f"pod {p.name}: clash" for p in pods})
+    assert (none.phase, none.reason, none.pods, none.message) == ("Conflict", "IPConflict", 0, "pod a: clash (and 1 more pods)")
+
+
+def test_a_pending_binding_says_what_it_waits_for() -> None:
+    p = pod(role=None, labels={"app": "web"})
+    (evaluation,) = evals(binding(name="web", role="WebRole", selector={"matchLabels": {"app": "web"}}))
+    decision = decide.decide_pod(p, namespace(), [evaluation], BASE, CONFIG)
+    key = decision.grant.key  # type: ignore[union-attr]
+    waiting = decide.binding_status(evaluation, [(p, decision)], {key: decide.KeyState("pending", reason="StsBudget", message="m")})
+    assert (waiting.phase, waiting.reason, waiting.message) == ("Pending", "StsBudget", "m")
+    plain = decide.binding_status(evaluation, [(p, decision)], {})
+    assert (plain.phase, plain.reason) == ("Pending", "AssumingRole")

@@ -60,7 +60,7 @@ def proxy(node: str = "n1", uid: str = "proxy-uid", restarts: int = 0) -> facts.
 
 
 async def setup() -> tuple[world.World, FakeClient, push.NodeWorker, list[str]]:
-    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"))
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"))
     w.set_namespace(namespace("team", ".*"))
     client = FakeClient()
     synced: list[str] = []
@@ -158,7 +158,7 @@ async def test_a_dead_node_does_not_delay_another() -> None:
                 await asyncio.sleep(3600)
             return await super().request(method, url, body, kind)
 
-    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"))
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"))
     w.set_namespace(namespace("team", ".*"))
     client = Slow()
     done: list[str] = []
@@ -182,7 +182,7 @@ async def test_a_dead_node_does_not_delay_another() -> None:
 
 
 async def test_before_start_only_the_operators_own_pods_go_out_as_changes_then_a_snapshot_holds_everything() -> None:
-    w = world.World(decide.SessionConfig(), None, world.OwnPods("podiam-system", "podiam-operator"))
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"), world.OwnPods("podiam-system", "podiam-operator"))
     w.set_namespace(namespace("team", ".*"))
     client = FakeClient()
     synced: list[str] = []

@@ -208,3 +208,65 @@ async def test_unused_keys_are_not_renewed() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(source.calls) == 1 and len(cache) == 0
+
+
+def request_for(role: str) -> sts.AssumeRequest:
+    return sts.AssumeRequest(f"arn:aws:iam::123456789012:role/{role}", "podiam", 3600)
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_a_namespace_past_its_budget_waits_and_others_do_not() -> None:
+    clock = clocks.FakeClock()
+    source = FakeSource(clock)
+    cache = cache_for(clock, source, namespace_burst=2, namespace_rate=0.5)
+    greedy = [asyncio.ensure_future(cache.get(f"g{i}", request_for(f"g{i}"), frozenset({"greedy"}))) for i in range(5)]
+    await settle()
+    assert len(source.calls) == 2
+    waiting = [cache.state(f"g{i}") for i in range(2, 5)]
+    assert {s.reason for s in waiting} == {"StsBudget"}
+    assert "namespace greedy has spent its STS budget (2 calls, then 0.5 a second)" in waiting[0].message
+    # Another namespace's call goes at once.
+    await cache.get("v", request_for("v"), frozenset({"victim"}))
+    assert source.calls[-1].role_arn.endswith("/v")
+    # A credential set the greedy namespace shares with another one is paid by the other.
+    await cache.get("shared", request_for("shared"), frozenset({"greedy", "other"}))
+    await clock.advance(2.0)
+    assert len(source.calls) == 5
+    await clock.advance(4.0)
+    await asyncio.gather(*greedy)
+    assert len(source.calls) == 7
+
+
+async def test_renewals_go_before_first_fetches() -> None:
+    clock = clocks.FakeClock()
+    source = FakeSource(clock)
+    cache = cache_for(clock, source, concurrency=1)
+    await cache.get("renewed", request_for("renewed"), frozenset({"a"}))
+    source.gate = asyncio.Event()
+    blocker = asyncio.ensure_future(cache.get("blocker", request_for("blocker"), frozenset({"c"})))
+    await settle()
+    first_fetches = [asyncio.ensure_future(cache.get(f"new{i}", request_for(f"new{i}"), frozenset({"b"}))) for i in range(3)]
+    await settle()
+    renewal = asyncio.ensure_future(cache.refresh("renewed", request_for("renewed"), frozenset({"a"})))
+    await settle()
+    source.gate.set()
+    await asyncio.gather(blocker, renewal, *first_fetches)
+    assert [c.role_arn.rpartition("/")[2] for c in source.calls[1:3]] == ["blocker", "renewed"]
+
+
+async def test_a_forgotten_key_leaves_the_queue() -> None:
+    clock = clocks.FakeClock()
+    source = FakeSource(clock)
+    cache = cache_for(clock, source, namespace_burst=1, namespace_rate=0.01)
+    await cache.get("first", request_for("first"), frozenset({"a"}))
+    waiting = asyncio.ensure_future(cache.get("second", request_for("second"), frozenset({"a"})))
+    await settle()
+    assert len(cache.dispatcher.share) == 1
+    cache.forget("second")
+    await settle()
+    assert len(cache.dispatcher.share) == 0 and waiting.done()
+    assert len(source.calls) == 1

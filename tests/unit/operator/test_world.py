@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 
 def make() -> world.World:
-    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"))
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"))
     w.set_namespace(namespace("team", ".*"))
     return w
 
@@ -135,7 +135,7 @@ def test_recreated_pod_with_same_name() -> None:
 
 
 def test_base_arrives_later() -> None:
-    w = world.World(decide.SessionConfig(), None)
+    w = world.World(decide.Config(), None)
     w.set_namespace(namespace("team", ".*"))
     p = pod(name="a", node="n1", ip="10.0.0.1", role="MyRole")
     w.set_pod(p)
@@ -184,6 +184,25 @@ def test_a_rival_claim_that_goes_away_restores_the_granted_pod() -> None:
     assert set(w.desired_for_node("n1").pods) == {a.uid}
 
 
+def test_an_ip_conflict_is_reported_on_the_granted_pods_and_their_bindings() -> None:
+    w = make()
+    w.set_binding(binding(name="web", role="WebRole", selector={"matchLabels": {"app": "web"}}))
+    a = pod(name="a", node="n1", ip="10.0.0.1", labels={"app": "web"}, role=None)
+    w.set_pod(a)
+    assert w.ip_conflict(a.key) is None
+    delta = w.set_pod(pod(name="b", node="n1", ip="10.0.0.1", role=None))
+    assert ("team", "a") in delta.pods and ("team", "web") in delta.bindings
+    why = w.ip_conflict(a.key)
+    assert why is not None and "10.0.0.1" in why and "team/b" in why and "node n1" in why
+    assert w.ip_conflict(("team", "b")) is not None  # b is not served either (it has no role to serve)
+    # The same IP on another node is another pod.
+    w.set_pod(pod(name="c", node="n2", ip="10.0.0.1", role="RoleC"))
+    assert w.ip_conflict(("team", "c")) is None
+    delta = w.delete_pod("team", "b")
+    assert ("team", "a") in delta.pods and ("team", "web") in delta.bindings
+    assert w.ip_conflict(a.key) is None
+
+
 # -- the operator's own pods: node-identity entries --------------------------------------
 
 OWN = world.OwnPods("podiam-system", "podiam-operator")
@@ -196,7 +215,7 @@ def operator_pod(name: str = "op-1", **kwargs: Any) -> facts.PodFacts:
 
 
 def test_the_operators_own_pods_get_node_identity_entries_on_their_node_only() -> None:
-    w = world.World(decide.SessionConfig(), None, OWN)  # no base yet: own entries need none
+    w = world.World(decide.Config(), None, OWN)  # no base yet: own entries need none
     me = operator_pod()
     assert w.set_pod(me).nodes == {"n1"}
     plan = w.desired_for_node("n1").pods[me.uid]
@@ -211,23 +230,24 @@ def test_the_operators_own_pods_get_node_identity_entries_on_their_node_only() -
     {"namespace": "team"},  # the operator's ServiceAccount name in another namespace
     {"service_account": "default"},  # another ServiceAccount in the operator's namespace
     {"host_network": True},  # reads the node's metadata service directly, and shares the node's IP
+    {"mirror": True},  # a static pod: its node's kubelet picks its namespace and ServiceAccount
 ])
 def test_only_the_operators_namespace_and_service_account_count_labels_do_not(other: dict[str, Any]) -> None:
-    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"), OWN)
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"), OWN)
     impostor = operator_pod(labels={"app.kubernetes.io/name": "podiam-operator"}, **other)
     w.set_pod(impostor)
     assert w.desired_for_node("n1").pods == {}
 
 
 def test_without_own_pods_configured_nothing_gets_the_node_identity() -> None:
-    w = world.World(decide.SessionConfig(), None)
+    w = world.World(decide.Config(), None)
     w.set_pod(operator_pod())
     assert w.desired_for_node("n1").pods == {}
 
 
 @pytest.mark.parametrize("change", [{"deleting": True}, {"phase": "Succeeded"}, {"phase": "Failed"}])
 def test_an_own_pod_is_revoked_when_it_terminates(change: dict[str, Any]) -> None:
-    w = world.World(decide.SessionConfig(), None, OWN)
+    w = world.World(decide.Config(), None, OWN)
     me = operator_pod()
     w.set_pod(me)
     assert w.set_pod(dataclasses.replace(me, **change)).nodes == {"n1"}
@@ -235,7 +255,7 @@ def test_an_own_pod_is_revoked_when_it_terminates(change: dict[str, Any]) -> Non
 
 
 def test_an_own_pods_ip_change_and_deletion_reach_its_node() -> None:
-    w = world.World(decide.SessionConfig(), None, OWN)
+    w = world.World(decide.Config(), None, OWN)
     me = operator_pod(ip=None)
     w.set_pod(me)
     assert w.desired_for_node("n1").pods == {}
@@ -245,7 +265,7 @@ def test_an_own_pods_ip_change_and_deletion_reach_its_node() -> None:
 
 
 def test_an_ip_claimed_by_another_live_pod_serves_neither_the_node_identity_nor_anything() -> None:
-    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"), OWN)
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"), OWN)
     w.set_namespace(namespace("team", ".*"))
     me = operator_pod(ip="10.0.0.70")
     w.set_pod(me)
@@ -257,7 +277,7 @@ def test_an_ip_claimed_by_another_live_pod_serves_neither_the_node_identity_nor_
 
 
 def test_a_role_annotation_on_an_own_pod_does_not_replace_the_node_identity() -> None:
-    w = world.World(decide.SessionConfig(), roles.BaseArn("aws", "123456789012"), OWN)
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"), OWN)
     w.set_namespace(namespace("podiam-system", ".*"))
     me = operator_pod(role="SomeRole")
     w.set_pod(me)
