@@ -16,7 +16,13 @@ initial listing, the operator's own AWS identity, the first credential
 fetches), when TLS is broken, or while the active replica's GetCallerIdentity
 fails (retried with backoff; never a liveness failure: kopf's /healthz answers
 as soon as the start-up handler is done, and it needs no AWS).
-The body is a few lines of text saying what is wrong or what is in use.
+
+Anything on the pod network can reach this port, so the answer is a status
+word only (``ready: active``, ``not ready: TLS``...): no counts, node
+names, certificate subjects or ARNs. What is wrong or in use, in full, goes
+to the operator's log whenever it changes (``kubectl logs`` needs RBAC);
+trusting "local" callers instead would trust every sidecar or proxy that
+forwards from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -44,7 +50,13 @@ PEERS_CACHE_SECONDS = 2.0  # probes and curl loops must not turn into API calls 
 class Readiness:
     ready: bool
     role: Role
-    text: str
+    text: str  # the details: for the log only
+    problem: Literal["", "starting", "TLS", "AWS identity unknown"] = ""
+
+    @property
+    def summary(self) -> str:
+        """What ``/readyz`` answers: a status word, nothing that tells a stranger about the cluster."""
+        return f"ready: {self.role}" if self.ready else f"not ready: {self.problem}"
 
 
 class Probe:
@@ -99,25 +111,30 @@ class Probe:
         status = self.tls_status()
         role, text = await self._role()
         if not status.ok:
-            return Readiness(False, role, f"not ready: TLS: {status.message}\n{text}")
+            return Readiness(False, role, f"not ready: TLS: {status.message}\n{text}", "TLS")
         if role == "starting":
-            return Readiness(False, role, f"not ready: {text}\nTLS: {status.message}")
+            return Readiness(False, role, f"not ready: {text}\nTLS: {status.message}", "starting")
         engine = self.engine
         if role == "active" and engine is not None:
             if engine.identity_error is not None:
                 # Active and pushing (revocations still go out), but STS does not know us.
                 return Readiness(False, role, f"not ready: the operator's AWS identity is unknown: {engine.identity_error}\n"
-                                              f"{text}\nTLS: {status.message}")
+                                              f"{text}\nTLS: {status.message}", "AWS identity unknown")
             text += f"\nAWS identity: {engine.caller_arn or 'asking STS (GetCallerIdentity)'}"
         return Readiness(True, role, f"ready: {text}\nTLS: {status.message}")
 
 
 PROBE = web.AppKey("probe", Probe)
+LAST_LOGGED = web.AppKey("last_logged", list[str])
 
 
 async def readyz(request: web.Request) -> web.Response:
     readiness = await request.app[PROBE].check()
-    return web.Response(status=200 if readiness.ready else 503, text=readiness.text + "\n",
+    last = request.app[LAST_LOGGED]
+    if last != [readiness.text]:
+        last[:] = [readiness.text]
+        logger.log(logging.INFO if readiness.ready else logging.WARNING, "readiness: %s", readiness.text.replace("\n", "; "))
+    return web.Response(status=200 if readiness.ready else 503, text=readiness.summary + "\n",
                         headers={"X-Podiam-Role": readiness.role})
 
 
@@ -130,6 +147,7 @@ async def metrics(request: web.Request) -> web.Response:
 def make_app(probe: Probe) -> web.Application:
     app = web.Application()
     app[PROBE] = probe
+    app[LAST_LOGGED] = []
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     return app

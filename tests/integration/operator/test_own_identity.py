@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.controlplane import ControlPlane
-from tests.integration.operator.test_readiness import readyz, wait_readyz
+from tests.integration.operator.test_readiness import wait_logged_readiness, wait_readyz
 from tests.support import moto, node_imds, processes
 from tests.support import stack as stacks
 
@@ -94,8 +94,8 @@ def test_proxies_first_the_operator_pushes_its_own_entry_and_reads_the_node_role
     """A fresh install where the proxies won the race: they are up and empty, their rule in place."""
     stack.create_operator_pod(stack.nodes[0], "podiam-operator-first")
     operator = stack.start_operator(env=stack.node_identity_env(stack.nodes[0]))  # waits for kopf's /healthz
-    text = wait_readyz(operator, 200, "ready: active", timeout=60)
-    assert f"AWS identity: {NODE_SESSION}" in text
+    wait_readyz(operator, 200, "ready: active", timeout=60)
+    wait_logged_readiness(operator, f"AWS identity: {NODE_SESSION}")
     stack.wait_proxies_ready()
     assert "GetCallerIdentity failed" not in operator.log()
     pods_get_their_roles(stack, "own-id-proxies-first")
@@ -118,8 +118,9 @@ def test_operator_first_it_stays_alive_says_why_and_converges_when_the_proxies_c
     stack.create_operator_pod(stack.nodes[0], "podiam-operator-early")
     operator = stack.start_operator(env=stack.node_identity_env(stack.nodes[0]))  # liveness answers without AWS
 
-    text = wait_readyz(operator, 503, "not ready: starting: pushing this operator's own pods' entries", timeout=30)
-    stacks.wait_for(lambda: "NoCredentialsError" in readyz(operator)[1], 30, "the missing credentials on /readyz")
+    text = wait_readyz(operator, 503, "not ready: starting", timeout=30)
+    wait_logged_readiness(operator, "starting: pushing this operator's own pods' entries")
+    wait_logged_readiness(operator, "NoCredentialsError")
     assert "GetCallerIdentity failed (NoCredentialsError" in operator.log()
     assert liveness(operator) == 200, text
 
@@ -127,8 +128,8 @@ def test_operator_first_it_stays_alive_says_why_and_converges_when_the_proxies_c
     for node in stack.nodes:
         node.proxy.start()
         stack.create_proxy_pod(node)
-    text = wait_readyz(operator, 200, "ready: active", timeout=60)
-    assert f"AWS identity: {NODE_SESSION}" in text
+    wait_readyz(operator, 200, "ready: active", timeout=60)
+    wait_logged_readiness(operator, f"AWS identity: {NODE_SESSION}")
     stack.wait_proxies_ready()
     assert liveness(operator) == 200 and operator.alive()
     pods_get_their_roles(stack, "own-id-operator-first")

@@ -1,4 +1,7 @@
-"""/readyz of real operator processes: active, standby, broken TLS, stuck at start-up."""
+"""/readyz of real operator processes: active, standby, broken TLS, stuck at start-up.
+
+The body is a status word for whoever asks; the details are in the operator's log.
+"""
 
 from __future__ import annotations
 
@@ -22,29 +25,55 @@ def readyz(process: processes.ManagedProcess) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def wait_readyz(process: processes.ManagedProcess, status: int, start: str, timeout: float = 30) -> str:
-    def check() -> str | None:
-        code, text = readyz(process)
-        return text if code == status and text.startswith(start) else None
+def wait_readyz(process: processes.ManagedProcess, status: int, word: str, timeout: float = 30) -> str:
+    """Wait for /readyz to answer ``status`` and the status word ``word`` (all it says); its details from the log."""
+    def check() -> bool:
+        return readyz(process) == (status, word + "\n")
 
     try:
-        return stacks.wait_for(check, timeout, f"{process.name} /readyz {status} {start!r}", interval=0.2)
+        stacks.wait_for(check, timeout, f"{process.name} /readyz {status} {word!r}", interval=0.2)
     except TimeoutError as error:
         raise TimeoutError(f"{error}; now: {readyz(process)}") from None
+    return logged_readiness(process)
+
+
+def logged_readiness(process: processes.ManagedProcess) -> str:
+    """The last readiness details the operator logged (it logs them whenever they change)."""
+    lines = [line for line in process.log().splitlines() if "readiness: " in line]
+    return lines[-1].partition("readiness: ")[2] if lines else ""
+
+
+def wait_logged_readiness(process: processes.ManagedProcess, part: str, timeout: float = 30) -> str:
+    def check() -> str | None:
+        readyz(process)  # the details are logged when /readyz is asked and they changed
+        text = logged_readiness(process)
+        return text if part in text else None
+
+    return stacks.wait_for(check, timeout, f"{part!r} in {process.name}'s logged readiness", interval=0.2)
 
 
 def test_the_active_replica_is_ready_once_it_pushes(stack: stacks.Stack) -> None:
-    text = wait_readyz(stack.operator, 200, "ready: active")
-    assert f"{len(stack.nodes)} proxies known, {len(stack.nodes)} in sync" in text
+    wait_readyz(stack.operator, 200, "ready: active")
+    text = wait_logged_readiness(stack.operator, f"{len(stack.nodes)} proxies known, {len(stack.nodes)} in sync")
     assert "TLS: TLS mode secrets" in text
+
+
+def test_readyz_tells_the_network_a_status_word_and_nothing_about_the_cluster(stack: stacks.Stack) -> None:
+    wait_readyz(stack.operator, 200, "ready: active")
+    status, body = readyz(stack.operator)
+    assert (status, body) == (200, "ready: active\n")
+    for secretish in ("arn:", "CN=", "proxies known", *(node.name for node in stack.nodes)):
+        assert secretish not in body
+    # The details are where an administrator looks.
+    assert "AWS identity: arn:aws:sts::" in wait_logged_readiness(stack.operator, "AWS identity")
 
 
 def test_a_standby_is_ready_and_says_it_stands_by(stack: stacks.Stack) -> None:
     active = stack.operator
     standby = stack.start_operator()
     try:
-        text = wait_readyz(standby, 200, "ready: standby")
-        assert f"active replica {active.env['POD_ID']}" in text
+        wait_readyz(standby, 200, "ready: standby")
+        assert f"active replica {active.env['POD_ID']}" in logged_readiness(standby)
         assert readyz(active)[0] == 200
     finally:
         standby.stop()
@@ -54,8 +83,9 @@ def test_broken_tls_makes_the_replica_unready_with_the_reason(stack: stacks.Stac
     active = stack.operator
     broken = stack.start_operator(env={"PODIAM_TLS_CA_FILE": str(stack.workdir / "no-such-ca.pem")})
     try:
-        text = wait_readyz(broken, 503, "not ready: TLS: ")
-        assert "no-such-ca.pem" in text.splitlines()[0]
+        wait_readyz(broken, 503, "not ready: TLS")
+        text = wait_logged_readiness(broken, "no-such-ca.pem")
+        assert text.startswith("not ready: TLS: ") and "no-such-ca.pem" in text.split("; ")[0]
         assert readyz(active)[0] == 200  # the active one is unaffected
     finally:
         broken.stop()
@@ -79,9 +109,9 @@ def test_an_active_replica_whose_sts_fails_is_alive_not_ready_and_says_why(stack
     unreachable = f"http://127.0.0.1:{ports.free_port()}"
     cut_off = stack.start_operator(env={"PODIAM_STS_ENDPOINT_URL": unreachable, "PODIAM_STS_TIMEOUT": "1", "PODIAM_STS_ATTEMPTS": "1"})
     try:
-        text = wait_readyz(cut_off, 503, "not ready: starting: pushing this operator's own pods' entries and asking STS who it is")
-        stacks.wait_for(lambda: "GetCallerIdentity failed (EndpointConnectionError" in readyz(cut_off)[1], 30,
-                        "the STS failure on /readyz")
+        text = wait_readyz(cut_off, 503, "not ready: starting")
+        wait_logged_readiness(cut_off, "starting: pushing this operator's own pods' entries and asking STS who it is")
+        wait_logged_readiness(cut_off, "GetCallerIdentity failed (EndpointConnectionError")
         assert "the operator's own AWS identity is unknown: GetCallerIdentity failed (EndpointConnectionError" in cut_off.log()
         with urllib.request.urlopen(cut_off.liveness_url, timeout=5) as response:  # type: ignore[attr-defined]
             assert response.status == 200, text

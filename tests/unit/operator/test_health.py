@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import pytest
@@ -66,9 +67,36 @@ def probe(status: tls.Status = TLS_OK, engine: Engine | None = None, clock: Cloc
 
 
 async def get(made: _health.Probe, path: str = "/readyz") -> tuple[int, str, Any]:
+    """The status and headers of ``path``; for /readyz, the details that went to the log instead of the body."""
     async with test_utils.TestClient(test_utils.TestServer(_health.make_app(made))) as client:
         response = await client.get(path)
-        return response.status, await response.text(), response.headers
+        body = await response.text()
+        if path != "/readyz":
+            return response.status, body, response.headers
+        readiness = await made.check()
+        # Anyone on the network may ask: a status word, never the details (counts, nodes, subjects, ARNs).
+        assert body == readiness.summary + "\n"
+        assert body in ("ready: active\n", "ready: standby\n", "not ready: starting\n", "not ready: TLS\n",
+                        "not ready: AWS identity unknown\n"), body
+        return response.status, readiness.text, response.headers
+
+
+async def test_readyz_shows_a_status_word_and_logs_the_details_when_they_change(caplog: pytest.LogCaptureFixture) -> None:
+    engine = Engine(started=True, phase="active", pusher=Pusher({"node-a": Worker("node-a", last_error="refused")}),
+                    caller_arn="arn:aws:sts::123456789012:assumed-role/NodeRole/i-0abc")
+    made = probe(engine=engine)
+    caplog.set_level(logging.INFO, logger=_health.__name__)
+    async with test_utils.TestClient(test_utils.TestServer(_health.make_app(made))) as client:
+        for _ in range(3):
+            response = await client.get("/readyz")
+            assert (response.status, await response.text()) == (200, "ready: active\n")
+        logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("readiness: ")]
+        assert len(logged) == 1  # once per change
+        assert "pushes failing to node-a" in logged[0] and "NodeRole" in logged[0] and "CN=podiam-operator" in logged[0]
+        made.tls_status = lambda: tls.Status(ok=False, message="client certificate CN=podiam-operator expired")
+        response = await client.get("/readyz")
+        assert (response.status, await response.text()) == (503, "not ready: TLS\n")
+        assert caplog.records[-1].levelname == "WARNING" and "expired" in caplog.records[-1].getMessage()
 
 
 async def test_active_with_good_tls_is_ready_and_says_so() -> None:
