@@ -31,6 +31,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], list[Path]]] = {
     "cert-manager": ({"metrics": {"serviceMonitor": {"enabled": False}}}, [_helm.CHART / "ci" / "cert-manager-values.yaml"]),
     "uninstall-step": ({"proxy": {"host": {"iptables": False, "cleanupIptables": True}}}, []),
     "single-standalone": ({"operator": {"replicas": 1, "peering": {"enabled": False}, "manageNodeTaint": False}}, []),
+    "network-policy": ({"operator": {"networkPolicy": {"enabled": True, "metricsFrom": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": ["prometheus"]}]}},
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+    ]}}}, []),
 }
 
 

@@ -317,6 +317,34 @@ def test_notes_tell_the_next_two_steps(helm: _helm.Helm) -> None:
     assert "cleanupIptables" not in without_rule and "The CRDs stay" in without_rule
 
 
+# -- the operator's NetworkPolicy --------------------------------------------------------
+
+
+def test_no_network_policy_by_default(helm: _helm.Helm) -> None:
+    assert "NetworkPolicy" not in helm.template().kinds()
+
+
+def test_the_network_policy_admits_the_scrapers_to_the_metrics_port_only(helm: _helm.Helm) -> None:
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    rendered = helm.template(values={"operator": {"networkPolicy": {"enabled": True, "metricsFrom": [prometheus]},
+                                                  "ports": {"metrics": 9185}}})
+    policy = rendered.get("NetworkPolicy")
+    deployment = rendered.get("Deployment")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # the operator dials out: its egress is left alone
+    assert policy["spec"]["ingress"] == [{"from": [prometheus], "ports": [{"port": 9185, "protocol": "TCP"}]}]
+    # Nothing admits anyone to kopf's /healthz: the kubelet probes it from the node, which is always let through.
+    ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert ports == {"liveness": 8184, "metrics": 9185}
+
+
+def test_without_scrapers_the_network_policy_admits_no_pod(helm: _helm.Helm) -> None:
+    policy = helm.template(values={"operator": {"networkPolicy": {"enabled": True}}}).get("NetworkPolicy")
+    assert policy["spec"]["ingress"] == []
+
+
 # -- refusals -----------------------------------------------------------------------
 
 
@@ -336,6 +364,12 @@ def test_notes_tell_the_next_two_steps(helm: _helm.Helm) -> None:
     ({"operator": {"nodeIdentity": "yes"}}, "/operator/nodeIdentity"),
     ({"operator": {"credentialsSecret": "My_Keys"}}, "/operator/credentialsSecret"),
     ({"proxy": {"host": {"interceptionCheck": "off"}}}, "/proxy/host/interceptionCheck"),
+    ({"operator": {"networkPolicy": {"enabled": "yes"}}}, "/operator/networkPolicy/enabled"),
+    ({"operator": {"networkPolicy": {"metricsFrom": [{}]}}}, "/operator/networkPolicy/metricsFrom/0"),
+    ({"operator": {"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabelz": {}}}]}}},
+     "additional properties 'matchLabelz' not allowed"),
+    ({"operator": {"networkPolicy": {"metricsFrom": [{"ipBlock": {"cidr": "everyone"}}]}}},
+     "/operator/networkPolicy/metricsFrom/0/ipBlock/cidr"),
 ], ids=lambda v: json.dumps(v) if isinstance(v, dict) else "")
 def test_schema_rejects_bad_values(helm: _helm.Helm, values: dict[str, Any], message: str) -> None:
     with pytest.raises(_helm.HelmError) as error:
@@ -353,8 +387,10 @@ def test_schema_rejects_bad_values(helm: _helm.Helm, values: dict[str, Any], mes
     ({"operator": {"useHostNetwork": True, "ports": {"metrics": 8183}}},
      "operator.ports.metrics (8183) is also a proxy port (proxy.host.port, proxy.controlPort, proxy.healthPort)"),
     ({"agent": {"host": {"interface": "!eth0"}}}, "this values file is Kiam's: podiam calls agent: proxy:"),
+    ({"operator": {"useHostNetwork": True, "networkPolicy": {"enabled": True}}},
+     "operator.networkPolicy cannot protect the operator on the host network"),
 ], ids=["secrets-without-secrets", "secret-in-auto-mode", "cleanup-with-iptables", "replicas-without-peering", "ports",
-        "host-network-ports", "kiam-file"])
+        "host-network-ports", "kiam-file", "network-policy-on-host-network"])
 def test_template_explains_inconsistent_values(helm: _helm.Helm, values: dict[str, Any], message: str) -> None:
     with pytest.raises(_helm.HelmError) as error:
         helm.template(values=values)

@@ -170,6 +170,9 @@ imagePullSecrets:
 {{- if eq (int .Values.operator.ports.liveness) (int .Values.operator.ports.metrics) -}}
 {{- fail "operator.ports.liveness and operator.ports.metrics must differ" -}}
 {{- end -}}
+{{- if and .Values.operator.useHostNetwork .Values.operator.networkPolicy.enabled -}}
+{{- fail "operator.networkPolicy cannot protect the operator on the host network (operator.useHostNetwork): a NetworkPolicy does not select host-network pods; its listeners bind the node's IP, so restrict that port on the node instead" -}}
+{{- end -}}
 {{- if .Values.operator.useHostNetwork -}}
 {{- range $name, $port := .Values.operator.ports -}}
 {{- if has (int $port) $ports -}}
