@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sys
+import time
 
 import kopf
 
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     _configure_logging(settings)
     from podiam_operator import handlers  # noqa: F401  (registers the handlers)
 
-    priority = settings.peering_priority if settings.peering_priority is not None else leadership.default_priority()
+    priority = leadership.peering_priority(settings.peering_priority, time.time(), random.SystemRandom())
+    logging.getLogger(__name__).info("peering priority %d (configured %d)", priority, settings.peering_priority)
     from kopf._core.engines import peering as _peering  # kopf has no public API for the identity it uses
 
     identity = _peering.detect_own_id(manual=False)

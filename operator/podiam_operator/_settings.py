@@ -134,8 +134,10 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     )
     liveness_port: int = pydantic.Field(default=8184, ge=0, le=65535, description="Port of kopf's /healthz (0: off)")
     peering_name: str = pydantic.Field(default="podiam", description="ClusterKopfPeering object the replicas share")
-    peering_priority: int | None = pydantic.Field(
-        default=None, description="Fixed peering priority (default: older replicas win, so a new one never preempts)"
+    peering_priority: int = pydantic.Field(
+        default=0, ge=-9000, le=9000,
+        description="Peering priority: a live replica with a higher one is the active one; among equal ones the oldest is "
+        "(a new replica never preempts), replicas started in the same second by a random draw",
     )
     peering_lifetime: int = pydantic.Field(default=15, ge=5, description="Seconds a silent replica counts as alive")
     standalone: bool = pydantic.Field(default=False, description="No peering: for a single replica only")

@@ -5,6 +5,12 @@ background tasks (pushes, refreshes) would go on with a frozen picture of the
 cluster. So the engine waits to be the leader before its first push, and a
 replica that loses leadership after acting as one exits (its pod restarts
 it as a standby with a fresh picture) rather than push stale state.
+
+kopf also pauses every replica that sees a live peer with its own priority,
+itself included, and waits for one of them to go: two replicas given the
+same ``--peering-priority`` would both stand by forever. So the priority
+kopf sees is never just the configured one (:func:`peering_priority`), and a
+standby that still finds an exact tie gives way (:meth:`Leadership.wait_until_leader`).
 """
 
 from __future__ import annotations
@@ -13,17 +19,37 @@ import asyncio
 import datetime
 import logging
 import os
+import random
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from podiam_operator._kits import kube as kubes
 
 logger = logging.getLogger(__name__)
 
+# kopf's priority travels as a JSON integer through the API server, which keeps int64:
+# configured priority x 10^15 + start-time rank x 10^4 + a random draw stays below 2^63.
+MAX_CONFIGURED_PRIORITY = 9000
+_DRAWS = 10**4
+_EPOCH_SPAN = 10**11  # seconds since 1970: until the year 5138
 
-def default_priority() -> int:
-    """Older replicas win: a replica started later never preempts the active one."""
-    return 10**13 - int(time.time() * 1000)
+
+def peering_priority(configured: int, started: float, rng: random.Random) -> int:
+    """The priority kopf sees: the configured one first, then the older replica, then a random draw.
+
+    Older first: a replica that starts later (a rollout, a scale-up) never
+    preempts the active one. The draw separates replicas started in the
+    same second (a Deployment's two replicas, usually).
+    """
+    if abs(configured) > MAX_CONFIGURED_PRIORITY:
+        raise ValueError(f"the peering priority must be within +-{MAX_CONFIGURED_PRIORITY}")
+    rank = _EPOCH_SPAN - 1 - int(started)
+    return (configured * _EPOCH_SPAN + rank) * _DRAWS + rng.randrange(_DRAWS)
+
+
+def _exit_for_a_new_draw() -> NoReturn:
+    os._exit(3)
 
 
 def _parse(moment: Any) -> datetime.datetime | None:
@@ -34,17 +60,32 @@ def _parse(moment: Any) -> datetime.datetime | None:
 
 
 class Leadership:
-    def __init__(self, kube: kubes.Kube, *, name: str, identity: str, priority: int, interval: float) -> None:
+    def __init__(
+        self,
+        kube: kubes.Kube,
+        *,
+        name: str,
+        identity: str,
+        priority: int,
+        interval: float,
+        give_way: Callable[[], NoReturn] = _exit_for_a_new_draw,
+    ) -> None:
         self.kube = kube
         self.name = name
         self.identity = identity
         self.priority = priority
         self.interval = interval
+        # Leaves the peering for good; the pod's restart draws a new priority.
+        self.give_way = give_way
+        self._listed_since: float | None = None  # when this replica's own entry was first seen (monotonic)
 
-    async def higher_peers(self) -> list[str]:
+    async def live_peers(self) -> dict[str, int]:
+        """The other replicas alive in the peering object, with their priorities."""
         peers = await self.kube.peers(self.name)
+        if self.identity in peers and self._listed_since is None:
+            self._listed_since = time.monotonic()
         now = datetime.datetime.now(datetime.timezone.utc)
-        found = []
+        found = {}
         for identity, info in peers.items():
             if identity == self.identity or not isinstance(info, dict):
                 continue
@@ -53,21 +94,37 @@ class Leadership:
                 continue
             if seen.tzinfo is None:
                 seen = seen.replace(tzinfo=datetime.timezone.utc)
-            alive = (now - seen).total_seconds() < float(info.get("lifetime", 60))
-            if alive and int(info.get("priority", 0)) >= self.priority:
-                found.append(identity)
+            if (now - seen).total_seconds() < float(info.get("lifetime", 60)):
+                found[identity] = int(info.get("priority", 0))
         return found
+
+    async def higher_peers(self) -> list[str]:
+        """Live replicas that keep this one from leading: a higher priority, or the same (kopf pauses both then)."""
+        return [identity for identity, priority in (await self.live_peers()).items() if priority >= self.priority]
 
     async def wait_until_leader(self) -> None:
         while True:
             try:
-                higher = await self.higher_peers()
+                peers = await self.live_peers()
             except Exception as error:  # the API may be briefly away: keep asking
                 logger.warning("peering check failed: %s", error)
-                higher = ["?"]
-            if not higher:
+                await asyncio.sleep(self.interval)
+                continue
+            higher = sorted(identity for identity, priority in peers.items() if priority >= self.priority)
+            # Replicas that start together must see each other before either leads: kopf lists this
+            # one in the peering object at start; a peer started with it has listed itself within an
+            # interval of that, so both were briefly active without this wait (the loser then exited).
+            settled = self._listed_since is not None and time.monotonic() - self._listed_since >= self.interval
+            if not higher and settled:
                 return
-            logger.info("standing by: peers %s are active", higher)
+            tied = [identity for identity in higher if peers[identity] == self.priority]
+            # Same priority (the same second, the same draw): kopf pauses both replicas until one goes. The
+            # one whose identity sorts first goes, deterministically; the other leads once its entry expires.
+            if tied and self.identity < min(tied):
+                logger.warning("peering priority %d is also %s's: leaving so that a restart draws a new one", self.priority, tied[0])
+                self.give_way()
+            if higher:
+                logger.info("standing by: peers %s are active", higher)
             await asyncio.sleep(self.interval)
 
     async def watch(self) -> None:
