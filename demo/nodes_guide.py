@@ -99,6 +99,9 @@ def _caller_identity(nodes: Nodes, pod: str) -> tuple[int, str]:
 
 def caller_identity(nodes: Nodes, pod: str) -> None:
     show.step("Inside the pod: the real AWS CLI, no credentials configured")
+    spec = nodes.cluster.plane.api("GET", f"/api/v1/namespaces/{kubectl.NAMESPACE}/pods/{pod}")["spec"]
+    aws_env = sorted(e["name"] for c in spec["containers"] for e in c.get("env", []) if e["name"].startswith("AWS_"))
+    checks.expect(aws_env == ["AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_STS"], f"the pod's AWS_* environment is {aws_env}")
     show.say("The pod's environment has no AWS keys: only the manifest's AWS_DEFAULT_REGION and AWS_ENDPOINT_URL_STS.")
     code, output = _caller_identity(nodes, pod)
     checks.expect(code == 0, f"aws sts get-caller-identity exited {code}")

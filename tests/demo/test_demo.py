@@ -54,12 +54,13 @@ def test_demo_runs_the_guide_on_real_nodes_by_default() -> None:
     assert run.returncode == 0, run.output
     assert _mode(run) == "nodes", run.output
     output = run.output
-    assert len(re.findall(r"^    node-\d+ +Ready ", output, re.MULTILINE)) == 2, "kubectl get nodes: two Ready nodes"
+    assert len(re.findall(r"^    node-\d+ +Ready ", output, re.MULTILINE)) == 2, f"two Ready nodes:\n{output}"
     assert "$ helm install podiam ./charts/podiam -n podiam-system --create-namespace" in output
     assert "--set operator.assumeRoleArn=arn:aws:iam::123456789012:role/podiam-operator" in output
     assert "--set proxy.host.interface=cni0" in output
     assert "STATUS: deployed" in output
-    assert len(re.findall(r"^    podiam-proxy-\S+ +1/1 +Running ", output, re.MULTILINE)) == 2, "a proxy per node"
+    ready_proxies = re.findall(r"^    podiam-proxy-\S+ +(\d+)/\1 +Running ", output, re.MULTILINE)
+    assert len(ready_proxies) == 2, f"a ready proxy per node:\n{output}"
     exec_line = re.search(r"^  \$ kubectl exec (aws-iam-tester-\S+) -- aws sts get-caller-identity$", output, re.MULTILINE)
     assert exec_line, output
     assert ARN.search(output, exec_line.end()), "the CLI's answer follows kubectl exec"
