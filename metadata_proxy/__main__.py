@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from metadata_proxy import _control, _health, _imds, _interception, _iptables, _logging, _metrics, _settings, _store, _tls
+from metadata_proxy import (_cni, _control, _health, _imds, _interception, _iptables, _logging, _metrics, _pod_ips, _settings,
+                            _store, _tls)
 
 logger = logging.getLogger("metadata_proxy")
 
@@ -102,7 +103,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"removed {removed} podiam-proxy iptables rule(s)")
             return
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(settings))
+            if args.serve_pod_ips:
+                if settings.pod_ips_socket is None:
+                    raise ValueError("--serve-pod-ips needs --pod-ips-socket (where to answer)")
+                runner.run(_pod_ips.serve(settings.pod_ips_socket, _cni.Results(settings.cni_results_dir, settings.cni_networks)))
+            else:
+                runner.run(serve(settings))
     except (ValueError, OSError, _iptables.IptablesError) as error:
         logger.error("cannot start", extra={"error": str(error)})
         print(f"podiam-proxy: {error}", file=sys.stderr)

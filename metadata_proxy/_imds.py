@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from metadata_proxy import _metrics, _settings, _store, _tokens, _upstream, wire
+from metadata_proxy import _metrics, _pod_ips, _settings, _store, _tokens, _upstream, wire
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ SETTINGS = web.AppKey("settings", _settings.ProxySettings)
 TOKENS = web.AppKey("tokens", _tokens.TokenIssuer)
 UPSTREAM = web.AppKey("upstream", _upstream.Upstream)
 ALLOWED = web.AppKey("allowed", list[re.Pattern[str]])
+POD_IPS = web.AppKey("pod_ips", _pod_ips.Client)
 
 TOKEN_PATH = "/latest/api/token"
 CREDENTIALS = "/latest/meta-data/iam/security-credentials/"
@@ -82,6 +83,7 @@ class _Counters:
         self.miss = metrics.credentials.labels("miss")
         self.wrong_role = metrics.credentials.labels("wrong_role")
         self.node_identity = metrics.credentials.labels("node_identity")
+        self.learned = metrics.credentials.labels("learned")
 
     def record(self, route: str, status: int, seconds: float) -> None:
         child = self._requests.get((route, status))
@@ -132,13 +134,17 @@ async def _credentials(request: web.Request, route: str, ip: str) -> web.Respons
     app = request.app
     store, counters = app[STORE], app[COUNTERS]
     pod, creds = store.lookup(ip)
-    waited = False
+    waited = learned = False
     if creds is None and not (pod is not None and pod.node_identity):
         wait = app[SETTINGS].credential_wait
-        if wait > 0:
-            counters.metrics.waits.inc()
-            waited = True
-            pod, creds = await store.wait_lookup(ip, wait)
+        pod_ips = app.get(POD_IPS)
+        if wait > 0 or (pod is None and pod_ips is not None):
+            if wait > 0:
+                counters.metrics.waits.inc()
+                waited = True
+            pod, creds = await store.wait_lookup(ip, wait, pod_ips.claims if pod_ips is not None else None)
+            # Exact: nothing ran between the lookup and here, so an entry the store does not hold was learned.
+            learned = pod is not None and store.pod(ip) is None
     if pod is not None and pod.node_identity:
         return await _node_identity(request, route, pod)
     if creds is None:
@@ -160,7 +166,12 @@ async def _credentials(request: web.Request, route: str, ip: str) -> web.Respons
             counters.wrong_role.inc()
             return _text(404, b"")
         body = creds.document
-    (counters.waited_hit if waited else counters.hit).inc()
+    if learned and pod is not None:
+        counters.learned.inc()
+        logger.info("served a starting pod by the IP its node gave it",
+                    extra={"source_ip": ip, "pod": f"{pod.namespace}/{pod.name}", "uid": pod.uid})
+    else:
+        (counters.waited_hit if waited else counters.hit).inc()
     return web.Response(body=body, content_type=_TEXT)
 
 
@@ -231,6 +242,9 @@ async def _upstream_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     await app[UPSTREAM].start()
     yield
     await app[UPSTREAM].close()
+    pod_ips = app.get(POD_IPS)
+    if pod_ips is not None:
+        await pod_ips.close()
 
 
 def make_app(
@@ -247,6 +261,8 @@ def make_app(
     app[COUNTERS] = _Counters(metrics)
     app[ALLOWED] = [re.compile(pattern) for pattern in settings.allow_route]
     app[UPSTREAM] = _upstream.Upstream(str(settings.upstream), settings.upstream_timeout)
+    if settings.pod_ips_socket is not None:
+        app[POD_IPS] = _pod_ips.Client(settings.pod_ips_socket)
     app.cleanup_ctx.append(_upstream_ctx)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

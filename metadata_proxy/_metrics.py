@@ -28,7 +28,9 @@ class Metrics:
             "podiam_proxy_credential_lookups",
             "Credential lookups: hit (served at once), waited_hit (served after waiting for a push), "
             "miss (nothing to serve after waiting), wrong_role (asked for a role the pod does not have), "
-            "node_identity (one of the operator's own pods, answered from the node's metadata service).",
+            "node_identity (one of the operator's own pods, answered from the node's metadata service), "
+            "learned (a pod the operator announced as starting here, served by the IP the node gave it before its "
+            "entry arrived).",
             ["result"], registry=r,
         )
         self.waits = prom.Counter("podiam_proxy_credential_waits", "Requests that waited for a push.", registry=r)

@@ -100,6 +100,25 @@ class ProxySettings(pydantic_settings.BaseSettings):
         "IMDSv1. For compatibility testing only.",
     )
 
+    pod_ips_socket: Path | None = pydantic.Field(
+        None,
+        description="Unix socket of the pod-IP reader (podiam-proxy --serve-pod-ips, in a second container of the "
+        "proxy's pod). A request from an IP the operator has not pushed yet is then matched with the pod the node's "
+        "container runtime gave that IP, and served if the operator announced that pod (uid, namespace, name) as "
+        "starting on this node with a role: the kubelet reports a pod's IP a second or more after its containers "
+        "start on a busy node, and SDKs that ask at once give up after 1s. Unset: starting pods wait for the operator.",
+    )
+    cni_results_dir: Path = pydantic.Field(
+        Path("/var/lib/cni/results"),
+        description="With --serve-pod-ips: the CNI result cache of the node's container runtime (libcni's, which "
+        "containerd and CRI-O write for every CNI plugin), mounted read-only.",
+    )
+    cni_networks: str = pydantic.Field(
+        ".*",
+        description="With --serve-pod-ips: regex (matched against the whole name) of the CNI networks whose results "
+        "count, e.g. the primary network when Multus adds others.",
+    )
+
     upstream: pydantic.AnyHttpUrl = pydantic.Field(
         pydantic.AnyHttpUrl("http://169.254.169.254"),
         description="The node's real metadata service, for the allowed routes (the proxy fetches its own IMDSv2 token).",
@@ -144,6 +163,15 @@ class ProxySettings(pydantic_settings.BaseSettings):
     @classmethod
     def _an_ip(cls, value: str) -> str:
         return str(ipaddress.ip_address(value))
+
+    @pydantic.field_validator("cni_networks")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"invalid regex {value!r}: {error}") from None
+        return value
 
     @pydantic.field_validator("allow_route")
     @classmethod
@@ -233,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--remove-iptables-rules", action="store_true", default=False,
         help="Remove the PODIAM-PROXY chain and its jump from nat PREROUTING, then exit (uninstall).",
+    )
+    parser.add_argument(
+        "--serve-pod-ips", action="store_true", default=False,
+        help="Be the pod-IP reader instead of the proxy: answer on --pod-ips-socket which pods the node gave an IP to, "
+        "from --cni-results-dir (root's alone: run it as its own container, user 0, no capabilities).",
     )
     return parser
 

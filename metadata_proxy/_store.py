@@ -1,4 +1,4 @@
-"""What the proxy knows: pod IP → pod entry, role key → credentials.
+"""What the proxy knows: pod IP → pod entry, role key → credentials, pod uid → pending pod.
 
 Everything here is synchronous and runs on the event loop's thread, so each
 push is applied atomically with respect to the metadata handlers: no request
@@ -16,9 +16,11 @@ import datetime
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from metadata_proxy import wire
+from metadata_proxy import _cni, wire
+
+ClaimsFn = Callable[[str], Awaitable[Sequence[_cni.Claim]]]
 
 _TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -84,6 +86,7 @@ class Store:
         self._clock = clock
         self._pods: dict[str, wire.PodEntry] = {}
         self._roles: dict[str, Credentials] = {}
+        self._pending: dict[str, wire.PendingPod] = {}  # by uid
         self.snapshot_generation: int | None = None
         # Resolved (and replaced) on every change: waiters sleep on it, no polling.
         self._changed: asyncio.Future[None] | None = None
@@ -100,6 +103,10 @@ class Store:
     @property
     def role_count(self) -> int:
         return len(self._roles)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
 
     def pod(self, ip: str) -> wire.PodEntry | None:
         return self._pods.get(ip)
@@ -121,14 +128,54 @@ class Store:
             return pod, None
         return pod, creds
 
-    async def wait_lookup(self, ip: str, timeout: float) -> tuple[wire.PodEntry | None, Credentials | None]:
-        """``lookup``, waiting up to ``timeout`` for the pod or its credentials to be pushed."""
-        pod, creds = self.lookup(ip)
-        if creds is not None or timeout <= 0 or (pod is not None and pod.node_identity):
-            return pod, creds
+    def learn(self, ip: str, claims: Sequence[_cni.Claim]) -> tuple[wire.PodEntry | None, Credentials | None]:
+        """A pending pod recognised by the IP the node gave it, and its credentials (None, None: no such pod).
+
+        Only for an IP no entry names, and only when the newest of the node's
+        records naming the IP (``claims``: a later set-up that reuses an IP
+        writes a newer one) is a pod the operator announced as starting here:
+        same uid, namespace and name. Nothing is kept: every request checks
+        again, so the pod loses this the moment the operator stops announcing
+        it (its entry arrived, its role was revoked, it was deleted).
+        """
+        if ip in self._pods or not claims:
+            return None, None
+        newest = max(claim.written for claim in claims)
+        owners = {(c.uid, c.namespace, c.name) for c in claims if c.written == newest}
+        if len(owners) != 1:
+            return None, None  # two set-ups at the same instant: which one holds the IP cannot be told
+        ((uid, namespace, name),) = owners
+        pending = self._pending.get(uid)
+        if pending is None or (pending.namespace, pending.name) != (namespace, name):
+            return None, None
+        creds = self._roles.get(pending.role_key)
+        if creds is None or creds.expires_at - self.expiry_margin <= self._clock():
+            return None, None
+        entry = wire.PodEntry(ip=ip, uid=uid, namespace=namespace, name=name, role_key=pending.role_key)
+        return entry, creds
+
+    async def wait_lookup(self, ip: str, timeout: float, claims: ClaimsFn | None = None) -> tuple[wire.PodEntry | None, Credentials | None]:
+        """``lookup``, waiting up to ``timeout`` for the pod or its credentials to be pushed.
+
+        With ``claims`` (the node's records naming an IP), an IP no entry names
+        is also tried with ``learn`` while pods are pending here: at once and
+        after every push, the records fetched once (they are written before the
+        pod's containers start).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        found: Sequence[_cni.Claim] | None = None
         while True:
+            pod, creds = self.lookup(ip)
+            if creds is not None or (pod is not None and pod.node_identity):
+                return pod, creds
+            if pod is None and claims is not None and self._pending:
+                if found is None:
+                    found = await claims(ip)
+                    continue  # pushes may have arrived meanwhile
+                learned = self.learn(ip, found)
+                if learned[1] is not None:
+                    return learned
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return pod, creds
@@ -137,14 +184,11 @@ class Store:
             # asyncio.wait neither cancels the shared future on timeout nor
             # raises: every waiter wakes on the next change and re-checks.
             await asyncio.wait((self._changed,), timeout=remaining)
-            pod, creds = self.lookup(ip)
-            if creds is not None or (pod is not None and pod.node_identity):
-                return pod, creds
 
     def status(self, node_name: str) -> wire.ProxyStatus:
         return wire.ProxyStatus(
             node_name=node_name, ready=self.ready, snapshot_generation=self.snapshot_generation,
-            roles=len(self._roles), pods=len(self._pods),
+            roles=len(self._roles), pods=len(self._pods), pending=len(self._pending),
         )
 
     # -- writing -----------------------------------------------------------
@@ -163,7 +207,7 @@ class Store:
         return None
 
     def apply_changes(self, changes: wire.Changes) -> wire.Ack:
-        """Role upserts, pod removals, pod upserts, role removals — in that order (see ``wire``)."""
+        """Role upserts, pod removals, pod upserts, pending removals, pending upserts, role removals — in that order (see ``wire``)."""
         applied = 0
         rejected: list[wire.Rejection] = []
         for role in changes.upsert_roles:
@@ -195,6 +239,18 @@ class Store:
                 ))
             else:
                 self._pods[entry.ip] = entry
+                self._pending.pop(entry.uid, None)  # its IP is known now
+                applied += 1
+        for uid in changes.remove_pending:
+            self._pending.pop(uid, None)
+            applied += 1
+        entry_uids = {entry.uid for entry in self._pods.values()} if changes.upsert_pending else set()
+        for pending in changes.upsert_pending:
+            reason = self._pending_refused(pending, self._roles, entry_uids)
+            if reason:
+                rejected.append(wire.Rejection(ip="", uid=pending.uid, role_key=pending.role_key, reason=reason))
+            else:
+                self._pending[pending.uid] = pending
                 applied += 1
         for key in changes.remove_roles:
             self._roles.pop(key, None)
@@ -228,7 +284,23 @@ class Store:
                 ))
             else:
                 pods[entry.ip] = entry
-        self._roles, self._pods = roles, pods
+        pending: dict[str, wire.PendingPod] = {}
+        entry_uids = {entry.uid for entry in pods.values()}
+        for announced in snapshot.pending:
+            reason = self._pending_refused(announced, roles, entry_uids)
+            if reason:
+                rejected.append(wire.Rejection(ip="", uid=announced.uid, role_key=announced.role_key, reason=reason))
+            else:
+                pending[announced.uid] = announced
+        self._roles, self._pods, self._pending = roles, pods, pending
         self.snapshot_generation = snapshot.generation
         self._notify()
-        return wire.Ack(applied=len(roles) + len(pods), rejected=rejected)
+        return wire.Ack(applied=len(roles) + len(pods) + len(pending), rejected=rejected)
+
+    @staticmethod
+    def _pending_refused(pending: wire.PendingPod, roles: dict[str, Credentials], entry_uids: set[str]) -> str | None:
+        if pending.role_key not in roles:
+            return f"unknown role key {pending.role_key!r}: push its credentials first"
+        if pending.uid in entry_uids:
+            return f"pod {pending.uid} has an entry already: it is not pending"
+        return None

@@ -8,15 +8,18 @@ Endpoints on the control port (mutual TLS only), all JSON:
 
 ``POST /v1/changes``  body :class:`Changes`  -> :class:`Ack`
     Incremental update, applied in this order: role upserts, pod removals,
-    pod upserts, role removals. A pod entry for an IP is replaced or removed
-    only by a change naming the same pod uid; a pod upsert for an IP held by
-    another uid, or naming a role key the proxy does not hold, is refused
-    (listed in ``Ack.rejected``) so that a stale or reordered push can never
-    hand one pod's credentials to another. The operator answers a rejection
+    pod upserts, pending removals, pending upserts, role removals. A pod
+    entry for an IP is replaced or removed only by a change naming the same
+    pod uid; a pod upsert for an IP held by another uid, or naming a role key
+    the proxy does not hold, is refused (listed in ``Ack.rejected``) so that
+    a stale or reordered push can never hand one pod's credentials to
+    another. The operator answers a rejection
     with a full snapshot. An entry with ``node_identity`` names no role key:
     the same uid rules apply to it. Before it holds its picture of the
     cluster, a newly active operator sends only its own replicas'
     ``node_identity`` entries this way (it needs them to reach AWS at all).
+    A :class:`PendingPod` is a pod granted a role on this node whose IP the
+    API server does not show yet; its pod entry replaces it.
 
 ``PUT /v1/snapshot``  body :class:`Snapshot`  -> :class:`Ack`
     Atomic replacement of everything the proxy holds for its node. The first
@@ -25,13 +28,17 @@ Endpoints on the control port (mutual TLS only), all JSON:
 ``GET /v1/status``  -> :class:`ProxyStatus`
     What the proxy holds (counts and snapshot generation, never secrets), for
     the operator's anti-entropy check.
+
+Fields added after the first release (the pending pods) are left out of a
+body while empty, so that a proxy or an operator that predates them still
+reads every body that does not use them.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Any
 
 import pydantic
 
@@ -63,6 +70,11 @@ UtcDateTime = Annotated[datetime.datetime, pydantic.AfterValidator(_utc)]
 
 class _Model(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+def _newer() -> Any:
+    """A list field added after the first release: left out of the JSON while empty (see above)."""
+    return pydantic.Field(default_factory=list, exclude_if=lambda items: not items)
 
 
 class RoleCredentials(_Model):
@@ -112,6 +124,21 @@ class PodEntry(_Model):
         return self
 
 
+class PendingPod(_Model):
+    """A pod granted a role on this node, whose IP the API server does not show yet.
+
+    The kubelet reports a pod's IP some time after its containers can send
+    packets (over a second on a busy node); until the operator sees it, the
+    proxy may recognise the pod by the IP the node's container runtime
+    recorded for this uid (``--pod-ips-socket``), and serve it this role.
+    """
+
+    uid: str = pydantic.Field(min_length=1, max_length=64)
+    namespace: str = pydantic.Field(min_length=1, max_length=63)
+    name: str = pydantic.Field(min_length=1, max_length=253)
+    role_key: RoleKey
+
+
 class PodRemoval(_Model):
     ip: PodIP
     uid: str = pydantic.Field(min_length=1, max_length=64)
@@ -122,6 +149,8 @@ class Changes(_Model):
     remove_roles: list[RoleKey] = []
     upsert_pods: list[PodEntry] = []
     remove_pods: list[PodRemoval] = []
+    upsert_pending: list[PendingPod] = _newer()
+    remove_pending: list[Annotated[str, pydantic.StringConstraints(min_length=1, max_length=64)]] = _newer()  # uids
 
 
 class Snapshot(_Model):
@@ -130,6 +159,7 @@ class Snapshot(_Model):
     generation: int = pydantic.Field(ge=0)
     roles: list[RoleCredentials] = []
     pods: list[PodEntry] = []
+    pending: list[PendingPod] = _newer()
 
 
 class Rejection(_Model):
@@ -153,6 +183,7 @@ class ProxyStatus(_Model):
     snapshot_generation: int | None
     roles: int
     pods: int
+    pending: int = pydantic.Field(default=0, exclude_if=lambda count: not count)
 
 
 def encode(body: Changes | Snapshot) -> bytes:
