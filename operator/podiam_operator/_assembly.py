@@ -68,9 +68,11 @@ async def build(
         concurrency=settings.push_concurrency,
     )
 
-    def pusher_factory(desired: push.DesiredFn, credentials: push.CredentialsFn, synced: push.SyncedFn) -> push.Pusher:
+    def pusher_factory(desired: push.DesiredFn, credentials: push.CredentialsFn, synced: push.SyncedFn,
+                       pending: push.PendingFn) -> push.Pusher:
         return push.Pusher(
-            client, desired, credentials, synced, port=settings.proxy_control_port, anti_entropy=settings.anti_entropy_interval
+            client, desired, credentials, synced, port=settings.proxy_control_port, anti_entropy=settings.anti_entropy_interval,
+            pending=pending,
         )
 
     leadership = None

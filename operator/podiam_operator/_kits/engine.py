@@ -82,7 +82,7 @@ class Engine:
         self.node_taint = node_taint
         self.manage_node_taint = manage_node_taint
         self.leadership = leadership
-        self.pusher: push.Pusher = pusher_factory(self._desired, self._credentials, self._synced)
+        self.pusher: push.Pusher = pusher_factory(self._desired, self._credentials, self._synced, self._pending)
         self.tainted: set[str] = set()
         self.started = False
         # Where start() is, for /readyz: waiting for kopf's first handler call (the
@@ -392,6 +392,20 @@ class Engine:
 
     def _desired(self, node: str) -> world.NodeDesired:
         return self.world.desired_for_node(node)
+
+    def _pending(self, node: str) -> dict[str, wire.PendingPod]:
+        """The node's pods granted a role and not yet given an IP by the API server, by uid.
+
+        Their proxy may serve one of them by the IP the node's runtime gave it,
+        checked against this uid, before the kubelet reports that IP.
+        """
+        pending = {}
+        own = self.world.own_pods.get(node, set())
+        for key, grant in self.world.node_pods.get(node, {}).items():
+            pod = self.world.pods[key]
+            if pod.ip is None and not pod.host_network and key not in own:
+                pending[pod.uid] = wire.PendingPod(uid=pod.uid, namespace=pod.namespace, name=pod.name, role_key=grant.key)
+        return pending
 
     def _credentials(self, key: str) -> wire.RoleCredentials | None:
         credentials = self.cache.usable(key)

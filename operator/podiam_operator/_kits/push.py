@@ -30,6 +30,8 @@ from podiam_operator._kits import tlsfiles
 logger = logging.getLogger(__name__)
 
 DesiredFn = Callable[[str], world.NodeDesired]
+# The node's pods granted a role that have no IP yet, by uid (the proxy may recognise them by the IP the node gave them).
+PendingFn = Callable[[str], dict[str, wire.PendingPod]]
 CredentialsFn = Callable[[str], "wire.RoleCredentials | None"]
 SyncedFn = Callable[[str], Awaitable[None]]
 
@@ -42,6 +44,11 @@ class PushFailed(Exception):
 class _Sent:
     pods: dict[str, world.PodEntryPlan] = dataclasses.field(default_factory=dict)  # by uid
     roles: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> access key id (never the secret)
+    pending: dict[str, wire.PendingPod] = dataclasses.field(default_factory=dict)  # by uid
+
+
+def no_pending(node: str) -> dict[str, wire.PendingPod]:
+    return {}
 
 
 def _tls_failure(error: BaseException) -> bool:
@@ -139,10 +146,12 @@ class NodeWorker:
         *,
         port: int,
         anti_entropy: float,
+        pending: PendingFn = no_pending,
     ) -> None:
         self.node = node
         self.client = client
         self.desired = desired
+        self.pending = pending
         self.credentials = credentials
         self.on_synced = on_synced
         self.port = port
@@ -230,16 +239,19 @@ class NodeWorker:
         desired = self.desired(self.node)
         roles, pods = self._roles_and_pods(desired)
         pods = {uid: plan for uid, plan in pods.items() if plan.key is None or plan.key in roles}
+        pending = {uid: p for uid, p in self.pending(self.node).items() if p.role_key in roles}
         self.generation = max(self.generation + 1, time.time_ns() // 1000)
-        snapshot = wire.Snapshot(generation=self.generation, roles=list(roles.values()), pods=[_entry(p) for p in pods.values()])
+        snapshot = wire.Snapshot(generation=self.generation, roles=list(roles.values()), pods=[_entry(p) for p in pods.values()],
+                                 pending=list(pending.values()))
         ack = self._ack(await self.client.request("PUT", self.base_url + wire.SNAPSHOT_PATH, wire.encode(snapshot), "snapshot"))
-        self.sent = _Sent(pods=dict(pods), roles={k: c.access_key_id for k, c in roles.items()})
+        self.sent = _Sent(pods=dict(pods), roles={k: c.access_key_id for k, c in roles.items()}, pending=pending)
         self.need_snapshot = False
         if ack.rejected:
             # A snapshot replaces everything, so a rejection means bad entries of ours: drop them, say so.
             for rejection in ack.rejected:
                 logger.error("proxy on node %s rejected pod %s (%s): %s", self.node, rejection.uid, rejection.ip, rejection.reason)
                 self.sent.pods.pop(rejection.uid, None)
+                self.sent.pending.pop(rejection.uid, None)
         logger.info("snapshot %d sent to node %s: %d pods, %d roles", self.generation, self.node, len(pods), len(roles))
         self.synced_once = True
         await self.on_synced(self.node)
@@ -272,17 +284,22 @@ class NodeWorker:
     async def _changes(self) -> None:
         desired = self.desired(self.node)
         roles, pods = self._roles_and_pods(desired)
+        pending = {uid: p for uid, p in self.pending(self.node).items() if p.role_key in roles or p.role_key in self.sent.roles}
         upsert_roles = [c for key, c in roles.items() if self.sent.roles.get(key) != c.access_key_id]
         remove_roles = [key for key in self.sent.roles if key not in desired.keys]
         remove_pods = [plan for uid, plan in self.sent.pods.items() if pods.get(uid) != plan]
         upsert_pods = [plan for uid, plan in pods.items() if self.sent.pods.get(uid) != plan]
-        if not (upsert_roles or remove_roles or remove_pods or upsert_pods):
+        remove_pending = [uid for uid, p in self.sent.pending.items() if pending.get(uid) != p]
+        upsert_pending = [p for uid, p in pending.items() if self.sent.pending.get(uid) != p]
+        if not (upsert_roles or remove_roles or remove_pods or upsert_pods or remove_pending or upsert_pending):
             return
         changes = wire.Changes(
             upsert_roles=upsert_roles,
             remove_roles=remove_roles,
             upsert_pods=[_entry(p) for p in upsert_pods],
             remove_pods=[wire.PodRemoval(ip=p.ip, uid=p.uid) for p in remove_pods],
+            upsert_pending=upsert_pending,
+            remove_pending=remove_pending,
         )
         ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes"))
         for credentials in upsert_roles:
@@ -293,6 +310,10 @@ class NodeWorker:
             self.sent.pods.pop(plan.uid, None)
         for plan in upsert_pods:
             self.sent.pods[plan.uid] = plan
+        for uid in remove_pending:
+            self.sent.pending.pop(uid, None)
+        for announced in upsert_pending:
+            self.sent.pending[announced.uid] = announced
         if ack.rejected:
             logger.warning("proxy on node %s rejected %d pod entries (%s); sending a snapshot",
                            self.node, len(ack.rejected), ack.rejected[0].reason)
@@ -313,10 +334,12 @@ class NodeWorker:
             or status.snapshot_generation != self.generation
             or status.pods != len(self.sent.pods)
             or status.roles != len(self.sent.roles)
+            or status.pending != len(self.sent.pending)
         ):
             logger.warning(
-                "proxy on node %s drifted (generation %s, %d pods, %d roles; expected %s, %d, %d): resyncing",
-                self.node, status.snapshot_generation, status.pods, status.roles, self.generation, len(self.sent.pods), len(self.sent.roles),
+                "proxy on node %s drifted (generation %s, %d pods, %d roles, %d pending; expected %s, %d, %d, %d): resyncing",
+                self.node, status.snapshot_generation, status.pods, status.roles, status.pending,
+                self.generation, len(self.sent.pods), len(self.sent.roles), len(self.sent.pending),
             )
             self.need_snapshot = True
 
@@ -340,9 +363,11 @@ class Pusher:
         *,
         port: int,
         anti_entropy: float,
+        pending: PendingFn = no_pending,
     ) -> None:
         self.client = client
         self._desired = desired
+        self._pending = pending
         self._credentials = credentials
         self._on_synced = on_synced
         self.port = port
@@ -355,7 +380,8 @@ class Pusher:
         worker = self.workers.get(node)
         if worker is None:
             worker = self.workers[node] = NodeWorker(
-                node, self.client, self._desired, self._credentials, self._on_synced, port=self.port, anti_entropy=self.anti_entropy
+                node, self.client, self._desired, self._credentials, self._on_synced, port=self.port, anti_entropy=self.anti_entropy,
+                pending=self._pending,
             )
             worker.full = self.full
             if self.enabled:
