@@ -75,7 +75,7 @@ def test_ctrl_c_on_real_nodes_stops_and_removes_everything() -> None:
     """SIGINT to the demo's process group (a terminal's Ctrl-C) once podiam runs on the nodes."""
     if not _root():
         pytest.skip("real nodes need root (CI runs as root)")
-    run = run_demo(interrupt_at="==> 5.", timeout=540)
+    run = run_demo("--mode", "nodes", interrupt_at="==> 5. The guide's chapter 3: permit roles", timeout=540)
     assert run.returncode == 130, run.output
     assert "interrupted: stopping everything the demo started" in run.output
     assert "every step behaved" not in run.output
