@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.controlplane import build, controlplane, kubelet, network, node
+from tests.controlplane import build, controlplane, image_root, kubelet, network, node
 from tests.images import images as podiam_images
 
 STATE_FILE = "cluster.json"
@@ -57,6 +57,7 @@ class Cluster:
         self.forward_ports = tuple(forward_ports)
         self.region = region
         self.images = dict(built_images)
+        self.image_root: Path | None = None  # a containerd root holding the images, linked into each node
         self.nodes: dict[str, node.Node] = {}
         self.created_host_folders: list[str] = []
         self.startup_seconds = 0.0
@@ -97,6 +98,7 @@ class Cluster:
         if network.forwarding() != "0":
             raise ClusterError("net.ipv4.ip_forward is on in the root namespace: refusing to start nodes")
         built_images = podiam_images.ensure_built(progress=progress)
+        prepared_root = image_root.prepared(built_images)
         build.ensure_built(progress)
         ports = list(forward_ports)
         if sts_endpoint:
@@ -105,6 +107,7 @@ class Cluster:
         switch = network.Switch(secrets.token_hex(2))
         cluster = cls(plane, switch, detached=detached, sts_endpoint=sts_endpoint, forward_ports=sorted(set(ports)),
                       region=region, built_images=built_images)
+        cluster.image_root = prepared_root
         try:
             cluster.created_host_folders = node.host_folders_missing()
             cluster._save()  # before anything exists outside the folder, so a killed run is cleaned up
@@ -148,8 +151,8 @@ class Cluster:
         member.start_relay("relay", [self.api_port, *self.forward_ports])
         if self.sts_endpoint:
             member.start_metadata_service(self.node_role_arn, self.sts_endpoint, self.region)
-        member.start_containerd(self.images["pause"].ref)
-        podiam_images.import_into(str(record.socket), self.images.values())
+        member.start_containerd(self.images["pause"].ref, self.image_root)
+        podiam_images.import_into(str(record.socket), self.images.values())  # a check: they are all there already
         server = f"https://{network.HOST_SERVICES_ADDRESS}:{self.api_port}"
         member.start_kubelet(build.binary_path(), self.plane.certificate_authority(), server,
                              [kubelet.parse_taint(t) for t in taints],

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane import certs, network, processes
+from tests.controlplane import certs, image_root, network, processes
 
 _REPOSITORY = Path(__file__).resolve().parents[2]
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -416,9 +416,12 @@ class Node:
     def process(self, name: str) -> processes.Process:
         return self._procs[name]
 
-    def start_containerd(self, pause_image: str) -> None:
+    def start_containerd(self, pause_image: str, root_template: Path | None = None) -> None:
+        """containerd in the node's namespace; its root a hard-linked copy of ``root_template`` (image_root.py)."""
         for sub in ("containerd", "cni/net.d", "pod-logs", "volume-plugins", "kubelet", "pki"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        if root_template is not None:
+            image_root.copy_into(root_template, self.dir / "containerd" / "root")
         (self.dir / "containerd" / "config.toml").write_text(_containerd_config(self.record, pause_image))
         _write_json(self.dir / "cni" / "net.d" / "10-podiam.conflist", _cni_config(self.record))
         process = self._launch("containerd", ["containerd", "--config", str(self.dir / "containerd" / "config.toml")],
