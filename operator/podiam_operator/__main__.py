@@ -32,14 +32,14 @@ def _configure_logging(settings: _settings.OperatorSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = _settings.from_argv(sys.argv[1:] if argv is None else argv)
     _configure_logging(settings)
-    from podiam_operator import handlers  # noqa: F401  (registers the handlers)
+    from podiam_operator import _assembly, handlers  # noqa: F401  (registers the handlers)
 
     priority = leadership.peering_priority(settings.peering_priority, time.time(), random.SystemRandom())
     logging.getLogger(__name__).info("peering priority %d (configured %d)", priority, settings.peering_priority)
     from kopf._core.engines import peering as _peering  # kopf has no public API for the identity it uses
 
     identity = _peering.detect_own_id(manual=False)
-    memo = kopf.Memo(podiam_settings=settings, identity=identity, priority=priority)
+    memo = kopf.Memo(podiam_settings=settings, podiam_reader=_assembly.reader(settings), identity=identity, priority=priority)
     host = f"[{settings.liveness_address}]" if ":" in settings.liveness_address else settings.liveness_address
     liveness = f"http://{host}:{settings.liveness_port}/healthz" if settings.liveness_port else None
     asyncio.run(

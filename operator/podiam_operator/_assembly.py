@@ -10,7 +10,7 @@ import contextlib
 import os
 
 from podiam_operator import _settings
-from podiam_operator._core import decide, roles, world
+from podiam_operator._core import decide, facts, policy, roles, world
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import engine as engines
 from podiam_operator._kits import kube as kubes
@@ -18,8 +18,27 @@ from podiam_operator._kits import leadership as leaderships
 from podiam_operator._kits import push, sts, tlsfiles
 
 
-def region(settings: _settings.OperatorSettings) -> str:
-    return settings.sts_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+def region(settings: _settings.OperatorSettings) -> str | None:
+    """The STS region when configured; None: the source asks the node's metadata service at its first call."""
+    return settings.sts_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def reader(settings: _settings.OperatorSettings) -> facts.Reader:
+    """Which annotations name roles and policies (kube2iam's --iam-role-key, --iam-external-id, --namespace-key...)."""
+    rules = policy.Rules(settings.namespace_key, settings.namespace_restriction_format, not settings.disable_strict_namespace_regexp)
+    return facts.Reader(settings.iam_role_key, settings.iam_external_id, rules)
+
+
+def config(settings: _settings.OperatorSettings) -> decide.Config:
+    return decide.Config(
+        default_duration=settings.session_duration,
+        session_name=settings.session_name,
+        per_pod=settings.per_pod_sessions,
+        allow_mirror_pods=settings.allow_mirror_pods,
+        default_role=settings.default_role,
+        irsa=settings.irsa_service_accounts,
+        cluster_name=settings.cluster_name,
+    )
 
 
 def own_pods(settings: _settings.OperatorSettings) -> world.OwnPods | None:
@@ -81,7 +100,8 @@ async def build(
             kube, name=settings.peering_name, identity=identity, priority=priority, interval=max(1.0, settings.peering_lifetime / 3)
         )
     engine = engines.Engine(
-        config=decide.Config(settings.session_duration, settings.session_name, settings.per_pod_sessions, settings.allow_mirror_pods),
+        config=config(settings),
+        reader=reader(settings),
         base=base,
         cache=cache,
         pusher_factory=pusher_factory,

@@ -29,6 +29,7 @@ LogFormat = Literal["json", "plain"]
 class OperatorSettings(pydantic_settings.BaseSettings):
     model_config = pydantic_settings.SettingsConfigDict(
         env_prefix="PODIAM_",
+        env_ignore_empty=True,  # an empty PODIAM_X is unset, not an empty value
         extra="ignore",
         cli_prog_name="podiam-operator",
         cli_kebab_case=True,
@@ -40,7 +41,9 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     # --- STS -----------------------------------------------------------------
     sts_endpoint_url: str | None = pydantic.Field(default=None, description="STS endpoint URL (default: the region's endpoint)")
     sts_region: str | None = pydantic.Field(
-        default=None, description="AWS region for the regional STS endpoint (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1)"
+        default=None, pattern=r"^[a-z]{2}(-[a-z0-9]+)+$",
+        description="AWS region for the regional STS endpoint (default: AWS_REGION, AWS_DEFAULT_REGION, else the region "
+        "in the node's metadata, else us-east-1)",
     )
     assume_role_arn: str | None = pydantic.Field(
         default=None, description="Assume this role first and assume pod roles with its credentials (Kiam's server.assumeRoleArn)"
@@ -69,6 +72,42 @@ class OperatorSettings(pydantic_settings.BaseSettings):
         default=False,
         description="Serve roles to mirror pods (static pods: made by a node's kubelet from its own manifests, not by a user "
         "through the API, so a compromised node could give them any role)",
+    )
+    cluster_name: str | None = pydantic.Field(
+        default=None,
+        description="Session tag eks-cluster-name on every session (as EKS Pod Identity sets it); the roles' trust "
+        "policies must then allow sts:TagSession",
+    )
+
+    # --- where roles come from (kube2iam's and Kiam's flags where they have one) ---
+    iam_role_key: str = pydantic.Field(
+        default="iam.amazonaws.com/role", description="Pod annotation naming the pod's role (kube2iam's --iam-role-key)"
+    )
+    iam_external_id: str = pydantic.Field(
+        default="iam.amazonaws.com/external-id",
+        description="Pod annotation holding the ExternalId for the role the pod names (kube2iam's --iam-external-id)",
+    )
+    irsa_service_accounts: bool = pydantic.Field(
+        default=False,
+        description="A ServiceAccount's eks.amazonaws.com/role-arn (IRSA's annotation) gives its pods that role when they "
+        "name none and no binding selects them; under the namespace policy like a pod's annotation",
+    )
+    default_role: str | None = pydantic.Field(
+        default=None,
+        description="Role (name or ARN) of pods that name none and get none from a binding, their ServiceAccount or their "
+        "namespace (kube2iam's --default-role); only in namespaces whose policy permits it",
+    )
+    namespace_key: str = pydantic.Field(
+        default="iam.amazonaws.com/allowed-roles",
+        description="Namespace annotation holding kube2iam's JSON list of permitted roles (kube2iam's --namespace-key)",
+    )
+    namespace_restriction_format: Literal["glob", "regexp"] = pydantic.Field(
+        default="glob", description="How the entries of that list are read (kube2iam's --namespace-restriction-format)"
+    )
+    disable_strict_namespace_regexp: bool = pydantic.Field(
+        default=False,
+        description="RISKY (Kiam's flag): namespace regexes match anywhere in a role's name, not the whole name, so 'foo' "
+        "permits 'foo-admin' and exclusions such as '(?!admin).*' permit 'admin'; within the operator's account only",
     )
     sts_concurrency: int = pydantic.Field(default=8, ge=1, le=256, description="STS calls in flight at most")
     sts_namespace_burst: int = pydantic.Field(
@@ -149,6 +188,35 @@ class OperatorSettings(pydantic_settings.BaseSettings):
 
         if value is not None:
             roles.parse_role_arn(value)
+        return value
+
+    @pydantic.field_validator("cluster_name")
+    @classmethod
+    def _tag_value(cls, value: str | None) -> str | None:
+        from podiam_operator._core import tags
+
+        if value is not None and not (value and tags.VALUE.fullmatch(value)):
+            raise ValueError("a session tag value: 1-256 letters, digits, spaces and _.:/=+-@")
+        return value
+
+    @pydantic.field_validator("default_role")
+    @classmethod
+    def _default_role(cls, value: str | None) -> str | None:
+        from podiam_operator._core import roles
+
+        if value is not None:
+            roles.resolve(value, roles.BaseArn("aws", "000000000000"))  # its form only: the account comes later
+        return value
+
+    @pydantic.field_validator("iam_role_key", "iam_external_id", "namespace_key")
+    @classmethod
+    def _annotation_key(cls, value: str) -> str:
+        from podiam_operator._core import selectors
+
+        try:
+            selectors.check_key(value, "annotation key")
+        except selectors.SelectorError as error:
+            raise ValueError(str(error)) from None
         return value
 
     @pydantic.field_validator("base_role_arn")

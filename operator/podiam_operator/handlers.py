@@ -1,9 +1,9 @@
 """kopf handlers: watch-only (events and indexes), each delegating to the engine.
 
-Pods, namespaces and nodes are only watched: there are no change-detecting
-handlers for them, so kopf never writes progress annotations or finalizers
-to them. PodRoleBindings are watched too; their status is written by the
-engine, not by kopf's handler machinery.
+Pods, namespaces, ServiceAccounts and nodes are only watched: there are no
+change-detecting handlers for them, so kopf never writes progress
+annotations or finalizers to them. PodRoleBindings are watched too; their
+status is written by the engine, not by kopf's handler machinery.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 def _ops(memo: Any) -> _settings.OperatorSettings:
     return memo.podiam_settings  # type: ignore[no-any-return]
+
+
+def _reader(memo: Any) -> facts.Reader:
+    return memo.podiam_reader  # type: ignore[no-any-return]
 
 
 def _is_proxy(body: Any, ops: _settings.OperatorSettings) -> bool:
@@ -82,8 +86,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 
 @kopf.index("pods")
-def podiam_pods(body: kopf.Body, **_: Any) -> Any:
-    pod = facts.pod_facts(body)
+def podiam_pods(body: kopf.Body, memo: Any, **_: Any) -> Any:
+    pod = facts.pod_facts(body, _reader(memo))
     return {pod.key: pod}
 
 
@@ -96,9 +100,16 @@ def podiam_proxies(body: kopf.Body, memo: Any, **_: Any) -> Any:
 
 
 @kopf.index("namespaces")
-def podiam_namespaces(body: kopf.Body, **_: Any) -> Any:
-    namespace = facts.namespace_policy(body)
+def podiam_namespaces(body: kopf.Body, memo: Any, **_: Any) -> Any:
+    namespace = facts.namespace_policy(body, _reader(memo))
     return {namespace.namespace: namespace}
+
+
+@kopf.index("serviceaccounts")
+def podiam_service_accounts(body: kopf.Body, memo: Any, **_: Any) -> Any:
+    # Only those naming a role, and only when they may: the others decide nothing.
+    account = facts.service_account_facts(body)
+    return {account.key: account} if _ops(memo).irsa_service_accounts and account.role is not None else None
 
 
 @kopf.index(facts.GROUP, facts.VERSION, facts.PLURAL)
@@ -128,6 +139,7 @@ async def _engine(memo: Any, kwargs: dict[str, Any]) -> engines.Engine:
                 bindings=_values(kwargs["podiam_bindings"]),
                 proxies=_values(kwargs["podiam_proxies"]),
                 tainted_nodes=[k for k in kwargs["podiam_tainted_nodes"]],
+                service_accounts=_values(kwargs["podiam_service_accounts"]),
             )
         )
     return engine
@@ -158,6 +170,14 @@ async def pod_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any)
 @kopf.on.event("namespaces")
 async def namespace_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     (await _engine(memo, kwargs)).namespace_event(type, dict(body))
+
+
+@kopf.on.event("serviceaccounts")
+async def service_account_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    engine = await _engine(memo, kwargs)
+    engine.service_account_event(type, dict(body))
+    if type is None:  # kopf (re)listed ServiceAccounts: deletions meanwhile sent no event
+        engine.relisted("serviceaccounts")
 
 
 @kopf.on.event(facts.GROUP, facts.VERSION, facts.PLURAL)

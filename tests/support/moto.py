@@ -76,7 +76,8 @@ class StsFront:
 
     def assume_role_calls(self, role_arn: str | None = None) -> list[dict[str, Any]]:
         """AssumeRole requests forwarded to moto since the last stats reset, oldest first:
-        ``{"RoleArn": ..., "RoleSessionName": ..., "Tags": {key: value}}``."""
+        ``{"RoleArn", "RoleSessionName", "Tags": {key: value}, "TransitiveTagKeys": [...], "Caller": the signing
+        access key id, "Region": the signature's region}``."""
         calls: list[dict[str, Any]] = self._call("GET", "/_front/calls")["calls"]
         return [call for call in calls if role_arn is None or call["RoleArn"] == role_arn]
 

@@ -3,7 +3,10 @@
 Run as ``python -m tests.support.sts_front --port P --upstream URL``. Control
 endpoints live under ``/_front/``; everything else is forwarded to moto.
 ``/_front/calls`` lists the AssumeRole requests forwarded to moto with their
-role, session name and session tags (``Tags.member.N.Key/Value``).
+role, session name, session tags (``Tags.member.N.Key/Value``), transitive
+tag keys, and the access key and region of their signature (which
+credentials made the call: with the keys ``/_front/keys`` maps to roles, a
+test sees a role chain).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class Stats:
     actions: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     assumed: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     injected: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    # AssumeRole requests forwarded to moto, in order: {"RoleArn", "RoleSessionName", "Tags": {key: value}}.
+    # AssumeRole requests forwarded to moto, in order: {"RoleArn", "RoleSessionName", "Tags": {key: value},
+    # "TransitiveTagKeys": [...], "Caller": access key id of the signature, "Region": its credential scope's region}.
     calls: list[dict[str, object]] = dataclasses.field(default_factory=list)
 
 
@@ -45,6 +49,8 @@ SESSION = web.AppKey("session", ClientSession)
 # tests can tell which role a credential document served to a pod belongs to.
 KEYS = web.AppKey("keys", dict[str, str])
 _ACCESS_KEY_ID = re.compile(r"<AccessKeyId>([^<]+)</AccessKeyId>|\"AccessKeyId\"\s*:\s*\"([^\"]+)\"")
+# SigV4: "AWS4-HMAC-SHA256 Credential=<access key id>/<date>/<region>/sts/aws4_request, ..."
+_SIGNATURE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/")
 
 _ERROR_BODY = (
     '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
@@ -73,6 +79,12 @@ def session_tags(params: dict[str, str]) -> dict[str, str]:
         if found:
             tags[key] = params.get(f"Tags.member.{found.group(1)}.Value", "")
     return tags
+
+
+def transitive_keys(params: dict[str, str]) -> list[str]:
+    """``TransitiveTagKeys.member.N``, in order."""
+    found = [(int(m.group(1)), value) for name, value in params.items() if (m := re.fullmatch(r"TransitiveTagKeys\.member\.(\d+)", name))]
+    return [value for _, value in sorted(found)]
 
 
 async def get_keys(request: web.Request) -> web.Response:
@@ -111,7 +123,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
             stats.injected["AccessDenied"] += 1
             return _error(403, "AccessDenied", f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
         stats.assumed[role_arn] += 1
-        stats.calls.append({"RoleArn": role_arn, "RoleSessionName": params.get("RoleSessionName", ""), "Tags": session_tags(params)})
+        signature = _SIGNATURE.search(request.headers.get("Authorization", ""))
+        stats.calls.append({"RoleArn": role_arn, "RoleSessionName": params.get("RoleSessionName", ""), "Tags": session_tags(params),
+                            "TransitiveTagKeys": transitive_keys(params), "Caller": signature.group(1) if signature else "",
+                            "Region": signature.group(2) if signature else ""})
     headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}}
     async with app[SESSION].request(request.method, app[UPSTREAM] + request.path_qs, data=body, headers=headers) as upstream:
         payload = await upstream.read()

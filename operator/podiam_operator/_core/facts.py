@@ -12,9 +12,14 @@ from typing import Any
 
 from podiam_operator._core import policy
 
+# Pod annotations (the role's and the external id's keys are kube2iam's --iam-role-key and --iam-external-id).
 ROLE_ANNOTATION = "iam.amazonaws.com/role"
 EXTERNAL_ID_ANNOTATION = "iam.amazonaws.com/external-id"
 SESSION_NAME_ANNOTATION = "iam.amazonaws.com/session-name"
+# A namespace's default role: for its pods that name none (set by whoever may annotate the namespace).
+DEFAULT_ROLE_ANNOTATION = "podiam.io/default-role"
+# IRSA's ServiceAccount annotation: honoured when the operator runs with --irsa-service-accounts.
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
 # Set by the kubelet on the API's copy of a static pod (a "mirror pod"): made by a node, not by a user.
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 POD_LABEL = "podiam.io/pod"  # on pod-owned bindings: the owner pod's name
@@ -28,6 +33,23 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str | None:
+    """An annotation's value, stripped; None when absent, empty or not a string."""
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Reader:
+    """Which annotations say what: the operator's settings (kube2iam's flags), defaults as Kiam and kube2iam."""
+
+    role_key: str = ROLE_ANNOTATION
+    external_id_key: str = EXTERNAL_ID_ANNOTATION
+    rules: policy.Rules = policy.Rules()
+
+
+DEFAULT_READER = Reader()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,10 +87,9 @@ class PodFacts:
         return not self.finished
 
 
-def pod_facts(body: Mapping[str, Any]) -> PodFacts:
+def pod_facts(body: Mapping[str, Any], reader: Reader = DEFAULT_READER) -> PodFacts:
     meta, spec, status = _mapping(body.get("metadata")), _mapping(body.get("spec")), _mapping(body.get("status"))
     annotations = _mapping(meta.get("annotations"))
-    role = annotations.get(ROLE_ANNOTATION)
     return PodFacts(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
@@ -81,17 +102,47 @@ def pod_facts(body: Mapping[str, Any]) -> PodFacts:
         mirror=MIRROR_ANNOTATION in annotations,
         service_account=str(spec.get("serviceAccountName") or "default"),
         labels=tuple(sorted((str(k), str(v)) for k, v in _mapping(meta.get("labels")).items())),
-        role=role.strip() if isinstance(role, str) and role.strip() else None,
-        external_id=annotations.get(EXTERNAL_ID_ANNOTATION) or None,
+        role=_text(annotations.get(reader.role_key)),
+        external_id=annotations.get(reader.external_id_key) or None,
         # No session name is longer than 64 characters: the rest of an annotation (up to 256 KiB) is never kept.
         session_name=str(annotations.get(SESSION_NAME_ANNOTATION) or "")[:64] or None,
     )
 
 
-def namespace_policy(body: Mapping[str, Any]) -> policy.NamespacePolicy:
+def namespace_policy(body: Mapping[str, Any], reader: Reader = DEFAULT_READER) -> policy.NamespacePolicy:
     meta = _mapping(body.get("metadata"))
-    permitted = _mapping(meta.get("annotations")).get(policy.PERMITTED_ANNOTATION)
-    return policy.NamespacePolicy(namespace=str(meta.get("name", "")), permitted=permitted if isinstance(permitted, str) else None)
+    annotations = _mapping(meta.get("annotations"))
+    permitted = annotations.get(policy.PERMITTED_ANNOTATION)
+    allowed = annotations.get(reader.rules.allowed_roles_key)
+    return policy.NamespacePolicy(
+        namespace=str(meta.get("name", "")),
+        permitted=permitted if isinstance(permitted, str) else None,
+        allowed_roles=allowed if isinstance(allowed, str) else None,
+        default_role=_text(annotations.get(DEFAULT_ROLE_ANNOTATION)),
+        rules=reader.rules,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceAccountFacts:
+    namespace: str
+    name: str
+    uid: str
+    role: str | None  # its IRSA annotation, eks.amazonaws.com/role-arn
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+def service_account_facts(body: Mapping[str, Any]) -> ServiceAccountFacts:
+    meta = _mapping(body.get("metadata"))
+    return ServiceAccountFacts(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        role=_text(_mapping(meta.get("annotations")).get(IRSA_ANNOTATION)),
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,8 +153,12 @@ class BindingFacts:
     generation: int
     role: str | None
     pod_selector: Any  # raw; None when absent (pod-owned bindings have none)
+    service_account: str | None  # spec.serviceAccountName: only pods running as it
     external_id: str | None
     session_duration: int | None
+    intermediate_role: str | None  # spec.intermediateRole: assumed first, and the role with its credentials
+    session_tags: Any  # raw spec.sessionTags; None when absent
+    disable_session_tags: bool
     owner_pod_uid: str | None  # set on the bindings the operator made for annotated pods
     owner_pod_name: str | None
     deleting: bool
@@ -126,6 +181,7 @@ def binding_facts(body: Mapping[str, Any]) -> BindingFacts:
     duration = spec.get("sessionDuration")
     role = spec.get("role")
     external_id = spec.get("externalId")
+    service_account = spec.get("serviceAccountName")
     return BindingFacts(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
@@ -133,8 +189,12 @@ def binding_facts(body: Mapping[str, Any]) -> BindingFacts:
         generation=int(meta.get("generation") or 0),
         role=role if isinstance(role, str) else None,
         pod_selector=spec.get("podSelector"),
+        service_account=service_account if isinstance(service_account, str) and service_account else None,
         external_id=external_id if isinstance(external_id, str) and external_id else None,
         session_duration=duration if isinstance(duration, int) and not isinstance(duration, bool) else None,
+        intermediate_role=_text(spec.get("intermediateRole")),
+        session_tags=spec.get("sessionTags"),
+        disable_session_tags=spec.get("disableSessionTags") is True,
         owner_pod_uid=owner_uid,
         owner_pod_name=owner_name,
         deleting=meta.get("deletionTimestamp") is not None,

@@ -151,13 +151,19 @@ def role_key(
     duration: int,
     session_name: str,
     pod_uid: str | None = None,
+    *,
+    via: str | None = None,
+    tags: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """The cache and wire key for one credential set: opaque, fixed length, no secrets.
 
     Shared sessions: one key per (role ARN, external id, duration, session
-    name), so N pods on one role share one AssumeRole. Per-pod sessions add
-    the pod's uid.
+    name, intermediate role, session tags), so N pods on one role share one
+    AssumeRole. Per-pod sessions add the pod's uid.
     """
-    material = "\x00".join([role_arn, external_id or "", str(duration), session_name, pod_uid or ""])
+    parts = [role_arn, external_id or "", str(duration), session_name, pod_uid or ""]
+    if via or tags:  # only then: the keys of plain sessions stay what earlier versions made
+        parts += [via or "", *(f"{k}\x01{v}" for k, v in tags)]
+    material = "\x00".join(parts)
     digest = hashlib.sha256(material.encode()).hexdigest()[:40]
     return ("p-" if pod_uid else "r-") + digest

@@ -42,7 +42,8 @@ class Selector:
         return all(requirement.matches(labels) for requirement in self.requirements)
 
 
-def _check_key(key: Any, where: str) -> str:
+def check_key(key: Any, where: str) -> str:
+    """A label or annotation key (``[prefix/]name``), or SelectorError."""
     if not isinstance(key, str) or _KEY_RE.match(key) is None or len(key.rpartition("/")[2]) > 63 or len(key.partition("/")[0]) > 253:
         raise SelectorError(f"{where}: {key!r} is not a valid label key")
     return key
@@ -67,7 +68,7 @@ def parse(raw: Any) -> Selector:
         raise SelectorError("podSelector.matchLabels must be a map of label keys to values")
     for key, value in match_labels.items():
         where = f"podSelector.matchLabels[{key!r}]"
-        requirements.append(Requirement(_check_key(key, where), "In", frozenset([_check_value(value, where)])))
+        requirements.append(Requirement(check_key(key, where), "In", frozenset([_check_value(value, where)])))
     expressions = raw.get("matchExpressions") or []
     if not isinstance(expressions, list):
         raise SelectorError("podSelector.matchExpressions must be a list")
@@ -75,7 +76,7 @@ def parse(raw: Any) -> Selector:
         where = f"podSelector.matchExpressions[{index}]"
         if not isinstance(expression, Mapping):
             raise SelectorError(f"{where} must be an object with key, operator and values")
-        key = _check_key(expression.get("key"), where)
+        key = check_key(expression.get("key"), where)
         operator = expression.get("operator")
         if operator not in _OPERATORS:
             raise SelectorError(f"{where}: operator {operator!r} is not one of {', '.join(_OPERATORS)}")

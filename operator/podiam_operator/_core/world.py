@@ -1,10 +1,11 @@
 """The operator's model of the cluster and what every node's proxy should hold.
 
-Fed with facts (pods, namespaces, bindings, proxies), it keeps each pod's
-decision up to date incrementally and answers, per node, which pod entries
-and which credential keys that node's proxy must hold. Every mutation
-returns a :class:`Delta`: the nodes whose desired state changed, the bindings
-whose status may have changed, the keys that gained or lost their last user.
+Fed with facts (pods, namespaces, bindings, ServiceAccounts, proxies), it
+keeps each pod's decision up to date incrementally and answers, per node,
+which pod entries and which credential keys that node's proxy must hold.
+Every mutation returns a :class:`Delta`: the nodes whose desired state
+changed, the bindings whose status may have changed, the keys that gained or
+lost their last user.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class NodeDesired:
 
 
 class World:
-    def __init__(self, config: decide.Config, base: roles.BaseArn | None = None, own: OwnPods | None = None) -> None:
+    def __init__(self, config: decide.Config, base: roles.BaseArn | None = None, own: OwnPods | None = None,
+                 rules: policy.Rules = policy.Rules()) -> None:
         self.config = config
         self.base = base
         # The operator's own pods get node-identity entries on their node's proxy (None: none do).
@@ -86,6 +88,9 @@ class World:
         self.pods: dict[PodKey, facts.PodFacts] = {}
         self.pods_by_ns: dict[str, set[str]] = collections.defaultdict(set)
         self.namespaces: dict[str, policy.NamespacePolicy] = {}
+        # Only ServiceAccounts that name a role (eks.amazonaws.com/role-arn): the others decide nothing.
+        self.service_accounts: dict[tuple[str, str], facts.ServiceAccountFacts] = {}
+        self.rules = rules
         self.bindings: dict[BindingKey, facts.BindingFacts] = {}
         self.bindings_by_ns: dict[str, set[str]] = collections.defaultdict(set)
         self.evals: dict[BindingKey, decide.BindingEval] = {}
@@ -104,7 +109,7 @@ class World:
     # --- queries -------------------------------------------------------------
 
     def namespace_policy(self, namespace: str) -> policy.NamespacePolicy:
-        return self.namespaces.get(namespace) or policy.unknown_namespace(namespace)
+        return self.namespaces.get(namespace) or policy.unknown_namespace(namespace, self.rules)
 
     def desired_for_node(self, node: str) -> NodeDesired:
         pods: dict[str, PodEntryPlan] = {}
@@ -154,6 +159,14 @@ class World:
         names = ", ".join(f"{namespace}/{name}" for namespace, name in rivals[:3]) + (" ..." if len(rivals) > 3 else "")
         return (f"pod {key[1]}: its IP {claim[1]} on node {claim[0]} is also claimed by live pod {names}, so neither is served "
                 "until one of them is gone (an IP reused while the API server still shows its previous pod)")
+
+    def cluster_default_refusal(self, namespace: str) -> str | None:
+        """Why the cluster's default role does not apply in the namespace (None: it does, or there is none yet)."""
+        written, base = self.config.default_role, self.base
+        if written is None or base is None:
+            return None
+        verdict = self.namespace_policy(namespace).check(roles.resolve(written, base), base)
+        return None if verdict.allowed else verdict.message
 
     def owned_binding_for(self, pod: facts.PodFacts) -> facts.BindingFacts | None:
         binding = self.bindings.get((pod.namespace, pod.name))
@@ -212,6 +225,22 @@ class World:
             return Delta()
         return self._recompute_namespace(name)
 
+    def set_service_account(self, account: facts.ServiceAccountFacts) -> Delta:
+        """A ServiceAccount's role changed (or it came or went: ``role`` None); its pods decide again."""
+        old = self.service_accounts.get(account.key)
+        if old == account or (old is None and account.role is None):
+            return Delta()
+        if account.role is None:
+            del self.service_accounts[account.key]
+        else:
+            self.service_accounts[account.key] = account
+        namespace, name = account.key
+        running_as = {p for p in self.pods_by_ns.get(namespace, ()) if self.pods[(namespace, p)].service_account == name}
+        return self._recompute_pods(running_as, namespace)
+
+    def delete_service_account(self, namespace: str, name: str) -> Delta:
+        return self.set_service_account(facts.ServiceAccountFacts(namespace, name, "", None))
+
     def set_binding(self, binding: facts.BindingFacts) -> Delta:
         old = self.bindings.get(binding.key)
         if old == binding:
@@ -265,7 +294,8 @@ class World:
         pod = self.pods[key]
         namespace = key[0]
         evals = [self.evals[(namespace, n)] for n in self.bindings_by_ns.get(namespace, ()) if (namespace, n) in self.evals]
-        decision = decide.decide_pod(pod, self.namespace_policy(namespace), evals, self.base, self.config)
+        account = self.service_accounts.get((namespace, pod.service_account))
+        decision = decide.decide_pod(pod, self.namespace_policy(namespace), evals, self.base, self.config, account)
         old = self.decisions.get(key, decide.NONE)
         delta = Delta()
         if decision != old:

@@ -48,6 +48,10 @@ class Indexes:
     bindings: Iterable[facts.BindingFacts]
     proxies: Iterable[facts.ProxyFacts]
     tainted_nodes: Iterable[str]
+    service_accounts: Iterable[facts.ServiceAccountFacts] = ()
+
+
+_KIND_NAMES = {"pods": "pod", "bindings": "PodRoleBinding", "serviceaccounts": "ServiceAccount"}
 
 
 def _ref(api_version: str, kind: str, namespace: str, name: str, uid: str) -> dict[str, str]:
@@ -69,8 +73,10 @@ class Engine:
         leadership: Any = None,
         identity: Any = None,
         own: world.OwnPods | None = None,
+        reader: facts.Reader = facts.DEFAULT_READER,
     ) -> None:
-        self.world = world.World(config, base, own)
+        self.reader = reader
+        self.world = world.World(config, base, own, reader.rules)
         self.cache = cache
         # ``async () -> (arn, account)``: the operator's own AWS identity (GetCallerIdentity), asked once
         # this replica leads; its account resolves role names when no base ARN is configured.
@@ -102,6 +108,7 @@ class Engine:
         self._owned_refused: dict[world.PodKey, tuple[str, str | None, str | None]] = {}  # 422: (pod uid, role, external id)
         self._emitted: dict[tuple[str, str], str] = {}  # (object uid, reason) -> message, to post each Event once
         self._relisted_at = 0.0  # when kopf last delivered an object of a relist
+        self._default_refused: dict[str, str] = {}  # namespace -> why the cluster's default role does not apply there
         self._reconciling = False
 
     # --- lifecycle ------------------------------------------------------------
@@ -125,6 +132,8 @@ class Engine:
                 return
             for namespace in indexes.namespaces:
                 self.world.set_namespace(namespace)
+            for account in indexes.service_accounts:
+                self.world.set_service_account(account)
             for binding in indexes.bindings:
                 self.world.set_binding(binding)
             for pod in indexes.pods:
@@ -167,6 +176,7 @@ class Engine:
             self._owned_wakeup.set()
             for key, decision in self.world.decisions.items():
                 self._pod_events(key, decision)
+            self._note_default_everywhere()
 
     async def _learn_identity(self) -> None:
         """GetCallerIdentity until it answers, with backoff; never fatal (liveness stays green), always said."""
@@ -189,6 +199,7 @@ class Engine:
         delta = self.world.set_base(base)
         if self.started:
             self._apply(delta)
+            self._note_default_everywhere()
             # Pods whose role name could not be resolved before now get their bindings.
             self._owned_dirty |= delta.pods
             self._owned_wakeup.set()
@@ -206,7 +217,7 @@ class Engine:
         if event_type == "DELETED":
             delta = self.world.delete_pod(meta.get("namespace", ""), meta.get("name", ""))
         else:
-            delta = self.world.set_pod(facts.pod_facts(body))
+            delta = self.world.set_pod(facts.pod_facts(body, self.reader))
         key = (meta.get("namespace", ""), meta.get("name", ""))
         self._apply(delta)
         if event_type != "DELETED":
@@ -228,10 +239,25 @@ class Engine:
             self.pusher.set_proxy(node, proxy)
 
     def namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body.get("metadata", {}).get("name", "")
         if event_type == "DELETED":
-            self._apply(self.world.delete_namespace(body.get("metadata", {}).get("name", "")))
+            self._apply(self.world.delete_namespace(name))
+            self._default_refused.pop(name, None)
         else:
-            self._apply(self.world.set_namespace(facts.namespace_policy(body)))
+            self._apply(self.world.set_namespace(facts.namespace_policy(body, self.reader)))
+            if self.started:
+                self._note_default(name)
+
+    def service_account_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A ServiceAccount changed: with --irsa-service-accounts, its pods may gain or lose its role at once."""
+        if not self.world.config.irsa:
+            return
+        meta = body.get("metadata", {})
+        if event_type == "DELETED":
+            self._apply(self.world.delete_service_account(meta.get("namespace", ""), meta.get("name", "")))
+            self._forget_events(meta.get("uid", ""))
+        else:
+            self._apply(self.world.set_service_account(facts.service_account_facts(body)))
 
     def binding_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata", {})
@@ -278,8 +304,9 @@ class Engine:
         API server) and reports only the objects that exist: an object deleted
         meanwhile never gets its DELETED event, and a pod's or binding's deletion
         is a revocation. So once the relist is over, whatever we hold that no
-        longer exists is deleted here. Both kinds are checked whichever relisted
-        (a relist of a kind with no objects left delivers nothing at all).
+        longer exists is deleted here. Every kind is checked whichever relisted
+        (a relist of a kind with no objects left delivers nothing at all),
+        ServiceAccounts too, whose deletion takes their role away.
         """
         if not self.started:
             return
@@ -292,7 +319,8 @@ class Engine:
         try:
             while (quiet := self._relisted_at + RELIST_QUIET - time.monotonic()) > 0:
                 await asyncio.sleep(quiet)
-            for kind in ("pods", "bindings"):
+            # ServiceAccounts only when they can hold roles (--irsa-service-accounts): listing them costs.
+            for kind in ("pods", "bindings", *(("serviceaccounts",) if self.world.config.irsa else ())):
                 while True:
                     try:
                         await self._drop_vanished(kind)
@@ -308,6 +336,8 @@ class Engine:
     def _held(self, kind: str) -> dict[tuple[str, str], str]:
         if kind == "pods":
             return {key: pod.uid for key, pod in self.world.pods.items()}
+        if kind == "serviceaccounts":
+            return {key: account.uid for key, account in self.world.service_accounts.items()}
         return {key: binding.uid for key, binding in self.world.bindings.items()}
 
     async def _drop_vanished(self, kind: str) -> None:
@@ -320,7 +350,7 @@ class Engine:
             if self._held(kind).get((namespace, name)) != uid:
                 continue  # the watch caught up meanwhile
             logger.warning("%s %s/%s (uid %s) was deleted while our watch was broken: revoking now",
-                           "pod" if kind == "pods" else "PodRoleBinding", namespace, name, uid)
+                           _KIND_NAMES[kind], namespace, name, uid)
             if kind == "pods":
                 pod = self.world.pods[(namespace, name)]
                 body = {"metadata": {"namespace": namespace, "name": name, "uid": uid}, "spec": {"nodeName": pod.node}}
@@ -328,6 +358,8 @@ class Engine:
                 proxy = self.world.proxies.get(pod.node or "")
                 if proxy is not None and proxy.pod_uid == uid:
                     self.proxy_event("DELETED", body)
+            elif kind == "serviceaccounts":
+                self.service_account_event("DELETED", {"metadata": {"namespace": namespace, "name": name, "uid": uid}})
             else:
                 self.binding_event("DELETED", {"metadata": {"namespace": namespace, "name": name, "uid": uid}})
 
@@ -455,10 +487,15 @@ class Engine:
         ref = _ref("v1", "Pod", pod.namespace, pod.name, pod.uid)
         if decision.outcome in ("denied", "conflict", "error"):
             self._post_event(ref, "Warning", decision.reason, decision.message)
+            account = self.world.service_accounts.get((pod.namespace, pod.service_account))
+            if decision.source == "serviceaccount" and account is not None:
+                # Where whoever annotated the ServiceAccount looks: kubectl describe serviceaccount.
+                self._post_event(_ref("v1", "ServiceAccount", account.namespace, account.name, account.uid), "Warning",
+                                 decision.reason, decision.message)
         elif decision.outcome == "granted":
             # A later failure of the same kind is news again.
             for reason in ("HostNetwork", "MirrorPod", "NamespaceNotPermitted", "RoleNotPermitted", "InvalidPermittedRegex",
-                           "ConflictingBindings", "InvalidRole", "AccountNotKnown"):
+                           "InvalidAllowedRoles", "ConflictingBindings", "InvalidRole", "AccountNotKnown"):
                 self._emitted.pop((pod.uid, reason), None)
             conflict = self.world.ip_conflict(key)
             if conflict is not None:
@@ -468,6 +505,31 @@ class Engine:
             ignored = decide.session_name_ignored(pod, self.world.config)
             if ignored is not None:
                 self._post_event(ref, "Normal", "SessionNameIgnored", ignored)
+
+    # --- the cluster's default role ------------------------------------------------------------
+
+    def _note_default(self, namespace: str) -> None:
+        """Its pods get no Event for it (most would); the log says, when it changes, whether it applies there."""
+        refusal = self.world.cluster_default_refusal(namespace)
+        if refusal == self._default_refused.get(namespace):
+            return
+        if refusal is None:
+            self._default_refused.pop(namespace, None)
+            logger.info("namespace %s: the cluster's default role %s applies to its pods that get no other role",
+                        namespace, self.world.config.default_role)
+        else:
+            self._default_refused[namespace] = refusal
+            logger.info("namespace %s: the cluster's default role does not apply to its pods: %s", namespace, refusal)
+
+    def _note_default_everywhere(self) -> None:
+        """At start (once the account is known): one line for the whole cluster, then one per namespace that changes."""
+        if self.world.config.default_role is None or self.world.base is None:
+            return
+        refusals = {n: r for n in self.world.namespaces if (r := self.world.cluster_default_refusal(n)) is not None}
+        self._default_refused = refusals
+        logger.info("the cluster's default role %s applies in %d namespace(s); not in %d, whose policy does not permit it%s",
+                    self.world.config.default_role, len(self.world.namespaces) - len(refusals), len(refusals),
+                    (": " + ", ".join(sorted(refusals)[:20]) + (" ..." if len(refusals) > 20 else "")) if refusals else "")
 
     # --- binding statuses --------------------------------------------------------------------
 

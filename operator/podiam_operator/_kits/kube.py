@@ -91,7 +91,8 @@ class Kube:
     # --- what exists (after a relist) ----------------------------------------------
 
     async def list_uids(self, kind: str) -> dict[tuple[str, str], str]:
-        """``(namespace, name) -> uid`` of every pod (``kind="pods"``) or PodRoleBinding, in pages, unparsed models."""
+        """``(namespace, name) -> uid`` of every pod, ServiceAccount or PodRoleBinding (``kind``: "pods",
+        "serviceaccounts", "bindings"), in pages, unparsed models."""
         found: dict[tuple[str, str], str] = {}
         token: str | None = None
         while True:
@@ -101,6 +102,8 @@ class Kube:
                 extra["_continue"] = token
             if kind == "pods":
                 response = await self.core.list_pod_for_all_namespaces(**extra)
+            elif kind == "serviceaccounts":
+                response = await self.core.list_service_account_for_all_namespaces(**extra)
             else:
                 response = await self.custom.list_cluster_custom_object(facts.GROUP, facts.VERSION, facts.PLURAL, **extra)
             try:
@@ -115,7 +118,7 @@ class Kube:
                 return found
 
     async def current_uid(self, kind: str, namespace: str, name: str) -> str | None:
-        """The uid of the pod or PodRoleBinding of that name now (a quorum read), None if there is none.
+        """The uid of the pod, ServiceAccount or PodRoleBinding of that name now (a quorum read), None if there is none.
 
         A list with a field selector, not a get: the operator's RBAC grants list and watch only.
         """
@@ -123,6 +126,8 @@ class Kube:
         response: Any
         if kind == "pods":
             response = await self.core.list_namespaced_pod(namespace, field_selector=selector, _preload_content=False)
+        elif kind == "serviceaccounts":
+            response = await self.core.list_namespaced_service_account(namespace, field_selector=selector, _preload_content=False)
         else:
             response = await self.custom.list_namespaced_custom_object(
                 facts.GROUP, facts.VERSION, namespace, facts.PLURAL, field_selector=selector, _preload_content=False)

@@ -25,6 +25,7 @@ import datetime
 import itertools
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -59,11 +60,13 @@ class AssumeRequest:
     session_name: str
     duration: int
     external_id: str | None = None
-    tags: tuple[tuple[str, str], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()  # all transitive, as EKS Pod Identity's
+    via: str | None = None  # an intermediate role, assumed first (with the tags), whose session assumes role_arn
 
     @classmethod
     def for_grant(cls, grant: decide.Grant) -> AssumeRequest:
-        return cls(grant.role.arn, grant.session_name, grant.duration, grant.external_id, grant.tags)
+        return cls(grant.role.arn, grant.session_name, grant.duration, grant.external_id, grant.tags,
+                   grant.via.arn if grant.via else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,6 +439,41 @@ rfc3339 = _rfc3339
 
 # --- the real source: aiobotocore -------------------------------------------------------
 
+FALLBACK_REGION = "us-east-1"
+_REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+")
+# The intermediate role's session only makes the one call that assumes the pod's role: STS's shortest.
+HOP_DURATION = 900
+
+
+async def region_from_metadata() -> str | None:
+    """The region in the node's metadata (``placement/region``, on the proxy's default allow-list), or None.
+
+    botocore's own lookup reads the availability zone and drops its last
+    letter, which is wrong in Local Zones (``us-west-2-lax-1a``). Honours
+    ``AWS_EC2_METADATA_DISABLED`` and ``AWS_EC2_METADATA_SERVICE_ENDPOINT``.
+    """
+    from aiobotocore.session import get_session  # type: ignore[import-untyped]
+    from aiobotocore.utils import AioIMDSRegionProvider, AioInstanceMetadataRegionFetcher  # type: ignore[import-untyped]
+
+    class Fetcher(AioInstanceMetadataRegionFetcher):  # type: ignore[misc]
+        _URL_PATH = "latest/meta-data/placement/region"
+
+        async def _get_region(self) -> str:
+            token = await self._fetch_metadata_token()
+            response = await self._get_request(url_path=self._URL_PATH, retry_func=self._default_retry, token=token)
+            return str(await response.text).strip()
+
+    class Provider(AioIMDSRegionProvider):  # type: ignore[misc]
+        def _get_fetcher_cls(self) -> type:
+            return Fetcher
+
+    try:
+        found = await Provider(get_session()).provide()
+    except Exception as error:  # any failure means "not from there": the caller says what it uses instead
+        logger.debug("no region from the node's metadata: %s: %s", type(error).__name__, error)
+        return None
+    return found if isinstance(found, str) and _REGION.fullmatch(found) else None
+
 
 class AioBotocoreSource:
     """STS through aiobotocore; with ``assume_role_arn``, pod roles are assumed from that role's session.
@@ -452,13 +490,13 @@ class AioBotocoreSource:
     def __init__(
         self,
         *,
-        region: str,
+        region: str | None,
         endpoint_url: str | None,
         timeout: float,
         assume_role_arn: str | None = None,
         max_connections: int = 16,
     ) -> None:
-        self.region = region
+        self.region = region  # None: the node's metadata says, at the first call (else us-east-1)
         self.endpoint_url = endpoint_url
         self.timeout = timeout
         self.assume_role_arn = assume_role_arn
@@ -480,10 +518,23 @@ class AioBotocoreSource:
         self._open.clear()
         self._retired.clear()
 
-    async def _client(self, slot: str, credentials: Credentials | None = None) -> Any:
-        """A new client in ``slot``; the one it replaces closes once calls in flight on it are done."""
+    async def _region(self) -> str:
+        """The configured region; else the node's metadata's (looked up again next time if it had none), else us-east-1."""
+        if self.region is not None:
+            return self.region
+        found = await region_from_metadata()
+        if found is not None:
+            logger.info("STS region %s, from the node's metadata (no --sts-region, AWS_REGION or AWS_DEFAULT_REGION)", found)
+            self.region = found
+            return found
+        logger.warning("no STS region: none configured (--sts-region, AWS_REGION, AWS_DEFAULT_REGION) and none from the "
+                       "node's metadata (placement/region); using %s", FALLBACK_REGION)
+        return FALLBACK_REGION
+
+    def _creator(self, region: str, credentials: Credentials | None = None) -> Any:
+        """An STS client's context manager: regional endpoint, one attempt per call, ``credentials`` or botocore's chain."""
         from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
-        from aiobotocore.session import get_session  # type: ignore[import-untyped]
+        from aiobotocore.session import get_session
 
         session = get_session()
         # Regional endpoints (sts.<region>.amazonaws.com), never the global one.
@@ -495,14 +546,18 @@ class AioBotocoreSource:
             read_timeout=self.timeout,
             max_pool_connections=self.max_connections,
         )
-        kwargs: dict[str, Any] = {"region_name": self.region, "endpoint_url": self.endpoint_url, "config": config}
+        kwargs: dict[str, Any] = {"region_name": region, "endpoint_url": self.endpoint_url, "config": config}
         if credentials is not None:
             kwargs.update(
                 aws_access_key_id=credentials.access_key_id,
                 aws_secret_access_key=credentials.secret_access_key.get_secret_value(),
                 aws_session_token=credentials.session_token.get_secret_value(),
             )
-        creator = session.create_client("sts", **kwargs)
+        return session.create_client("sts", **kwargs)
+
+    async def _client(self, slot: str, credentials: Credentials | None = None) -> Any:
+        """A new client in ``slot``; the one it replaces closes once calls in flight on it are done."""
+        creator = self._creator(await self._region(), credentials)
         client = await creator.__aenter__()
         self._retire(slot)
         self._open[slot] = creator
@@ -554,6 +609,8 @@ class AioBotocoreSource:
             params["ExternalId"] = request.external_id
         if request.tags:
             params["Tags"] = [{"Key": k, "Value": v} for k, v in request.tags]
+            # As EKS Pod Identity's: they follow the session into any role it assumes (role chaining).
+            params["TransitiveTagKeys"] = [k for k, _ in request.tags]
         started = time.monotonic()
         result = "ok"
         try:
@@ -591,7 +648,15 @@ class AioBotocoreSource:
         return StsError(type(error).__name__, str(error), retryable=True)
 
     async def assume_role(self, request: AssumeRequest) -> Credentials:
-        return await self._call(await self._caller(), request, "AssumeRole")
+        caller = await self._caller()
+        if request.via is None:
+            return await self._call(caller, request, "AssumeRole")
+        # The binding's intermediate role first, with the session's tags; its session then assumes the role.
+        hop = await self._call(caller, AssumeRequest(request.via, request.session_name, HOP_DURATION, tags=request.tags),
+                               "AssumeRole")
+        async with self._creator(await self._region(), hop) as client:
+            # The tags came along, transitive: STS refuses them a second time.
+            return await self._call(client, dataclasses.replace(request, tags=(), via=None), "AssumeRole")
 
     async def caller_identity(self) -> tuple[str, str]:
         import botocore.exceptions

@@ -74,7 +74,7 @@ def test_user_binding_selects_pods_and_its_deletion_revokes(stack: stacks.Stack,
 def test_binding_without_selector_is_an_error(stack: stacks.Stack, ns: str) -> None:
     stack.apply_binding(ns, "noselector", {"role": "x"})
     binding = stack.wait_binding_phase(ns, "noselector", "Error")
-    assert "podSelector is missing" in binding["status"]["message"]
+    assert "spec.podSelector or spec.serviceAccountName is needed" in binding["status"]["message"]
 
 
 def test_conflict_reports_on_every_binding_and_serves_nothing(stack: stacks.Stack, ns: str) -> None:

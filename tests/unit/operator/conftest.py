@@ -54,9 +54,20 @@ def pod(**kwargs: Any) -> facts.PodFacts:
     return facts.pod_facts(pod_body(**kwargs))
 
 
-def namespace(name: str = "team", permitted: str | None = ".*") -> Any:
+def namespace(name: str = "team", permitted: str | None = ".*", *, allowed_roles: str | None = None,
+              default_role: str | None = None, reader: facts.Reader = facts.DEFAULT_READER) -> Any:
     annotations = {} if permitted is None else {"iam.amazonaws.com/permitted": permitted}
-    return facts.namespace_policy({"metadata": {"name": name, "annotations": annotations}})
+    if allowed_roles is not None:
+        annotations[reader.rules.allowed_roles_key] = allowed_roles
+    if default_role is not None:
+        annotations[facts.DEFAULT_ROLE_ANNOTATION] = default_role
+    return facts.namespace_policy({"metadata": {"name": name, "annotations": annotations}}, reader)
+
+
+def service_account(name: str = "sa", namespace: str = "team", role: str | None = "SaRole") -> facts.ServiceAccountFacts:
+    annotations = {} if role is None else {facts.IRSA_ANNOTATION: role}
+    return facts.service_account_facts({"metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                                                      "annotations": annotations}})
 
 
 def binding(
@@ -69,12 +80,24 @@ def binding(
     external_id: str | None = None,
     duration: int | None = None,
     generation: int = 1,
+    service_account: str | None = None,
+    intermediate: str | None = None,
+    tags: Any = None,
+    tags_off: bool = False,
 ) -> facts.BindingFacts:
     spec: dict[str, Any] = {}
     if role is not None:
         spec["role"] = role
     if selector is not None:
         spec["podSelector"] = selector
+    if service_account is not None:
+        spec["serviceAccountName"] = service_account
+    if intermediate is not None:
+        spec["intermediateRole"] = intermediate
+    if tags is not None:
+        spec["sessionTags"] = tags
+    if tags_off:
+        spec["disableSessionTags"] = True
     if external_id:
         spec["externalId"] = external_id
     if duration:

@@ -95,7 +95,7 @@ def test_broken_user_bindings_do_not_apply() -> None:
     bad_role = binding(name="badrole", role="x y", selector={})
     evaluations = evals(missing, bad_selector, bad_role)
     assert [e.error is not None for e in evaluations] == [True, True, True]
-    assert "podSelector is missing" in (evaluations[0].error or "")
+    assert "spec.podSelector or spec.serviceAccountName is needed" in (evaluations[0].error or "")
     assert decide.decide_pod(pod(role=None), namespace(), evaluations, BASE, CONFIG).outcome == "none"
 
 

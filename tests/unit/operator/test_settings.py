@@ -62,3 +62,35 @@ def test_the_operators_node_identity_needs_its_namespace_and_service_account(mon
     settings = _settings.from_argv(["--operator-service-account", "podiam-operator"])
     assert (settings.operator_node_identity, settings.operator_namespace, settings.operator_service_account) == (
         True, "podiam-system", "podiam-operator")
+
+
+def test_role_sources_and_policy_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = _settings.from_argv([])
+    assert (defaults.iam_role_key, defaults.iam_external_id, defaults.namespace_key) == (
+        "iam.amazonaws.com/role", "iam.amazonaws.com/external-id", "iam.amazonaws.com/allowed-roles")
+    assert (defaults.namespace_restriction_format, defaults.disable_strict_namespace_regexp) == ("glob", False)
+    assert (defaults.default_role, defaults.irsa_service_accounts, defaults.cluster_name) == (None, False, None)
+    monkeypatch.setenv("PODIAM_DEFAULT_ROLE", "kube2iam-default")
+    settings = _settings.from_argv([
+        "--iam-role-key", "example.com/role", "--namespace-restriction-format", "regexp",
+        "--disable-strict-namespace-regexp", "--irsa-service-accounts", "--cluster-name", "prod eu-1",
+    ])
+    assert settings.iam_role_key == "example.com/role" and settings.namespace_restriction_format == "regexp"
+    assert settings.disable_strict_namespace_regexp and settings.irsa_service_accounts
+    assert (settings.default_role, settings.cluster_name) == ("kube2iam-default", "prod eu-1")
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("PODIAM_DEFAULT_ROLE", "team/../admin"),
+    ("PODIAM_DEFAULT_ROLE", "arn:aws:iam::1:role/x"),
+    ("PODIAM_CLUSTER_NAME", "a" * 257),
+    ("PODIAM_CLUSTER_NAME", "bad\\name"),
+    ("PODIAM_IAM_ROLE_KEY", "not a key"),
+    ("PODIAM_NAMESPACE_KEY", "/roles"),
+    ("PODIAM_NAMESPACE_RESTRICTION_FORMAT", "regex"),
+    ("PODIAM_STS_REGION", "Mars"),
+])
+def test_bad_source_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(pydantic.ValidationError):
+        _settings.OperatorSettings()
