@@ -1,4 +1,4 @@
-"""proxy.podIps: the pod-ips container beside the proxy, and exactly the privilege it has (none but reading one folder)."""
+"""proxy.podIps: the proxy-pod-ips container beside the proxy, and exactly the privilege it has (none but reading one folder)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ def _spec(helm: _helm.Helm, values: dict[str, Any] | None = None) -> dict[str, A
 
 def test_on_by_default_as_a_reader_of_the_cni_results_alone(helm: _helm.Helm) -> None:
     spec = _spec(helm)
-    assert [c["name"] for c in spec["containers"]] == ["proxy", "pod-ips"]
-    reader = _helm.container({"spec": {"template": {"spec": spec}}}, "pod-ips")
+    assert [c["name"] for c in spec["containers"]] == ["proxy", "proxy-pod-ips"]
+    assert sorted(c["name"] for c in spec["containers"])[0] == "proxy"  # the kubelet's order of container statuses
+    reader = _helm.container({"spec": {"template": {"spec": spec}}}, "proxy-pod-ips")
     assert reader["args"] == ["--serve-pod-ips"]
     env = _helm.env_of(reader)
     assert env["PODIAM_PROXY_POD_IPS_SOCKET"] == SOCKET and env["PODIAM_PROXY_CNI_RESULTS_DIR"] == "/host/cni-results"
@@ -54,7 +55,7 @@ def test_a_cache_folder_elsewhere_and_only_some_networks(helm: _helm.Helm) -> No
     spec = _spec(helm, {"proxy": {"podIps": {"cniResultsDir": "/run/cni/results", "cniNetworks": "k8s-pod-network"}}})
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["cni-results"]["hostPath"]["path"] == "/run/cni/results"
-    reader = _helm.container({"spec": {"template": {"spec": spec}}}, "pod-ips")
+    reader = _helm.container({"spec": {"template": {"spec": spec}}}, "proxy-pod-ips")
     assert _helm.env_of(reader)["PODIAM_PROXY_CNI_NETWORKS"] == "k8s-pod-network"
 
 
