@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import ControlPlane, kubelet
+from tests.controlplane import ApiError, ControlPlane, kubelet
 from tests.support import moto
 from tests.support import stack as stacks
 
@@ -123,6 +123,21 @@ def test_labels_and_service_account_together_select_pods_matching_both(stack: st
     assert role_served(stack, node, web_ip) == OWN + "front-role"
     assert stack.wait_binding_phase(ns, "front", "Bound")["status"]["pods"] == 1
     assert stack.imds(node, back_ip).status == 404
+
+
+def test_an_annotation_and_a_binding_by_service_account_naming_different_roles_conflict(stack: stacks.Stack, ns: str) -> None:
+    node = stack.nodes[1]
+    service_account(stack, ns, "both")
+    ip = pod_as(stack, ns, "both-1", "both", node, role="annotated-role")
+    stack.apply_binding(ns, "by-sa", {"role": "sa-bound-role", "serviceAccountName": "both"})
+    for name in ("both-1", "by-sa"):
+        body = stack.wait_binding_phase(ns, name, "Conflict")
+        assert "annotated-role" in body["status"]["message"] and "sa-bound-role" in body["status"]["message"]
+    stack.wait_event(ns, "Pod", "both-1", "ConflictingBindings")
+    assert stack.imds(node, ip).status == 404
+    stack.annotate_pod(ns, "both-1", {"iam.amazonaws.com/role": None})  # one source left: no conflict
+    wait_role(stack, node, ip, OWN + "sa-bound-role", timeout=REVOKED_WITHIN)
+    assert stack.wait_binding_phase(ns, "by-sa", "Bound")["status"]["pods"] == 1
 
 
 # --- IRSA's ServiceAccount annotation ------------------------------------------------------------------
@@ -246,6 +261,13 @@ def test_an_intermediate_role_is_assumed_first_with_the_tags_transitive_and_its_
     # The role was assumed with the intermediate role's credentials, and its tags came along (not sent again).
     assert stack.sts.issued_keys()[target["Caller"]] == OWN + "chain-hop"
     assert target["Tags"] == {} and target["TransitiveTagKeys"] == []
+
+
+def test_the_crd_refuses_a_chained_session_longer_than_sts_allows(stack: stacks.Stack, ns: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        stack.apply_binding(ns, "too-long", {"role": "target", "intermediateRole": "hop", "sessionDuration": 7200,
+                                             "serviceAccountName": "x"})
+    assert refused.value.status == 422 and "at most 3600 seconds (STS role chaining)" in str(refused.value)
 
 
 def test_the_operators_tags_cannot_be_set_by_a_binding(stack: stacks.Stack, ns: str) -> None:
