@@ -78,18 +78,22 @@ def test_proxy_rolling_update(release: releases.Release, real_cluster: clusters.
 
 def test_proxy_container_killed_through_the_runtime(release: releases.Release, real_cluster: clusters.Cluster,
                                                    samplers: str) -> None:
-    pod = release.proxy_pod("node-0")
-    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    status = _proxy_container(release.proxy_pod("node-0"))
+    container_id = status["containerID"].split("://", 1)[1]
 
     def kill() -> None:
         real_cluster.nodes["node-0"].ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
         pods.controlplane.wait_until(
-            lambda: release.proxy_pod("node-0")["status"]["containerStatuses"][0]["restartCount"] > restarts, 60,
+            lambda: _proxy_container(release.proxy_pod("node-0"))["restartCount"] > status["restartCount"], 60,
             "the kubelet restarting the proxy container")
 
     report = _through(release, samplers, kill)
     print(f"proxy container SIGKILL: longest gap {report['longest_gap']:.1f} s")
+
+
+def _proxy_container(pod: dict[str, Any]) -> dict[str, Any]:
+    (found,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == "proxy"]
+    return found
 
 
 def test_operator_rolling_update(release: releases.Release, real_cluster: clusters.Cluster, samplers: str) -> None:
