@@ -32,9 +32,13 @@ STATE_FILE = "cluster.json"
 # With real kubelets, the controllers the kubelet stand-ins could not have:
 # node-lifecycle removes the not-ready taint a node registers with (and taints
 # a node whose kubelet stops), taint-eviction evicts from it, pod GC deletes
-# the pods of removed nodes, endpointslice serves the chart's Services.
+# the pods of removed nodes, endpoints and endpointslice serve the chart's Services.
 CONTROLLERS = (*controlplane.DEFAULT_CONTROLLERS, "node-lifecycle-controller", "taint-eviction-controller",
-               "pod-garbage-collector-controller", "endpointslice-controller")
+               "pod-garbage-collector-controller", "endpoints-controller", "endpointslice-controller")
+# The API server calls admission webhooks (and aggregated APIs) at their Service's endpoints, the pods' own
+# addresses, which the root namespace reaches through the nodes; without this it would dial the Service's
+# cluster IP, which only a kube-proxy on the API server's host could route.
+APISERVER_FLAGS = ("--enable-aggregator-routing=true",)
 NODE_ROLE_NAME = "my-eks-node-role"  # the name demo/iam.py creates in moto
 ACCOUNT_ID = "123456789012"  # moto's default account
 
@@ -103,7 +107,8 @@ class Cluster:
         ports = list(forward_ports)
         if sts_endpoint:
             ports.append(int(urllib.parse.urlsplit(sts_endpoint).port or 80))
-        plane = controlplane.ControlPlane.start(directory, detached=detached, scheduler=True, controllers=CONTROLLERS)
+        plane = controlplane.ControlPlane.start(directory, detached=detached, scheduler=True, controllers=CONTROLLERS,
+                                                apiserver_flags=APISERVER_FLAGS)
         switch = network.Switch(secrets.token_hex(2))
         cluster = cls(plane, switch, detached=detached, sts_endpoint=sts_endpoint, forward_ports=sorted(set(ports)),
                       region=region, built_images=built_images)
@@ -135,7 +140,7 @@ class Cluster:
             index = self._free_index()
             record = node.NodeRecord(
                 name=name, index=index, dir=str(self.dir / "nodes" / name), netns=f"pdm-{self.switch.tag}-{name}",
-                ip=self.switch.node_ip(index), pod_subnet=network.pod_subnet(index),
+                ip=self.switch.node_ip(index), pod_subnet=self.switch.pod_subnet(index),
                 cgroup_root=f"/podiam-{self.switch.tag}-{name}", cni_network=f"podiam-{self.switch.tag}-{name}",
             )
             member = node.Node(record, detached=self.detached)
@@ -147,6 +152,7 @@ class Cluster:
             network.route_pod_subnets(record.netns, [(o.pod_subnet, o.ip) for o in others])
             for other in others:
                 network.route_pod_subnets(other.netns, [(record.pod_subnet, record.ip)])
+            self.switch.route_pod_subnet(record.pod_subnet, record.ip)
         network.forward_kubernetes_service(record.netns, self.api_port)
         member.start_relay("relay", [self.api_port, *self.forward_ports])
         if self.sts_endpoint:
@@ -169,6 +175,7 @@ class Cluster:
         for other in self.nodes.values():
             if other is not member:
                 other.exec("ip", "route", "del", member.record.pod_subnet, check=False)
+        self.switch.unroute_pod_subnet(member.record.pod_subnet)
         try:
             self.plane.api("DELETE", f"/api/v1/nodes/{name}")
         except Exception:  # already gone, or the API server is down: nothing else depends on it
@@ -225,11 +232,12 @@ class Cluster:
 
     def _free_index(self) -> int:
         used = {n.record.index for n in self.nodes.values()}
-        return next(i for i in range(200) if i not in used)
+        return next(i for i in range(16) if i not in used)  # 16 /24s in the cluster's pod /20
 
     def _save(self) -> None:
         state = {
-            "tag": self.switch.tag, "subnet": self.switch.subnet, "created_host_folders": self.created_host_folders,
+            "tag": self.switch.tag, "subnet": self.switch.subnet, "pod_range": self.switch.pod_range,
+            "created_host_folders": self.created_host_folders,
             "nodes": [n.record.to_json() for n in self.nodes.values()],
         }
         path = self.dir / STATE_FILE
@@ -247,7 +255,7 @@ def stop_directory(directory: Path) -> list[str]:
             record = node.NodeRecord.from_json(data)
             node.clean_up(record)
             stopped.append(record.name)
-        network.Switch(state["tag"], state.get("subnet", "")).destroy()
+        network.Switch(state["tag"], state.get("subnet", ""), state.get("pod_range", "")).destroy()
         node.remove_created_host_folders(state.get("created_host_folders", []))
         path.unlink()
     return stopped + controlplane.stop_directory(directory)

@@ -107,6 +107,7 @@ class ControlPlane:
         self.detached = False
         self.controllers: tuple[str, ...] = DEFAULT_CONTROLLERS
         self.scheduler = False
+        self.apiserver_flags: tuple[str, ...] = ()
         self._procs: dict[str, processes.Process] = {}
         self._records: dict[str, processes.Record] = {}
         self._client: client.Client | None = None
@@ -122,6 +123,7 @@ class ControlPlane:
         detached: bool = False,
         controllers: Iterable[str] = DEFAULT_CONTROLLERS,
         scheduler: bool = False,
+        apiserver_flags: Iterable[str] = (),
         timeout: float = 60.0,
     ) -> ControlPlane:
         """Start everything in ``directory`` (created if missing).
@@ -130,12 +132,14 @@ class ControlPlane:
         ``up``); otherwise they die with it, even if it is killed.
         ``scheduler``: also run kube-scheduler (for real nodes; with the
         ``kubelet`` stand-ins, tests bind pods themselves).
+        ``apiserver_flags``: more kube-apiserver flags.
         """
         binary = build.ensure_built()
         plane = cls(directory)
         plane.detached = detached
         plane.controllers = tuple(controllers)
         plane.scheduler = scheduler
+        plane.apiserver_flags = tuple(apiserver_flags)
         plane.dir.mkdir(parents=True, exist_ok=True)
         if (plane.dir / STATE_FILE).exists() and any(r.alive() for r in _read_records(plane.dir)):
             raise ControlPlaneError(f"a control plane is already running in {plane.dir}; stop it first (down --dir)")
@@ -368,6 +372,7 @@ class ControlPlane:
                 # (60 s); with this, new requests get 429 + Retry-After while in-flight
                 # ones drain, then HTTP shutdown gets 2 s.
                 "--shutdown-send-retry-after=true",
+                *self.apiserver_flags,
             ],
             "kube-controller-manager": [
                 str(tool / "kube-controller-manager"),

@@ -5,7 +5,7 @@ Layout (``TAG`` is a per-cluster random tag, ``X`` a free /24 of 10.200.0.0/16):
     root namespace ── pdmTAGr 10.200.X.1 ─┐
                                           │ bridge br0 in namespace pdm-TAG-sw (L2 only)
     node namespace pdm-TAG-NODE ── eth0 10.200.X.(10+i)
-        cni0 10.244.i.1/24 (the CNI bridge) ── pods 10.244.i.0/24
+        cni0 10.244.P.1/24 (the CNI bridge) ── pods 10.244.P.0/24 (P: the node's /24 of the cluster's /20)
         lo: 127.0.0.1, 10.199.0.1 (relays to the root namespace's loopback), 169.254.169.254 (the node's metadata service)
 
 Safety, and why it holds:
@@ -18,7 +18,9 @@ Safety, and why it holds:
   range (so the kubernetes Service's DNAT can apply). The switch has no address.
 - The root namespace accepts nothing the nodes start: an INPUT rule drops every
   new connection from the switch (replies to the root namespace's own
-  connections, the API server dialling kubelets, still pass). Nodes reach the
+  connections, the API server dialling kubelets and webhooks, still pass). It
+  routes each node's pod subnet through that node, to send only; the routes
+  go with its switch port. Nodes reach the
   API server and test servers through relays whose listening sockets live in
   the node namespace (``relay.py``).
 - Each node's 169.254.169.254 is an address on that node's own loopback, so its
@@ -37,6 +39,9 @@ from pathlib import Path
 NETNS_DIR = Path("/var/run/netns")
 SWITCH_SUBNETS = ipaddress.ip_network("10.200.0.0/16")
 POD_SUBNETS = ipaddress.ip_network("10.244.0.0/16")
+# Each cluster takes a /20 of it (16 nodes of /24): the root namespace routes every cluster's pod subnets,
+# so two clusters on this machine at once must not share one.
+POD_RANGE_PREFIX = 20
 SERVICE_RANGE = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 # On every node's loopback: relays to the root namespace listen here (same port
@@ -87,12 +92,34 @@ def _free_switch_subnet() -> ipaddress.IPv4Network:
     return random.choice(candidates[1:] or candidates)
 
 
+def _root_routes() -> list[ipaddress.IPv4Network]:
+    out = run("ip", "-4", "route", "show", "table", "all").stdout
+    found = []
+    for line in out.splitlines():
+        destination = line.split()[0] if line.split()[0] not in ("local", "broadcast", "unicast") else line.split()[1]
+        try:
+            found.append(ipaddress.IPv4Network(destination, strict=False))
+        except ValueError:  # "default", ...
+            continue
+    return found
+
+
+def _free_pod_range() -> ipaddress.IPv4Network:
+    """A /20 of 10.244.0.0/16 that no route of the root namespace overlaps (another cluster's pods)."""
+    taken = _root_routes()
+    candidates = [r for r in POD_SUBNETS.subnets(new_prefix=POD_RANGE_PREFIX) if not any(r.overlaps(t) for t in taken)]
+    if not candidates:
+        raise NetworkError("no free /20 in 10.244.0.0/16 for the cluster's pods")
+    return random.choice(candidates)
+
+
 @dataclasses.dataclass
 class Switch:
     """The nodes' shared L2 segment, plus the root namespace's port on it."""
 
     tag: str
     subnet: str = ""
+    pod_range: str = ""  # the cluster's pod subnets: one /24 per node
 
     @property
     def netns(self) -> str:
@@ -117,9 +144,14 @@ class Switch:
     def prefix(self) -> int:
         return ipaddress.ip_network(self.subnet).prefixlen
 
+    def pod_subnet(self, index: int) -> str:
+        return str(list(ipaddress.ip_network(self.pod_range).subnets(new_prefix=24))[index])
+
     def create(self) -> Switch:
         if not self.subnet:
             self.subnet = str(_free_switch_subnet())
+        if not self.pod_range:
+            self.pod_range = str(_free_pod_range())
         try:
             run("ip", "netns", "add", self.netns)
             in_netns(self.netns, "ip", "link", "add", "br0", "type", "bridge")
@@ -153,6 +185,15 @@ class Switch:
         run("ip", "link", "del", self.root_link, check=False)
         delete_netns(self.netns)
 
+    def route_pod_subnet(self, subnet: str, node_ip: str) -> None:
+        """The root namespace reaches a node's pods through that node (the API server calls webhooks at pod
+        addresses). Sending only: the root namespace forwards nothing, and its guard still drops every
+        connection the nodes or pods open to it."""
+        run("ip", "route", "replace", subnet, "via", node_ip, "dev", self.root_link)
+
+    def unroute_pod_subnet(self, subnet: str) -> None:
+        run("ip", "route", "del", subnet, "dev", self.root_link, check=False)
+
     def attach_node(self, node_netns: str, index: int) -> str:
         """Create the node's namespace with ``eth0`` on the switch; returns the node's IP."""
         ip = self.node_ip(index)
@@ -175,10 +216,6 @@ class Switch:
         ):
             in_netns(node_netns, *argv)
         return ip
-
-
-def pod_subnet(index: int) -> str:
-    return str(list(POD_SUBNETS.subnets(new_prefix=24))[index])
 
 
 def route_pod_subnets(node_netns: str, others: Sequence[tuple[str, str]]) -> None:

@@ -57,6 +57,8 @@ def test_a_stopped_cluster_leaves_nothing_behind(root_safety: None, podiam_image
     assert f"pdm{tag}" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert f"podiam-cluster-{tag}" not in subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     assert _cgroups(record.cgroup_root) == []
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True, check=True).stdout
+    assert f"pdm{tag}" not in routes, "a route through the cluster's switch port is left"
     assert not any(s.exists() for s in shim_sockets)
     assert not any(path.exists() for path in cni_results)
     if node.LEGACY_CONTAINER_LOGS.exists():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 
 import pytest
 
@@ -108,6 +109,9 @@ def test_exec_pod_to_pod_and_the_kubernetes_service(real_cluster: clusters.Clust
     assert answer.startswith("200"), answer
     assert [network.forwarding(real_cluster.nodes[n].netns) for n in ("node-0", "node-1")] == ["1", "1"]
     assert network.forwarding() == "0"
+    # The root namespace reaches pods through their node (as the API server does a webhook's pod).
+    with urllib.request.urlopen(f"http://{server['status']['podIP']}:8080/", timeout=5) as answer_from_root:
+        assert answer_from_root.status == 200
 
     # The kubernetes Service, with the pod's own ServiceAccount token, as an in-cluster client does.
     whoami = textwrap.dedent("""
