@@ -48,6 +48,7 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 # numbers as the root loopback's), so one URL works from every node and pod.
 HOST_SERVICES_ADDRESS = "10.199.0.1"
 METADATA_ADDRESS = "169.254.169.254"
+CONTAINER_CREDENTIALS_ADDRESS = "169.254.170.23"
 NODE_INTERFACE = "eth0"
 POD_BRIDGE = "cni0"
 
@@ -213,6 +214,10 @@ class Switch:
             # Routed nowhere but the switch: without a route, a connect() to the
             # kubernetes Service fails before the nat table's DNAT can apply.
             ("ip", "route", "add", SERVICE_RANGE, "dev", NODE_INTERFACE),
+            # EKS Pod Identity's container-credentials address: an EKS node's default
+            # route carries it until a DNAT sends host-network callers to the node's
+            # agent; these nodes have no default route, so it gets one of its own.
+            ("ip", "route", "add", f"{CONTAINER_CREDENTIALS_ADDRESS}/32", "dev", NODE_INTERFACE),
         ):
             in_netns(node_netns, *argv)
         return ip
