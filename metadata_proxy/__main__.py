@@ -15,6 +15,8 @@ from aiohttp import web
 from metadata_proxy import (_cni, _control, _health, _imds, _interception, _iptables, _logging, _metrics, _pod_ips, _settings,
                             _store, _tls)
 
+from metadata_proxy import _container_credentials  # noqa: E402  (kept apart: the pods' second path)
+
 logger = logging.getLogger("metadata_proxy")
 
 
@@ -44,6 +46,9 @@ async def serve(settings: _settings.ProxySettings) -> None:
     else:
         logger.info("no iptables rule (--iptables off): sending pods' 169.254.169.254:80 to the metadata port is up to "
                     "you, and the proxy cannot check that it happens")
+    credentials = _container_credentials.Listener(settings, store, metrics) if settings.container_credentials else None
+    if credentials is not None and settings.iptables:
+        credentials.install_rules()
 
     runners = [
         (web.AppRunner(_imds.make_app(settings, store, metrics), handle_signals=False, access_log=None, shutdown_timeout=5), settings.metadata_port, None),
@@ -63,6 +68,8 @@ async def serve(settings: _settings.ProxySettings) -> None:
         for runner, port, ssl_context in runners:
             await runner.setup()
             await web.TCPSite(runner, settings.bind_address, port, ssl_context=ssl_context, backlog=1024).start()
+        if credentials is not None:
+            await credentials.start()
         # Everything allocated so far lives as long as the process: keep the
         # collector from rescanning it (shorter pauses on the request path).
         gc.collect()
@@ -80,6 +87,8 @@ async def serve(settings: _settings.ProxySettings) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if credentials is not None:
+            await credentials.stop()
         for runner, _, _ in reversed(runners):
             await runner.cleanup()
 

@@ -156,6 +156,29 @@ class ProxySettings(pydantic_settings.BaseSettings):
         2.0, description="Seconds between two checks of the pods' routes (a miss counts when two checks in a row see it)."
     )
 
+    container_credentials: bool = pydantic.Field(
+        True,
+        description="Serve EKS Pod Identity's container-credentials endpoint (GET /v1/credentials, a pod's projected "
+        "ServiceAccount token in the Authorization header) on --container-credentials-port; with --iptables, "
+        "169.254.170.23:80 from pods and from the host network (and [fd00:ec2::23]:80 where the node has a global IPv6 "
+        "address) is sent there. hostNetwork pods are served on this path only.",
+    )
+    container_credentials_port: Port = pydantic.Field(
+        8186, description="Port of the container-credentials endpoint (plain HTTP; the iptables rules send 169.254.170.23:80 here)."
+    )
+    container_credentials_audience: str = pydantic.Field(
+        "pods.eks.amazonaws.com", min_length=1,
+        description="The audience a token must carry (the projected volume's audience; EKS Pod Identity's by default).",
+    )
+    token_leeway: Duration = pydantic.Field(
+        30.0, le=300, description="Clock skew allowed when checking a token's exp and nbf."
+    )
+    service_account_key_overlap: Duration = pydantic.Field(
+        300.0,
+        description="How long a service-account key the operator stops pushing (the API server's key rotation) is still "
+        "accepted, so that tokens signed with it do not fail while every view converges. 0: at once.",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = pydantic.Field("info", description="Log level.")
     log_format: Literal["json", "text"] = pydantic.Field("json", description="json: one object per line; text: for humans.")
 
@@ -200,6 +223,8 @@ class ProxySettings(pydantic_settings.BaseSettings):
             raise ValueError("--interception-check-interval must be more than 0 seconds")
         if len({self.metadata_port, self.control_port, self.health_port}) != 3:
             raise ValueError("--metadata-port, --control-port and --health-port must differ")
+        if self.container_credentials and self.container_credentials_port in (self.metadata_port, self.control_port, self.health_port):
+            raise ValueError("--container-credentials-port must differ from --metadata-port, --control-port and --health-port")
         return self
 
     def require_tls(self) -> tuple[Path, Path, Path]:
@@ -217,7 +242,8 @@ their own IAM role, which the podiam operator pushes to it over mutual TLS.
 It needs no Kubernetes API access.
 
 Listeners: --metadata-port (pods, plain HTTP), --control-port (operator
-pushes, mutual TLS), --health-port (/healthz, /readyz, /metrics).
+pushes, mutual TLS), --health-port (/healthz, /readyz, /metrics),
+--container-credentials-port (pods with their ServiceAccount token, plain HTTP).
 Every flag is also an environment variable PODIAM_PROXY_<FLAG> (upper case,
 dashes as underscores), e.g. --credential-wait=1s is
 PODIAM_PROXY_CREDENTIAL_WAIT=1s. Flags win over the environment.
@@ -260,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(_flag(name), metavar=name.upper(), help=help_text)
     parser.add_argument(
         "--remove-iptables-rules", action="store_true", default=False,
-        help="Remove the PODIAM-PROXY chain and its jump from nat PREROUTING, then exit (uninstall).",
+        help="Remove the PODIAM-PROXY chain and its jumps from nat PREROUTING and OUTPUT (iptables and ip6tables), then "
+        "exit (uninstall).",
     )
     parser.add_argument(
         "--serve-pod-ips", action="store_true", default=False,

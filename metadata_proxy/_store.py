@@ -1,4 +1,4 @@
-"""What the proxy knows: pod IP → pod entry, role key → credentials, pod uid → pending pod.
+"""What the proxy knows: pod IP → pod entry, role key → credentials, pod uid → pending or token-only pod.
 
 Everything here is synchronous and runs on the event loop's thread, so each
 push is applied atomically with respect to the metadata handlers: no request
@@ -6,6 +6,9 @@ ever sees half a snapshot.
 
 Credentials are rendered to the bytes a pod receives once, when they arrive;
 a request does two dict lookups and an expiry comparison.
+
+The container-credentials path finds pods by uid (``by_uid``), in every
+kind the operator pushes: pod entries, pending pods and token-only pods.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from metadata_proxy import _cni, wire
+from metadata_proxy import _cni, _sa_tokens, wire
+
+logger = logging.getLogger(__name__)
 
 ClaimsFn = Callable[[str], Awaitable[Sequence[_cni.Claim]]]
 
@@ -39,6 +45,7 @@ class Credentials:
     expires_at: float
     document: bytes  # .../security-credentials/<role>
     info: bytes  # .../iam/info
+    container: bytes  # the container-credentials endpoint's answer
 
     @classmethod
     def render(cls, creds: wire.RoleCredentials) -> Credentials:
@@ -67,6 +74,16 @@ class Credentials:
             },
             indent=2,
         ).encode()
+        # What EKS Pod Identity's agent answers, which the SDKs' container provider reads.
+        container = json.dumps(
+            {
+                "AccessKeyId": creds.access_key_id,
+                "SecretAccessKey": creds.secret_access_key.get_secret_value(),
+                "Token": creds.session_token.get_secret_value(),
+                "AccountId": creds.role_arn.split(":")[4],
+                "Expiration": _iso(creds.expiration),
+            },
+        ).encode()
         return cls(
             key=creds.key,
             role_name=creds.role_name,
@@ -74,19 +91,27 @@ class Credentials:
             expires_at=creds.expiration.timestamp(),
             document=document,
             info=info,
+            container=container,
         )
 
     def __repr__(self) -> str:  # never the secrets, wherever this ends up
         return f"Credentials(key={self.key!r}, role_arn={self.role_arn!r}, expires_at={self.expires_at})"
 
 
+# Whatever the operator pushed naming a pod uid: its entry, its announcement, or its token-only entry.
+Holder = wire.PodEntry | wire.PendingPod | wire.TokenOnlyPod
+
+
 class Store:
-    def __init__(self, expiry_margin: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, expiry_margin: float, clock: Callable[[], float] = time.time, key_overlap: float = 300.0) -> None:
         self.expiry_margin = expiry_margin
         self._clock = clock
         self._pods: dict[str, wire.PodEntry] = {}
         self._roles: dict[str, Credentials] = {}
         self._pending: dict[str, wire.PendingPod] = {}  # by uid
+        self._token_only: dict[str, wire.TokenOnlyPod] = {}  # by uid
+        # The API server's service-account keys, for the container-credentials path.
+        self.keys = _sa_tokens.KeySet(key_overlap, clock)
         self.snapshot_generation: int | None = None
         # Resolved (and replaced) on every change: waiters sleep on it, no polling.
         self._changed: asyncio.Future[None] | None = None
@@ -108,6 +133,10 @@ class Store:
     def pending_count(self) -> int:
         return len(self._pending)
 
+    @property
+    def token_only_count(self) -> int:
+        return len(self._token_only)
+
     def pod(self, ip: str) -> wire.PodEntry | None:
         return self._pods.get(ip)
 
@@ -127,6 +156,41 @@ class Store:
         if creds is None or creds.expires_at - self.expiry_margin <= self._clock():
             return pod, None
         return pod, creds
+
+    def by_uid(self, uid: str) -> tuple[Holder | None, Credentials | None]:
+        """What the operator pushed for the pod ``uid`` and its credentials if they can be served now.
+
+        A pod entry, a pending pod or a token-only pod: the container-credentials
+        path knows pods by uid (from their token), not by IP. A node-identity
+        entry has no credentials here.
+        """
+        holder: Holder | None = self._token_only.get(uid) or self._pending.get(uid)
+        if holder is None:
+            holder = next((entry for entry in self._pods.values() if entry.uid == uid), None)
+        if holder is None or holder.role_key is None:
+            return holder, None
+        creds = self._roles.get(holder.role_key)
+        if creds is None or creds.expires_at - self.expiry_margin <= self._clock():
+            return holder, None
+        return holder, creds
+
+    def by_name(self, namespace: str, name: str) -> Holder | None:
+        """Any pod of that name pushed here (for a refusal that can say the uid changed)."""
+        held: list[Holder] = [*self._token_only.values(), *self._pending.values(), *self._pods.values()]
+        return next((holder for holder in held if (holder.namespace, holder.name) == (namespace, name)), None)
+
+    async def wait_by_uid(self, uid: str, timeout: float) -> tuple[Holder | None, Credentials | None]:
+        """``by_uid``, waiting up to ``timeout`` for the pod or its credentials to be pushed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            holder, creds = self.by_uid(uid)
+            remaining = deadline - loop.time()
+            if creds is not None or (holder is not None and holder.role_key is None) or remaining <= 0:
+                return holder, creds
+            if self._changed is None or self._changed.done():
+                self._changed = loop.create_future()
+            await asyncio.wait((self._changed,), timeout=remaining)
 
     def learn(self, ip: str, claims: Sequence[_cni.Claim]) -> tuple[wire.PodEntry | None, Credentials | None]:
         """A pending pod recognised by the IP the node gave it, and its credentials (None, None: no such pod).
@@ -189,6 +253,7 @@ class Store:
         return wire.ProxyStatus(
             node_name=node_name, ready=self.ready, snapshot_generation=self.snapshot_generation,
             roles=len(self._roles), pods=len(self._pods), pending=len(self._pending),
+            token_only=len(self._token_only), service_account_keys=self.keys.fingerprint,
         )
 
     # -- writing -----------------------------------------------------------
@@ -206,10 +271,19 @@ class Store:
             )
         return None
 
+    def _take_keys(self, keys: wire.ServiceAccountKeys | None) -> None:
+        if keys is None:
+            return  # no news: the keys held stay
+        for problem in self.keys.replace(keys):
+            # Not a rejection: the push is right to carry the API server's whole JWKS, of which these keys are unusable here.
+            logger.warning("service-account key not used", extra={"problem": problem})
+
     def apply_changes(self, changes: wire.Changes) -> wire.Ack:
-        """Role upserts, pod removals, pod upserts, pending removals, pending upserts, role removals — in that order (see ``wire``)."""
+        """Keys, role upserts, pod removals, pod upserts, pending removals, pending upserts, token-only removals,
+        token-only upserts, role removals — in that order (see ``wire``)."""
         applied = 0
         rejected: list[wire.Rejection] = []
+        self._take_keys(changes.service_account_keys)
         for role in changes.upsert_roles:
             reason = self._servable(role)
             if reason:
@@ -252,6 +326,16 @@ class Store:
             else:
                 self._pending[pending.uid] = pending
                 applied += 1
+        for uid in changes.remove_token_only:
+            self._token_only.pop(uid, None)
+            applied += 1
+        for token_only in changes.upsert_token_only:
+            if token_only.role_key not in self._roles:
+                rejected.append(wire.Rejection(ip="", uid=token_only.uid, role_key=token_only.role_key,
+                                               reason=f"unknown role key {token_only.role_key!r}: push its credentials first"))
+            else:
+                self._token_only[token_only.uid] = token_only
+                applied += 1
         for key in changes.remove_roles:
             self._roles.pop(key, None)
             applied += 1
@@ -284,6 +368,13 @@ class Store:
                 ))
             else:
                 pods[entry.ip] = entry
+        token_only: dict[str, wire.TokenOnlyPod] = {}
+        for held in snapshot.token_only:
+            if held.role_key not in roles:
+                rejected.append(wire.Rejection(ip="", uid=held.uid, role_key=held.role_key,
+                                               reason=f"unknown role key {held.role_key!r}: not in the snapshot's roles"))
+            else:
+                token_only[held.uid] = held
         pending: dict[str, wire.PendingPod] = {}
         entry_uids = {entry.uid for entry in pods.values()}
         for announced in snapshot.pending:
@@ -292,10 +383,11 @@ class Store:
                 rejected.append(wire.Rejection(ip="", uid=announced.uid, role_key=announced.role_key, reason=reason))
             else:
                 pending[announced.uid] = announced
-        self._roles, self._pods, self._pending = roles, pods, pending
+        self._take_keys(snapshot.service_account_keys)
+        self._roles, self._pods, self._pending, self._token_only = roles, pods, pending, token_only
         self.snapshot_generation = snapshot.generation
         self._notify()
-        return wire.Ack(applied=len(roles) + len(pods) + len(pending), rejected=rejected)
+        return wire.Ack(applied=len(roles) + len(pods) + len(pending) + len(token_only), rejected=rejected)
 
     @staticmethod
     def _pending_refused(pending: wire.PendingPod, roles: dict[str, Credentials], entry_uids: set[str]) -> str | None:

@@ -7,8 +7,9 @@ pulls in neither aiohttp nor the proxy's server code.
 Endpoints on the control port (mutual TLS only), all JSON:
 
 ``POST /v1/changes``  body :class:`Changes`  -> :class:`Ack`
-    Incremental update, applied in this order: role upserts, pod removals,
-    pod upserts, pending removals, pending upserts, role removals. A pod
+    Incremental update, applied in this order: service-account keys, role
+    upserts, pod removals, pod upserts, pending removals, pending upserts,
+    token-only removals, token-only upserts, role removals. A pod
     entry for an IP is replaced or removed only by a change naming the same
     pod uid; a pod upsert for an IP held by another uid, or naming a role key
     the proxy does not hold, is refused (listed in ``Ack.rejected``) so that
@@ -19,7 +20,12 @@ Endpoints on the control port (mutual TLS only), all JSON:
     cluster, a newly active operator sends only its own replicas'
     ``node_identity`` entries this way (it needs them to reach AWS at all).
     A :class:`PendingPod` is a pod granted a role on this node whose IP the
-    API server does not show yet; its pod entry replaces it.
+    API server does not show yet; its pod entry replaces it. A
+    :class:`TokenOnlyPod` is a pod granted a role on this node that is served
+    on the container-credentials path only (a hostNetwork pod: its IP is the
+    node's). ``service_account_keys``, when present, replaces the keys the
+    container-credentials path checks tokens with (absent: no news, the
+    proxy keeps what it holds).
 
 ``PUT /v1/snapshot``  body :class:`Snapshot`  -> :class:`Ack`
     Atomic replacement of everything the proxy holds for its node. The first
@@ -29,15 +35,18 @@ Endpoints on the control port (mutual TLS only), all JSON:
     What the proxy holds (counts and snapshot generation, never secrets), for
     the operator's anti-entropy check.
 
-Fields added after the first release (the pending pods) are left out of a
-body while empty, so that a proxy or an operator that predates them still
-reads every body that does not use them.
+Fields added after the first release (the pending pods, the token-only
+pods, the service-account keys) are left out of a body while empty, so that
+a proxy or an operator that predates them still reads every body that does
+not use them.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
+import json
 from typing import Annotated, Any
 
 import pydantic
@@ -139,6 +148,41 @@ class PendingPod(_Model):
     role_key: RoleKey
 
 
+class TokenOnlyPod(_Model):
+    """A pod granted a role on this node, served on the container-credentials path only.
+
+    A hostNetwork pod shares the node's IP, so the metadata path (which
+    knows pods by source IP) can never serve it; a request carrying the
+    pod's ServiceAccount token names it by uid instead.
+    """
+
+    uid: str = pydantic.Field(min_length=1, max_length=64)
+    namespace: str = pydantic.Field(min_length=1, max_length=63)
+    name: str = pydantic.Field(min_length=1, max_length=253)
+    role_key: RoleKey
+
+
+# One JSON Web Key as the API server publishes it at /openid/v1/jwks (kty, kid, alg, use, n/e or crv/x/y; key_ops, x5c).
+_JwkText = Annotated[str, pydantic.StringConstraints(max_length=8192)]
+Jwk = dict[str, _JwkText | Annotated[list[_JwkText], pydantic.Field(max_length=16)]]
+
+
+class ServiceAccountKeys(_Model):
+    """The API server's service-account token issuer and public signing keys (its JWKS).
+
+    The container-credentials path checks a pod's projected ServiceAccount
+    token against these, offline: the proxy has no Kubernetes API access.
+    """
+
+    issuer: str = pydantic.Field(min_length=1, max_length=2048)
+    keys: list[Jwk] = pydantic.Field(max_length=64)
+
+    def fingerprint(self) -> str:
+        """What the proxy reports in its status, so the operator sees whether it holds the same keys."""
+        canonical = json.dumps({"issuer": self.issuer, "keys": self.keys}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 class PodRemoval(_Model):
     ip: PodIP
     uid: str = pydantic.Field(min_length=1, max_length=64)
@@ -151,6 +195,9 @@ class Changes(_Model):
     remove_pods: list[PodRemoval] = []
     upsert_pending: list[PendingPod] = _newer()
     remove_pending: list[Annotated[str, pydantic.StringConstraints(min_length=1, max_length=64)]] = _newer()  # uids
+    upsert_token_only: list[TokenOnlyPod] = _newer()
+    remove_token_only: list[Annotated[str, pydantic.StringConstraints(min_length=1, max_length=64)]] = _newer()  # uids
+    service_account_keys: ServiceAccountKeys | None = pydantic.Field(default=None, exclude_if=lambda keys: keys is None)
 
 
 class Snapshot(_Model):
@@ -160,6 +207,9 @@ class Snapshot(_Model):
     roles: list[RoleCredentials] = []
     pods: list[PodEntry] = []
     pending: list[PendingPod] = _newer()
+    token_only: list[TokenOnlyPod] = _newer()
+    # Absent: the proxy keeps the keys it holds (a snapshot from an operator that could not read them wipes nothing).
+    service_account_keys: ServiceAccountKeys | None = pydantic.Field(default=None, exclude_if=lambda keys: keys is None)
 
 
 class Rejection(_Model):
@@ -184,6 +234,9 @@ class ProxyStatus(_Model):
     roles: int
     pods: int
     pending: int = pydantic.Field(default=0, exclude_if=lambda count: not count)
+    token_only: int = pydantic.Field(default=0, exclude_if=lambda count: not count)
+    # ServiceAccountKeys.fingerprint() of the keys held (None: none yet).
+    service_account_keys: str | None = pydantic.Field(default=None, exclude_if=lambda value: value is None)
 
 
 def encode(body: Changes | Snapshot) -> bytes:
