@@ -9,11 +9,12 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from metadata_proxy import (_cni, _control, _health, _imds, _interception, _iptables, _logging, _metrics, _pod_ips, _settings,
-                            _store, _tls)
+from metadata_proxy import (_cni, _control, _descriptors, _guard, _health, _imds, _interception, _iptables, _logging, _metrics,
+                            _pod_ips, _ratelog, _settings, _store, _tls)
 
 from metadata_proxy import _container_credentials  # noqa: E402  (kept apart: the pods' second path)
 
@@ -22,6 +23,8 @@ logger = logging.getLogger("metadata_proxy")
 
 async def serve(settings: _settings.ProxySettings) -> None:
     cert, key, ca = settings.require_tls()
+    limit = _descriptors.set_limit(settings.open_files)
+    caps = _descriptors.shares(limit, settings)
     metrics = _metrics.Metrics()
     store = _store.Store(expiry_margin=settings.expiry_margin)
     metrics.watch_store(store)
@@ -50,24 +53,35 @@ async def serve(settings: _settings.ProxySettings) -> None:
     if credentials is not None and settings.iptables:
         credentials.install_rules()
 
-    runners = [
-        (web.AppRunner(_imds.make_app(settings, store, metrics), handle_signals=False, access_log=None, shutdown_timeout=5), settings.metadata_port, None),
-        (web.AppRunner(_control.make_app(store, metrics, settings.node_name, settings.operator_identity), handle_signals=False,
-                       shutdown_timeout=5),
-         settings.control_port, tls.listener_context),
-        (web.AppRunner(_health.make_app(store, metrics, checker), handle_signals=False, access_log=None, shutdown_timeout=5),
-         settings.health_port, None),
+    logs = _ratelog.PerSource(settings.log_summary_interval, metrics)
+    # aiohttp's own server errors (a request it cannot parse) go through the per-source rule too.
+    server_log = logging.getLogger("metadata_proxy.http")
+    server_log.addFilter(_ratelog.ServerErrors(logs))
+    # Requests carry no body worth waiting for: an unread one gets --read-timeout, an idle connection --idle-timeout.
+    pods_side: dict[str, Any] = {"access_log": None, "logger": server_log, "keepalive_timeout": settings.idle_timeout,
+                 "lingering_time": settings.read_timeout}
+    listeners = [
+        ("metadata", web.AppRunner(_imds.make_app(settings, store, metrics, logs), handle_signals=False, shutdown_timeout=5,
+                                   **pods_side), settings.bind_address, settings.metadata_port, None),
+        ("control", web.AppRunner(_control.make_app(store, metrics, settings.node_name, settings.operator_identity),
+                                  handle_signals=False, shutdown_timeout=5, logger=server_log),
+         settings.bind_address, settings.control_port, tls.listener_context),
+        ("health", web.AppRunner(_health.make_app(store, metrics, checker), handle_signals=False, shutdown_timeout=5, **pods_side),
+         settings.health_bind_address or settings.bind_address, settings.health_port, None),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     watcher = asyncio.create_task(tls.watch(settings.tls_reload_interval, lambda outcome: metrics.tls_reloads.labels(outcome).inc()))
-    background = [watcher] + ([asyncio.create_task(checker.run())] if checker is not None else [])
+    background = [watcher, asyncio.create_task(_summaries(logs))] + ([asyncio.create_task(checker.run())] if checker is not None else [])
+    guards: list[_guard.Listener] = []
     try:
-        for runner, port, ssl_context in runners:
+        for name, runner, address, port, ssl_context in listeners:
             await runner.setup()
-            await web.TCPSite(runner, settings.bind_address, port, ssl_context=ssl_context, backlog=1024).start()
+            assert runner.server is not None
+            guards.append(_guard.Listener(name, caps[name], runner.server, metrics, logs, ssl_context))
+            await guards[-1].listen(address, port)
         if credentials is not None:
             await credentials.start()
         # Everything allocated so far lives as long as the process: keep the
@@ -78,7 +92,9 @@ async def serve(settings: _settings.ProxySettings) -> None:
             "listening",
             extra={"node": settings.node_name, "address": settings.bind_address, "metadata_port": settings.metadata_port,
                    "control_port": settings.control_port, "health_port": settings.health_port,
-                   "iptables": settings.iptables, "require_imdsv2": settings.require_imdsv2},
+                   "health_address": settings.health_bind_address or settings.bind_address,
+                   "iptables": settings.iptables, "require_imdsv2": settings.require_imdsv2, "open_files": limit,
+                   "connections": {name: f"{c.per_source} per source, {c.total} in all" for name, c in caps.items()}},
         )
         await stop.wait()
         logger.info("stopping" + (" (the iptables rule stays in place)" if settings.iptables else ""))
@@ -89,8 +105,16 @@ async def serve(settings: _settings.ProxySettings) -> None:
                 await task
         if credentials is not None:
             await credentials.stop()
-        for runner, _, _ in reversed(runners):
+        for guard in guards:
+            guard.close()
+        for _, runner, _, _, _ in reversed(listeners):
             await runner.cleanup()
+
+
+async def _summaries(logs: _ratelog.PerSource) -> None:
+    while True:
+        await asyncio.sleep(logs.interval)
+        logs.flush()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from metadata_proxy import _metrics, _pod_ips, _settings, _store, _tokens, _upstream, wire
+from metadata_proxy import _metrics, _pod_ips, _ratelog, _settings, _store, _tokens, _upstream, _upstream_cache, wire
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +22,10 @@ STORE = web.AppKey("store", _store.Store)
 METRICS = web.AppKey("metrics", _metrics.Metrics)
 SETTINGS = web.AppKey("settings", _settings.ProxySettings)
 TOKENS = web.AppKey("tokens", _tokens.TokenIssuer)
-UPSTREAM = web.AppKey("upstream", _upstream.Upstream)
+UPSTREAM = web.AppKey("upstream", _upstream_cache.CachedUpstream)
 ALLOWED = web.AppKey("allowed", list[re.Pattern[str]])
 POD_IPS = web.AppKey("pod_ips", _pod_ips.Client)
+LOGS = web.AppKey("logs", _ratelog.PerSource)
 
 TOKEN_PATH = "/latest/api/token"
 CREDENTIALS = "/latest/meta-data/iam/security-credentials/"
@@ -99,22 +100,22 @@ class _Counters:
 COUNTERS = web.AppKey("counters", _Counters)
 
 
-async def _from_upstream(request: web.Request, path: str) -> web.Response:
-    """``path`` from the node's real metadata service: its answer, a bare 404/429, or 502."""
-    counters = request.app[COUNTERS]
+async def _from_upstream(request: web.Request, path: str, ip: str) -> web.Response:
+    """``path`` from the node's real metadata service (or its cache): its answer, a bare 404/429, or 502."""
     try:
         answer = await request.app[UPSTREAM].get(path)
+    except _upstream_cache.Throttled:
+        return _text(429, b"")
     except _upstream.UpstreamError as error:
-        logger.warning("upstream metadata service failed", extra={"path": path, "error": str(error)})
-        counters.metrics.upstream.labels("error").inc()
+        if request.app[LOGS].first("upstream failed", ip, logging.WARNING):
+            logger.warning("upstream metadata service failed", extra={"source_ip": ip, "path": path, "error": str(error)})
         return _text(502, "podiam: the node's metadata service did not answer\n")
-    counters.metrics.upstream.labels(str(answer.status)).inc()
     if answer.status != 200:
         return _text(answer.status if answer.status in (404, 429) else 502, b"")
     return web.Response(body=answer.body, content_type=answer.content_type or _TEXT)
 
 
-async def _node_identity(request: web.Request, route: str, pod: wire.PodEntry) -> web.Response:
+async def _node_identity(request: web.Request, route: str, ip: str, pod: wire.PodEntry) -> web.Response:
     """One of the operator's own pods: the node's role, from the node's metadata service.
 
     Only the three iam/ paths an SDK reads, with a plain role name: nothing
@@ -127,7 +128,7 @@ async def _node_identity(request: web.Request, route: str, pod: wire.PodEntry) -
         return _text(404, b"")
     request.app[COUNTERS].node_identity.inc()
     logger.debug("node identity for the operator's pod", extra={"pod": f"{pod.namespace}/{pod.name}", "path": request.path})
-    return await _from_upstream(request, raw)
+    return await _from_upstream(request, raw, ip)
 
 
 async def _credentials(request: web.Request, route: str, ip: str) -> web.Response:
@@ -146,16 +147,19 @@ async def _credentials(request: web.Request, route: str, ip: str) -> web.Respons
             # Exact: nothing ran between the lookup and here, so an entry the store does not hold was learned.
             learned = pod is not None and store.pod(ip) is None
     if pod is not None and pod.node_identity:
-        return await _node_identity(request, route, pod)
+        return await _node_identity(request, route, ip, pod)
     if creds is None:
         counters.miss.inc()
+        logs = app[LOGS]
         if pod is None:
-            logger.info("no pod known at this IP", extra={"source_ip": ip, "path": request.path})
+            if logs.first("no pod known", ip):
+                logger.info("no pod known at this IP", extra={"source_ip": ip, "path": request.path})
             return _text(404, f"podiam: no pod known at {ip} on this node\n")
-        logger.info(
-            "no servable credentials for the pod",
-            extra={"source_ip": ip, "pod": f"{pod.namespace}/{pod.name}", "role_key": pod.role_key},
-        )
+        if logs.first("no credentials", ip):
+            logger.info(
+                "no servable credentials for the pod",
+                extra={"source_ip": ip, "pod": f"{pod.namespace}/{pod.name}", "role_key": pod.role_key},
+            )
         return _text(404, f"podiam: no credentials for pod {pod.namespace}/{pod.name} yet\n")
     if route == "credentials-list":
         body = creds.role_name.encode()
@@ -168,8 +172,9 @@ async def _credentials(request: web.Request, route: str, ip: str) -> web.Respons
         body = creds.document
     if learned and pod is not None:
         counters.learned.inc()
-        logger.info("served a starting pod by the IP its node gave it",
-                    extra={"source_ip": ip, "pod": f"{pod.namespace}/{pod.name}", "uid": pod.uid})
+        if app[LOGS].first("learned", ip):
+            logger.info("served a starting pod by the IP its node gave it",
+                        extra={"source_ip": ip, "pod": f"{pod.namespace}/{pod.name}", "uid": pod.uid})
     else:
         (counters.waited_hit if waited else counters.hit).inc()
     return web.Response(body=body, content_type=_TEXT)
@@ -186,13 +191,13 @@ async def _token(request: web.Request, ip: str) -> web.Response:
     return _text(200, request.app[TOKENS].issue(ip, ttl), headers={TTL_HEADER: str(ttl)})
 
 
-async def _other(request: web.Request) -> web.Response:
+async def _other(request: web.Request, ip: str) -> web.Response:
     raw = request.rel_url.raw_path
     if request.rel_url.raw_query_string or not _safe_for_upstream(raw) or not any(
         pattern.fullmatch(raw) for pattern in request.app[ALLOWED]
     ):
         return _text(404, b"")
-    return await _from_upstream(request, raw)
+    return await _from_upstream(request, raw, ip)
 
 
 async def _dispatch(request: web.Request, route: str) -> web.Response:
@@ -227,7 +232,7 @@ async def _dispatch(request: web.Request, route: str) -> web.Response:
         # IMDS and Kiam redirect to the listing; a relative Location keeps the
         # client on whatever address it used.
         return _text(301, b"", headers={"Location": CREDENTIALS})
-    return await _other(request)
+    return await _other(request, ip)
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -251,6 +256,7 @@ def make_app(
     settings: _settings.ProxySettings,
     store: _store.Store,
     metrics: _metrics.Metrics,
+    logs: _ratelog.PerSource,
     tokens: _tokens.TokenIssuer | None = None,
 ) -> web.Application:
     # Requests are tiny; anything with a body is not a metadata request.
@@ -260,7 +266,10 @@ def make_app(
     app[TOKENS] = tokens or _tokens.TokenIssuer()
     app[COUNTERS] = _Counters(metrics)
     app[ALLOWED] = [re.compile(pattern) for pattern in settings.allow_route]
-    app[UPSTREAM] = _upstream.Upstream(str(settings.upstream), settings.upstream_timeout)
+    app[LOGS] = logs
+    bucket = _upstream_cache.TokenBucket(settings.upstream_rate, settings.upstream_burst, time.monotonic)
+    app[UPSTREAM] = _upstream_cache.CachedUpstream(_upstream.Upstream(str(settings.upstream), settings.upstream_timeout),
+                                                   settings.upstream_cache_ttl, bucket, metrics)
     if settings.pod_ips_socket is not None:
         app[POD_IPS] = _pod_ips.Client(settings.pod_ips_socket)
     app.cleanup_ctx.append(_upstream_ctx)

@@ -40,8 +40,31 @@ class Metrics:
             registry=r,
         )
         self.upstream = prom.Counter(
-            "podiam_proxy_upstream_requests", "Allowed requests proxied to the real metadata service, by status.",
+            "podiam_proxy_upstream_requests", "Requests the proxy sent to the real metadata service, by status (error: no answer).",
             ["status"], registry=r,
+        )
+        self.upstream_cache = prom.Counter(
+            "podiam_proxy_upstream_cache_lookups",
+            "Pod requests for the real metadata service's paths: hit (a cached answer), miss (asked upstream), joined "
+            "(waited for the same path's request on its way), stale (the bucket was empty: the last answer), throttled "
+            "(the bucket was empty and nothing cached: 429).",
+            ["result"], registry=r,
+        )
+        self.connections = prom.Gauge("podiam_proxy_connections", "Open connections by port.", ["port"], registry=r)
+        self.connections_max = prom.Gauge(
+            "podiam_proxy_connections_max", "Connections a port may hold open in all (its share of the descriptor limit).",
+            ["port"], registry=r,
+        )
+        self.connections_dropped = prom.Counter(
+            "podiam_proxy_connections_dropped",
+            "Connections reset by port and reason: source_cap (its source held its cap), total_cap (the port held its "
+            "share and none was waiting for a request), evicted (closed, still without a request, to make room), "
+            "read_timeout (no complete request head in time), tls_failed (control port: no handshake).",
+            ["port", "reason"], registry=r,
+        )
+        self.log_lines_suppressed = prom.Counter(
+            "podiam_proxy_log_lines_suppressed", "Log lines counted into a summary instead of written, by kind.", ["kind"],
+            registry=r,
         )
         self.pushes = prom.Counter(
             "podiam_proxy_pushes", "Pushes received on the control port, by kind and outcome.", ["kind", "outcome"],

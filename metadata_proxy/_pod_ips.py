@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 CLAIMS_PATH = "/v1/claims"
 RESULTS = web.AppKey("results", _cni.Results)
 TIMEOUT = 0.25  # the reader answers in about a millisecond; a request must not spend its pod's SDK timeout here
+CONNECTIONS = 8  # to the reader at most (descriptors the metadata port's flood cannot multiply)
 _WARN_EVERY = 60.0
 
 
@@ -79,7 +80,7 @@ class Client:
 
     async def claims(self, ip: str) -> list[_cni.Claim]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket)),
+            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket), limit=CONNECTIONS),
                                                   timeout=aiohttp.ClientTimeout(total=TIMEOUT))
         try:
             async with self._session.get(f"http://pod-ips{CLAIMS_PATH}", params={"ip": ip}) as answer:

@@ -65,6 +65,12 @@ class ProxySettings(pydantic_settings.BaseSettings):
     )
     control_port: Port = pydantic.Field(8182, description="Port of the operator's pushes (mutual TLS only).")
     health_port: Port = pydantic.Field(8183, description="Port of /healthz, /readyz and /metrics (plain HTTP).")
+    health_bind_address: str | None = pydantic.Field(
+        None,
+        description="Address of the health port alone (default: --bind-address). What it tells is a status word and "
+        "counts, for anyone; 127.0.0.1 takes it off the pod network for a scraper on the node itself (the kubelet "
+        "probes from the node, where that loopback is its own), and Prometheus then cannot reach /metrics.",
+    )
 
     tls_cert: Path | None = pydantic.Field(
         None, description="This proxy's server certificate (PEM), e.g. server.pem or tls.crt. Kiam agent: --cert."
@@ -132,6 +138,49 @@ class ProxySettings(pydantic_settings.BaseSettings):
         "--whitelist-route-regexp. Env: a JSON list.",
     )
 
+    upstream_cache_ttl: Duration = pydantic.Field(
+        2.0,
+        description="How long an answer of the real metadata service (200 or 404) is reused for the same path; requests "
+        "for a path already on its way wait for that answer. 0: ask every time (one request per path at a time still).",
+    )
+    upstream_rate: float = pydantic.Field(
+        10.0, gt=0, description="Requests a second the proxy sends the real metadata service at most, on average (a "
+        "token bucket; EC2's own limit is 1024 packets a second per interface). Over it a pod gets the path's last "
+        "answer, or 429 when there is none.",
+    )
+    upstream_burst: int = pydantic.Field(20, ge=1, description="Requests to the real metadata service at once, above --upstream-rate.")
+
+    open_files: int = pydantic.Field(
+        8192, ge=512,
+        description="The descriptor limit (soft RLIMIT_NOFILE) the proxy sets itself at start, or the hard limit the "
+        "container runtime gives if lower (a pod spec has no field for it). The control port gets 128 connections, the "
+        "health port 64, the process 80 descriptors, the metadata port the rest (--max-connections).",
+    )
+    max_connections_per_source: int = pydantic.Field(
+        128, ge=1, description="Metadata port: connections one source IP (one pod) may hold open; more are reset at once.",
+    )
+    max_connections: int = pydantic.Field(
+        0, ge=0,
+        description="Metadata port: connections open at once in all; 0: what --open-files leaves. With all in use, the "
+        "oldest that has not sent a complete request yet is closed for the newcomer (none: the newcomer is reset).",
+    )
+    read_timeout: Duration = pydantic.Field(
+        5.0,
+        description="A new connection (any port) must send a complete request head within this (on the control port "
+        "the TLS handshake included), and a request's unread body is waited for no longer; else it is reset.",
+    )
+    idle_timeout: Duration = pydantic.Field(
+        5.0,
+        description="Metadata and health ports: a kept-alive connection is closed when its next request head is not "
+        "complete within this of the previous answer. (The operator's connections keep aiohttp's own.)",
+    )
+    log_summary_interval: Duration = pydantic.Field(
+        10.0,
+        description="Logs per source: the first line of a kind (a malformed request, a request from an IP with no "
+        "credentials, a refused connection...) is written, the next ones only counted, and once per interval "
+        "'N more like this from IP in the last T s'.",
+    )
+
     iptables: bool = pydantic.Field(
         False,
         description="Install the DNAT rule sending pods' 169.254.169.254:80 to --host-ip:--metadata-port, in the nat "
@@ -182,10 +231,10 @@ class ProxySettings(pydantic_settings.BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = pydantic.Field("info", description="Log level.")
     log_format: Literal["json", "text"] = pydantic.Field("json", description="json: one object per line; text: for humans.")
 
-    @pydantic.field_validator("bind_address")
+    @pydantic.field_validator("bind_address", "health_bind_address")
     @classmethod
-    def _an_ip(cls, value: str) -> str:
-        return str(ipaddress.ip_address(value))
+    def _an_ip(cls, value: str | None) -> str | None:
+        return None if value is None else str(ipaddress.ip_address(value))
 
     @pydantic.field_validator("cni_networks")
     @classmethod
@@ -219,8 +268,9 @@ class ProxySettings(pydantic_settings.BaseSettings):
             raise ValueError("--require-imdsv2 and --disable-imdsv2 exclude each other")
         if self.iptables and self.host_ip is None:
             raise ValueError("--iptables needs --host-ip (the node's IP, the rule's DNAT target)")
-        if self.interception_check_interval <= 0:
-            raise ValueError("--interception-check-interval must be more than 0 seconds")
+        for name in ("interception_check_interval", "read_timeout", "idle_timeout", "log_summary_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{_flag(name)} must be more than 0 seconds")
         if len({self.metadata_port, self.control_port, self.health_port}) != 3:
             raise ValueError("--metadata-port, --control-port and --health-port must differ")
         if self.container_credentials and self.container_credentials_port in (self.metadata_port, self.control_port, self.health_port):

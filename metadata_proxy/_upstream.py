@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 _TOKEN_TTL = 21600
 _RENEW_BEFORE = 300
+# Connections to the node's metadata service at most: requests for one path share one (_upstream_cache).
+CONNECTIONS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,8 @@ class Upstream:
 
     async def start(self) -> None:
         # No proxy from the environment, no cookies: a plain link-local client.
-        self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
+        self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
+                                              connector=aiohttp.TCPConnector(limit=CONNECTIONS))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,4 +1,4 @@
-"""A --host-interface that misses pods is never silent: the proxy's /readyz, log and metric say which and what to set.
+"""A --host-interface that misses pods is never silent: the proxy's /readyz says so, its log and metric say which and what to set.
 
 Real routes and a real rule: pods are network namespaces on veths (``pdt…``
 matched by ``pdt+``, ``pdx…`` not), and one behind a bridge (``pdb…``), as
@@ -39,6 +39,12 @@ def wait_readyz(proxy: ProxyProcess, status: int, timeout: float = 10.0) -> str:
     return wait_for(lambda: (r := proxy.health("/readyz")).status == status and r.text, timeout, f"/readyz {status}")
 
 
+def readiness_logged(proxy: ProxyProcess) -> list[dict[str, object]]:
+    """The details behind /readyz's status word: the proxy logs them whenever the word changes."""
+    entries = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
+    return [entry for entry in entries if str(entry.get("message", "")).startswith("readiness: ")]
+
+
 def not_intercepted(proxy: ProxyProcess) -> float:
     line = next(line for line in proxy.metrics().splitlines() if line.startswith("podiam_proxy_pods_not_intercepted "))
     return float(line.split()[1])
@@ -62,15 +68,15 @@ def test_a_pattern_that_misses_a_pod_makes_the_proxy_unready_and_says_why(node: 
     try:
         role = role_credentials("k1", "PodRole")
         proxy.push_snapshot(wire.Snapshot(generation=1, roles=[role], pods=[pod_entry(a.pod_ip, "k1")]))
-        assert wait_readyz(proxy, 200).startswith("ready: snapshot 1")
+        assert wait_readyz(proxy, 200) == "ready\n"
         assert not_intercepted(proxy) == 0
 
         # Pod c sits on pdx…, which pdt+ does not match: its requests never reach the proxy.
         proxy.push_snapshot(wire.Snapshot(generation=2, roles=[role], pods=[pod_entry(a.pod_ip, "k1"), pod_entry(c.pod_ip, "k1")]))
-        text = wait_readyz(proxy, 503)
-        assert text.startswith("not ready: the iptables rule (--host-interface 'pdt+') does not intercept 1 pod(s): "
-                               f"{c.pod_ip} via {c.host_if}")
-        assert "use --host-interface pd+" in text
+        assert wait_readyz(proxy, 503) == "not ready: interception\n"  # to the network, a status word; the pods to the log
+        detail = str(readiness_logged(proxy)[-1]["detail"])
+        assert detail.startswith(f"the iptables rule (--host-interface 'pdt+') does not intercept 1 pod(s): {c.pod_ip} via {c.host_if}")
+        assert "use --host-interface pd+" in detail
         assert not_intercepted(proxy) == 1
         assert "error" in c.get(CREDS, timeout=1.0)  # what the check predicted: the rule does not see pod c
         assert a.get(CREDS) == {"status": 200, "body": "PodRole"}  # still served: only readiness says no
@@ -94,7 +100,8 @@ def test_behind_a_bridge_the_veth_pattern_intercepts_nothing_and_the_advice_fixe
     proxy = start_proxy(tmp_path, pki, bridged.host_ip, "pdt+")
     try:
         proxy.push_snapshot(snapshot)
-        text = wait_readyz(proxy, 503)
+        assert wait_readyz(proxy, 503) == "not ready: interception\n"
+        text = str(readiness_logged(proxy)[-1]["detail"])
         assert f"{bridged.pod_ip} via {bridged.bridge}" in text
         assert f"Pods are behind bridge {bridged.bridge}: use --host-interface {bridged.bridge} or '!" in text
         assert "error" in bridged.get(CREDS, timeout=1.0)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from metadata_proxy import _control, _health, _imds, _metrics, _settings, _store, _tls, _tokens
+from metadata_proxy import _control, _health, _imds, _metrics, _ratelog, _settings, _store, _tls, _tokens
 from tests.support import certs, proxy
 
 pytestmark = pytest.mark.unit
@@ -69,7 +69,7 @@ def imds(aiohttp_client: Any, store: _store.Store, metrics: _metrics.Metrics, is
     Every app of one test shares the token issuer (one proxy's key)."""
 
     async def make(source_ip: str | None = None, **overrides: Any) -> TestClient[web.Request, web.Application]:
-        app = _imds.make_app(settings(**overrides), store, metrics, issuer)
+        app = _imds.make_app(settings(**overrides), store, metrics, _ratelog.PerSource(60, metrics), issuer)
         kwargs: dict[str, Any] = {}
         if source_ip:
             kwargs["connector"] = aiohttp.TCPConnector(local_addr=(source_ip, 0))

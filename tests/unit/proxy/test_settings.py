@@ -28,6 +28,21 @@ def test_defaults() -> None:
     assert settings.operator_identity == "podiam-operator"
     assert str(settings.upstream) == "http://169.254.169.254/"
     assert settings.allow_route == _settings.DEFAULT_ALLOWED_ROUTES
+    # One caller cannot starve the others.
+    assert (settings.open_files, settings.max_connections_per_source, settings.max_connections) == (8192, 128, 0)
+    assert (settings.read_timeout, settings.idle_timeout, settings.log_summary_interval) == (5.0, 5.0, 10.0)
+    assert (settings.upstream_cache_ttl, settings.upstream_rate, settings.upstream_burst) == (2.0, 10.0, 20)
+    assert settings.health_bind_address is None
+
+
+def test_limits_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PODIAM_PROXY_OPEN_FILES", "65536")
+    monkeypatch.setenv("PODIAM_PROXY_READ_TIMEOUT", "2s")
+    settings, _ = _settings.parse(["--max-connections-per-source", "16", "--idle-timeout", "500ms", "--upstream-cache-ttl", "0",
+                                   "--health-bind-address", "127.0.0.1", "--log-summary-interval", "1m"])
+    assert (settings.open_files, settings.read_timeout, settings.idle_timeout) == (65536, 2.0, 0.5)
+    assert (settings.max_connections_per_source, settings.upstream_cache_ttl, settings.log_summary_interval) == (16, 0.0, 60.0)
+    assert settings.health_bind_address == "127.0.0.1"
 
 
 def test_every_field_has_a_flag_and_an_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,6 +84,13 @@ def test_iptables_settings() -> None:
     (["--bind-address", "not-an-ip"], "--bind-address"),
     (["--require-imdsv2", "--disable-imdsv2"], "exclude each other"),
     (["--log-level", "chatty"], "--log-level"),
+    (["--read-timeout", "0"], "--read-timeout must be more than 0"),
+    (["--idle-timeout", "0s"], "--idle-timeout must be more than 0"),
+    (["--log-summary-interval", "0"], "--log-summary-interval must be more than 0"),
+    (["--max-connections-per-source", "0"], "--max-connections-per-source"),
+    (["--open-files", "100"], "--open-files"),
+    (["--upstream-rate", "0"], "--upstream-rate"),
+    (["--health-bind-address", "localhost"], "--health-bind-address"),
 ])
 def test_bad_settings_name_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
