@@ -15,7 +15,7 @@ from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import engine as engines
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
-from podiam_operator._kits import push, sts, tlsfiles
+from podiam_operator._kits import push, sa_keys, sts, tlsfiles
 
 
 def region(settings: _settings.OperatorSettings) -> str | None:
@@ -38,6 +38,7 @@ def config(settings: _settings.OperatorSettings) -> decide.Config:
         default_role=settings.default_role,
         irsa=settings.irsa_service_accounts,
         cluster_name=settings.cluster_name,
+        container_credentials=settings.container_credentials,
     )
 
 
@@ -87,11 +88,13 @@ async def build(
         concurrency=settings.push_concurrency,
     )
 
+    keys = sa_keys.Source(kube, settings.service_account_keys_interval) if settings.container_credentials else None
+
     def pusher_factory(desired: push.DesiredFn, credentials: push.CredentialsFn, synced: push.SyncedFn,
                        pending: push.PendingFn) -> push.Pusher:
         return push.Pusher(
             client, desired, credentials, synced, port=settings.proxy_control_port, anti_entropy=settings.anti_entropy_interval,
-            pending=pending,
+            pending=pending, keys=keys or push.no_keys,
         )
 
     leadership = None
@@ -112,6 +115,7 @@ async def build(
         leadership=leadership,
         identity=source.caller_identity,
         own=own_pods(settings),
+        sa_keys=keys,
     )
     stack.push_async_callback(engine.close)
     return engine

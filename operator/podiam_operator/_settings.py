@@ -142,6 +142,17 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     )
     manage_node_taint: bool = pydantic.Field(default=True, description="Remove the start-up taint (needs patch on nodes)")
 
+    # --- the container-credentials path (EKS Pod Identity's endpoint) ----------
+    container_credentials: bool = pydantic.Field(
+        default=True,
+        description="Push the API server's service-account keys (its JWKS) to the proxies, which check pods' projected "
+        "ServiceAccount tokens with them on 169.254.170.23; and serve hostNetwork pods there (token-only entries) rather "
+        "than refusing them",
+    )
+    service_account_keys_interval: float = pydantic.Field(
+        default=60.0, ge=5.0, description="Seconds between two reads of the API server's service-account keys (key rotation)"
+    )
+
     # --- the operator's own AWS identity --------------------------------------
     operator_node_identity: bool = pydantic.Field(
         default=False,

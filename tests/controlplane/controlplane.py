@@ -214,6 +214,23 @@ class ControlPlane:
         self.stop_apiserver()
         self.start_apiserver(timeout)
 
+    def rotate_service_account_key(self, timeout: float = 60.0) -> Path:
+        """Sign service-account tokens with a new key from now on, as a key rotation does; returns the new private key.
+
+        The previous public keys stay verification keys (``--service-account-key-file`` repeated), so tokens already
+        issued stay valid and the JWKS lists old and new. Restarts the API server (for podiam's container-credentials
+        tests: the operator must follow the rotation to the proxies).
+        """
+        argv = self._argv["kube-apiserver"]
+        rotated = sum(1 for arg in argv if arg.startswith("--service-account-key-file="))
+        directory = self.pki / f"sa-rotated-{rotated}"
+        directory.mkdir(parents=True, exist_ok=True)
+        sa = certs.service_account_keys(directory)
+        signing = next(i for i, arg in enumerate(argv) if arg.startswith("--service-account-signing-key-file="))
+        argv[signing:signing + 1] = [f"--service-account-key-file={sa.cert}", f"--service-account-signing-key-file={sa.key}"]
+        self.restart_apiserver(timeout)
+        return sa.key
+
     def restart_controller_manager(self, timeout: float = 60.0) -> None:
         """Stop and start kube-controller-manager; returns once its controllers run again."""
         self._stop_one("kube-controller-manager")

@@ -137,6 +137,7 @@ class ProxyProcess:
         metadata_port: int | None = None,
         control_port: int | None = None,
         health_port: int | None = None,
+        container_credentials_port: int | None = None,
         node_name: str = "node-test",
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -149,12 +150,15 @@ class ProxyProcess:
         self.metadata_port = metadata_port or ports.free_port(host)
         self.control_port = control_port or ports.free_port(host)
         self.health_port = health_port or ports.free_port(host)
+        # A free one, like the others: the default (8186) may be another session's proxy on this address.
+        self.container_credentials_port = container_credentials_port or ports.free_port(host)
         argv = [
             sys.executable, "-m", "metadata_proxy",
             "--bind-address", host,
             "--metadata-port", str(self.metadata_port),
             "--control-port", str(self.control_port),
             "--health-port", str(self.health_port),
+            "--container-credentials-port", str(self.container_credentials_port),
             "--node-name", node_name,
             "--tls-cert", str(self.files.cert),
             "--tls-key", str(self.files.key),
@@ -242,6 +246,16 @@ class ProxyProcess:
         )
         assert result.status == 200, (result.status, result.text)
         return result.text
+
+    # -- container-credentials port --------------------------------------------
+    @property
+    def container_credentials_url(self) -> str:
+        return f"http://{self.host}:{self.container_credentials_port}/v1/credentials"
+
+    def container_credentials(self, token: str | None) -> HttpResult:
+        """``GET /v1/credentials`` as the SDKs send it: the token as the Authorization header."""
+        headers = {"Authorization": token} if token is not None else {}
+        return http_request(self.host, self.container_credentials_port, "GET", "/v1/credentials", headers=headers)
 
     # -- health port -------------------------------------------------------
     def health(self, path: str = "/healthz") -> HttpResult:

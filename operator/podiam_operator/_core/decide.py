@@ -18,6 +18,10 @@ A default (3, 4) never applies to a pod that could not be served anyway
 (hostNetwork, mirror pods), and the cluster's default only where the
 namespace policy permits it: elsewhere the pod gets nothing, without an
 Event (a fallback most namespaces refuse would otherwise post one per pod).
+With ``Config.container_credentials`` a hostNetwork pod that names a role
+(levels 1 and 2) is granted it, on the container-credentials path only;
+defaults still pass such pods by (node agents on the host network should
+not start holding a namespace's role by surprise).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Config:
     default_role: str | None = None  # the cluster's default role (name or ARN)
     irsa: bool = False  # honour ServiceAccounts' eks.amazonaws.com/role-arn
     cluster_name: str | None = None  # the eks-cluster-name session tag
+    # hostNetwork pods are served on the container-credentials path (their token names them, their IP cannot).
+    container_credentials: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -186,6 +192,16 @@ def _session(pod: facts.PodFacts, config: Config, candidate: _Candidate) -> tupl
     return config.session_name, session_tags
 
 
+def token_only(pod: facts.PodFacts, config: Config) -> str | None:
+    """What to tell a granted hostNetwork pod: it is served on the container-credentials path only (None: not such a pod)."""
+    if not (pod.host_network and config.container_credentials):
+        return None
+    return (f"pod {pod.name} uses hostNetwork: it shares the node's IP, so it is served on the container-credentials "
+            "path only (http://169.254.170.23/v1/credentials with its projected ServiceAccount token: "
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); its 169.254.169.254 is the "
+            "node's own metadata service")
+
+
 def session_name_ignored(pod: facts.PodFacts, config: Config) -> str | None:
     """What to tell a pod whose session-name annotation has no effect (shared sessions), or None."""
     if pod.session_name is None or config.per_pod:
@@ -250,7 +266,7 @@ def _unservable(pod: facts.PodFacts, config: Config, names: tuple[str, ...], sou
             "(the operator's --allow-mirror-pods changes that)",
             source=source,
         )
-    if pod.host_network:
+    if pod.host_network and not config.container_credentials:
         return PodDecision(
             "denied",
             bindings=names,

@@ -70,10 +70,21 @@ class OwnPods:
         return pod.namespace == self.namespace and pod.service_account == self.service_account and not pod.mirror
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenOnlyPlan:
+    """A granted hostNetwork pod: served by its token on the container-credentials path, never by IP."""
+
+    uid: str
+    namespace: str
+    name: str
+    key: str
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeDesired:
     pods: dict[str, PodEntryPlan]  # by pod uid: pods with an IP
     keys: frozenset[str]  # every key a pod scheduled here needs (before it has an IP, too)
+    token_only: dict[str, TokenOnlyPlan] = dataclasses.field(default_factory=dict)  # by pod uid
 
 
 class World:
@@ -120,10 +131,13 @@ class World:
             pod = self.pods[pod_key]
             if pod.ip:
                 by_ip[pod.ip].append(PodEntryPlan(pod.ip, pod.uid, pod.namespace, pod.name, None))
+        token_only: dict[str, TokenOnlyPlan] = {}
         for pod_key, grant in self.node_pods.get(node, {}).items():
             pod = self.pods[pod_key]
             keys.add(grant.key)
-            if pod.ip and pod_key not in own:  # the operator's own pod is the operator, whatever its annotations
+            if pod.host_network:  # the node's IP: never an entry by IP
+                token_only[pod.uid] = TokenOnlyPlan(pod.uid, pod.namespace, pod.name, grant.key)
+            elif pod.ip and pod_key not in own:  # the operator's own pod is the operator, whatever its annotations
                 by_ip[pod.ip].append(PodEntryPlan(pod.ip, pod.uid, pod.namespace, pod.name, grant.key))
         for ip, plans in by_ip.items():
             # Two live pods claiming one IP: one of them is stale and we cannot
@@ -132,7 +146,7 @@ class World:
             # this one's credentials either.
             if len(plans) == 1 and len(self.ip_claims.get((node, ip), ())) <= 1:
                 pods[plans[0].uid] = plans[0]
-        return NodeDesired(pods=pods, keys=frozenset(keys))
+        return NodeDesired(pods=pods, keys=frozenset(keys), token_only=token_only)
 
     def nodes_using(self, key: str) -> set[str]:
         return {self.pods[p].node for p in self.key_users.get(key, ()) if self.pods[p].node}  # type: ignore[misc]

@@ -25,7 +25,7 @@ from podiam_operator import _metrics
 from podiam_operator._core import decide, facts, policy, roles, world
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import kube as kubes
-from podiam_operator._kits import push, sts
+from podiam_operator._kits import push, sa_keys, sts
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,11 @@ class Engine:
         identity: Any = None,
         own: world.OwnPods | None = None,
         reader: facts.Reader = facts.DEFAULT_READER,
+        sa_keys: sa_keys.Source | None = None,
     ) -> None:
         self.reader = reader
+        # The API server's service-account keys for the proxies (None: no container-credentials path).
+        self.sa_keys = sa_keys
         self.world = world.World(config, base, own, reader.rules)
         self.cache = cache
         # ``async () -> (arn, account)``: the operator's own AWS identity (GetCallerIdentity), asked once
@@ -158,14 +161,19 @@ class Engine:
             logger.info("starting with %d pods, %d bindings, %d proxies, %d credential sets to fetch",
                         len(self.world.pods), len(self.world.bindings), len(self.world.proxies), len(keys))
             # A new leader's first snapshots replace what the proxies hold: fetch
-            # every credential set first, so that no pod loses its credentials.
+            # every credential set first, so that no pod loses its credentials
+            # (and the service-account keys, which snapshots carry).
             fetches = [asyncio.ensure_future(self._fetch(key)) for key in keys]
+            if self.sa_keys is not None:
+                fetches.append(asyncio.ensure_future(self._first_keys(self.sa_keys)))
             if fetches:
                 await asyncio.wait(fetches, timeout=WARMUP_TIMEOUT)
             self.started = True
             self.phase = "active"
             self.pusher.start()
             self._spawn(self.cache.run_refresher(self._in_use, self._refreshed, self._payers), "refresher")
+            if self.sa_keys is not None:
+                self._spawn(self.sa_keys.run(self.pusher.poke_all), "service-account-keys")
             self._spawn(self._status_loop(), "status-writer")
             self._spawn(self._owned_loop(), "owned-bindings")
             if self.leadership is not None:
@@ -177,6 +185,13 @@ class Engine:
             for key, decision in self.world.decisions.items():
                 self._pod_events(key, decision)
             self._note_default_everywhere()
+
+    @staticmethod
+    async def _first_keys(source: sa_keys.Source) -> None:
+        try:
+            await source.refresh()
+        except sa_keys.KeysError:
+            pass  # the refresher says why, and retries
 
     async def _learn_identity(self) -> None:
         """GetCallerIdentity until it answers, with backoff; never fatal (liveness stays green), always said."""
@@ -505,6 +520,9 @@ class Engine:
             ignored = decide.session_name_ignored(pod, self.world.config)
             if ignored is not None:
                 self._post_event(ref, "Normal", "SessionNameIgnored", ignored)
+            token_only = decide.token_only(pod, self.world.config)
+            if token_only is not None:
+                self._post_event(ref, "Normal", "ContainerCredentialsOnly", token_only)
 
     # --- the cluster's default role ------------------------------------------------------------
 

@@ -33,6 +33,8 @@ DesiredFn = Callable[[str], world.NodeDesired]
 # The node's pods granted a role that have no IP yet, by uid (the proxy may recognise them by the IP the node gave them).
 PendingFn = Callable[[str], dict[str, wire.PendingPod]]
 CredentialsFn = Callable[[str], "wire.RoleCredentials | None"]
+# The API server's service-account keys, for the proxies' container-credentials path (None: not known).
+KeysFn = Callable[[], "wire.ServiceAccountKeys | None"]
 SyncedFn = Callable[[str], Awaitable[None]]
 
 
@@ -45,10 +47,20 @@ class _Sent:
     pods: dict[str, world.PodEntryPlan] = dataclasses.field(default_factory=dict)  # by uid
     roles: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> access key id (never the secret)
     pending: dict[str, wire.PendingPod] = dataclasses.field(default_factory=dict)  # by uid
+    token_only: dict[str, world.TokenOnlyPlan] = dataclasses.field(default_factory=dict)  # by uid
+    keys: str | None = None  # the fingerprint of the service-account keys sent
 
 
 def no_pending(node: str) -> dict[str, wire.PendingPod]:
     return {}
+
+
+def no_keys() -> wire.ServiceAccountKeys | None:
+    return None
+
+
+def _token_only(plan: world.TokenOnlyPlan) -> wire.TokenOnlyPod:
+    return wire.TokenOnlyPod(uid=plan.uid, namespace=plan.namespace, name=plan.name, role_key=plan.key)
 
 
 def _tls_failure(error: BaseException) -> bool:
@@ -147,8 +159,10 @@ class NodeWorker:
         port: int,
         anti_entropy: float,
         pending: PendingFn = no_pending,
+        keys: KeysFn = no_keys,
     ) -> None:
         self.node = node
+        self.keys = keys
         self.client = client
         self.desired = desired
         self.pending = pending
@@ -240,11 +254,15 @@ class NodeWorker:
         roles, pods = self._roles_and_pods(desired)
         pods = {uid: plan for uid, plan in pods.items() if plan.key is None or plan.key in roles}
         pending = {uid: p for uid, p in self.pending(self.node).items() if p.role_key in roles}
+        token_only = {uid: plan for uid, plan in desired.token_only.items() if plan.key in roles}
+        keys = self.keys()
         self.generation = max(self.generation + 1, time.time_ns() // 1000)
         snapshot = wire.Snapshot(generation=self.generation, roles=list(roles.values()), pods=[_entry(p) for p in pods.values()],
-                                 pending=list(pending.values()))
+                                 pending=list(pending.values()), token_only=[_token_only(p) for p in token_only.values()],
+                                 service_account_keys=keys)
         ack = self._ack(await self.client.request("PUT", self.base_url + wire.SNAPSHOT_PATH, wire.encode(snapshot), "snapshot"))
-        self.sent = _Sent(pods=dict(pods), roles={k: c.access_key_id for k, c in roles.items()}, pending=pending)
+        self.sent = _Sent(pods=dict(pods), roles={k: c.access_key_id for k, c in roles.items()}, pending=pending,
+                          token_only=token_only, keys=keys.fingerprint() if keys is not None else None)
         self.need_snapshot = False
         if ack.rejected:
             # A snapshot replaces everything, so a rejection means bad entries of ours: drop them, say so.
@@ -252,6 +270,7 @@ class NodeWorker:
                 logger.error("proxy on node %s rejected pod %s (%s): %s", self.node, rejection.uid, rejection.ip, rejection.reason)
                 self.sent.pods.pop(rejection.uid, None)
                 self.sent.pending.pop(rejection.uid, None)
+                self.sent.token_only.pop(rejection.uid, None)
         logger.info("snapshot %d sent to node %s: %d pods, %d roles", self.generation, self.node, len(pods), len(roles))
         self.synced_once = True
         await self.on_synced(self.node)
@@ -291,7 +310,13 @@ class NodeWorker:
         upsert_pods = [plan for uid, plan in pods.items() if self.sent.pods.get(uid) != plan]
         remove_pending = [uid for uid, p in self.sent.pending.items() if pending.get(uid) != p]
         upsert_pending = [p for uid, p in pending.items() if self.sent.pending.get(uid) != p]
-        if not (upsert_roles or remove_roles or remove_pods or upsert_pods or remove_pending or upsert_pending):
+        token_only = {uid: held for uid, held in desired.token_only.items() if held.key in roles or held.key in self.sent.roles}
+        remove_token_only = [uid for uid, held in self.sent.token_only.items() if token_only.get(uid) != held]
+        upsert_token_only = [held for uid, held in token_only.items() if self.sent.token_only.get(uid) != held]
+        keys = self.keys()
+        new_keys = keys if keys is not None and keys.fingerprint() != self.sent.keys else None
+        if not (upsert_roles or remove_roles or remove_pods or upsert_pods or remove_pending or upsert_pending
+                or remove_token_only or upsert_token_only or new_keys):
             return
         changes = wire.Changes(
             upsert_roles=upsert_roles,
@@ -300,6 +325,9 @@ class NodeWorker:
             remove_pods=[wire.PodRemoval(ip=p.ip, uid=p.uid) for p in remove_pods],
             upsert_pending=upsert_pending,
             remove_pending=remove_pending,
+            upsert_token_only=[_token_only(p) for p in upsert_token_only],
+            remove_token_only=remove_token_only,
+            service_account_keys=new_keys,
         )
         ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes"))
         for credentials in upsert_roles:
@@ -314,6 +342,12 @@ class NodeWorker:
             self.sent.pending.pop(uid, None)
         for announced in upsert_pending:
             self.sent.pending[announced.uid] = announced
+        for uid in remove_token_only:
+            self.sent.token_only.pop(uid, None)
+        for held in upsert_token_only:
+            self.sent.token_only[held.uid] = held
+        if new_keys is not None:
+            self.sent.keys = new_keys.fingerprint()
         if ack.rejected:
             logger.warning("proxy on node %s rejected %d pod entries (%s); sending a snapshot",
                            self.node, len(ack.rejected), ack.rejected[0].reason)
@@ -335,11 +369,15 @@ class NodeWorker:
             or status.pods != len(self.sent.pods)
             or status.roles != len(self.sent.roles)
             or status.pending != len(self.sent.pending)
+            or status.token_only != len(self.sent.token_only)
+            or (self.sent.keys is not None and status.service_account_keys != self.sent.keys)
         ):
             logger.warning(
-                "proxy on node %s drifted (generation %s, %d pods, %d roles, %d pending; expected %s, %d, %d, %d): resyncing",
-                self.node, status.snapshot_generation, status.pods, status.roles, status.pending,
-                self.generation, len(self.sent.pods), len(self.sent.roles), len(self.sent.pending),
+                "proxy on node %s drifted (generation %s, %d pods, %d roles, %d pending, %d token-only, keys %s; "
+                "expected %s, %d, %d, %d, %d, %s): resyncing",
+                self.node, status.snapshot_generation, status.pods, status.roles, status.pending, status.token_only,
+                status.service_account_keys, self.generation, len(self.sent.pods), len(self.sent.roles),
+                len(self.sent.pending), len(self.sent.token_only), self.sent.keys,
             )
             self.need_snapshot = True
 
@@ -364,8 +402,10 @@ class Pusher:
         port: int,
         anti_entropy: float,
         pending: PendingFn = no_pending,
+        keys: KeysFn = no_keys,
     ) -> None:
         self.client = client
+        self._keys = keys
         self._desired = desired
         self._pending = pending
         self._credentials = credentials
@@ -381,7 +421,7 @@ class Pusher:
         if worker is None:
             worker = self.workers[node] = NodeWorker(
                 node, self.client, self._desired, self._credentials, self._on_synced, port=self.port, anti_entropy=self.anti_entropy,
-                pending=self._pending,
+                pending=self._pending, keys=self._keys,
             )
             worker.full = self.full
             if self.enabled:
@@ -410,6 +450,10 @@ class Pusher:
     def set_proxy(self, node: str, proxy: facts.ProxyFacts | None) -> None:
         self._worker(node).set_proxy(proxy)
         self._gauge()
+
+    def poke_all(self) -> None:
+        for worker in self.workers.values():
+            worker.poke()
 
     def poke(self, nodes: set[str]) -> None:
         for node in nodes:

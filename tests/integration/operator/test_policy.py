@@ -92,12 +92,14 @@ def test_conflict_reports_on_every_binding_and_serves_nothing(stack: stacks.Stac
     stack.wait_binding_phase(ns, "both", "Bound")
 
 
-def test_host_network_pods_are_refused(stack: stacks.Stack, ns: str) -> None:
+def test_host_network_pods_are_served_on_the_container_credentials_path_only(stack: stacks.Stack, ns: str) -> None:
     node = stack.nodes[0]
     stack.create_pod(ns, "hostnet", role="x", node=node, ip="auto", host_network=True)
-    binding = stack.wait_binding_phase(ns, "hostnet", "Denied")
-    assert "hostNetwork" in binding["status"]["message"]
-    stack.wait_event(ns, "Pod", "hostnet", "HostNetwork")
+    stack.wait_binding_phase(ns, "hostnet", "Bound")
+    event = stack.wait_event(ns, "Pod", "hostnet", "ContainerCredentialsOnly")
+    assert "hostNetwork" in event["message"] and "169.254.170.23" in event["message"]
+    # Never by IP: the node's address is no pod's (tests/integration/proxy/test_container_credentials.py reads it by token).
+    assert stack.imds(node, node.ip).status == 404
 
 
 def test_many_pods_one_role_one_assume_role(stack: stacks.Stack, ns: str) -> None:
