@@ -16,7 +16,7 @@ from aiohttp import web
 from metadata_proxy import (_cni, _control, _descriptors, _guard, _health, _imds, _interception, _iptables, _logging, _metrics,
                             _pod_ips, _ratelog, _settings, _store, _tls)
 
-from metadata_proxy import _container_credentials  # noqa: E402  (kept apart: the pods' second path)
+from metadata_proxy import _container_credentials
 
 logger = logging.getLogger("metadata_proxy")
 
@@ -49,10 +49,6 @@ async def serve(settings: _settings.ProxySettings) -> None:
     else:
         logger.info("no iptables rule (--iptables off): sending pods' 169.254.169.254:80 to the metadata port is up to "
                     "you, and the proxy cannot check that it happens")
-    credentials = _container_credentials.Listener(settings, store, metrics) if settings.container_credentials else None
-    if credentials is not None and settings.iptables:
-        credentials.install_rules()
-
     logs = _ratelog.PerSource(settings.log_summary_interval, metrics)
     # aiohttp's own server errors (a request it cannot parse) go through the per-source rule too.
     server_log = logging.getLogger("metadata_proxy.http")
@@ -60,6 +56,11 @@ async def serve(settings: _settings.ProxySettings) -> None:
     # Requests carry no body worth waiting for: an unread one gets --read-timeout, an idle connection --idle-timeout.
     pods_side: dict[str, Any] = {"access_log": None, "logger": server_log, "keepalive_timeout": settings.idle_timeout,
                  "lingering_time": settings.read_timeout}
+    credentials = None
+    if settings.container_credentials:
+        credentials = _container_credentials.Listener(settings, store, metrics, logs, caps["credentials"], pods_side)
+        if settings.iptables:
+            credentials.install_rules()
     listeners = [
         ("metadata", web.AppRunner(_imds.make_app(settings, store, metrics, logs), handle_signals=False, shutdown_timeout=5,
                                    **pods_side), settings.bind_address, settings.metadata_port, None),

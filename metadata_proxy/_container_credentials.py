@@ -15,11 +15,13 @@ answers: a JSON body ``{"code": ..., "message": ...}`` and never a credential.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import prometheus_client as prom
 from aiohttp import web
 
-from metadata_proxy import _iptables, _metrics, _sa_tokens, _settings, _store
+from metadata_proxy import _guard, _iptables, _metrics, _ratelog, _sa_tokens, _settings, _store
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ AUDIENCE = web.AppKey("audience", str)
 LEEWAY = web.AppKey("leeway", float)
 WAIT = web.AppKey("wait", float)
 REQUESTS = web.AppKey("requests", prom.Counter)
+LOGS = web.AppKey("logs", _ratelog.PerSource)
 
 
 class _Refusal(Exception):
@@ -97,9 +100,10 @@ async def handle(request: web.Request) -> web.Response:
         requests.labels(refusal.kind).inc()
         # Never the token: its key id, issuer and subject say whose it is.
         seen = refusal.claims if isinstance(refusal, _Refusal) else None
-        logger.info("container credentials refused",
-                    extra={"source_ip": request.remote, "code": refusal.code, "reason": refusal.message,
-                           "status": STATUS[refusal.kind], **(_said(seen) if seen is not None else {})})
+        if request.app[LOGS].first(f"container credentials {refusal.kind}", request.remote or "unknown"):
+            logger.info("container credentials refused",
+                        extra={"source_ip": request.remote, "code": refusal.code, "reason": refusal.message,
+                               "status": STATUS[refusal.kind], **(_said(seen) if seen is not None else {})})
         return _answer(refusal.kind, refusal.code, refusal.message)
     requests.labels("served").inc()
     logger.debug("container credentials served", extra={"source_ip": request.remote, **_said(claims), "role": creds.role_arn})
@@ -114,13 +118,15 @@ def _answer_plain(status: int, code: str, message: str, headers: dict[str, str] 
     return web.json_response({"code": code, "message": message}, status=status, headers=headers)
 
 
-def make_app(store: _store.Store, metrics: _metrics.Metrics, *, audience: str, leeway: float, wait: float) -> web.Application:
+def make_app(store: _store.Store, metrics: _metrics.Metrics, logs: _ratelog.PerSource, *, audience: str, leeway: float,
+             wait: float) -> web.Application:
     # A token is at most a few kB: anything with a body is not a credentials request.
     app = web.Application(client_max_size=1024, handler_args={"max_line_size": 8190, "max_field_size": 16384})
     app[STORE] = store
     app[AUDIENCE] = audience
     app[LEEWAY] = leeway
     app[WAIT] = wait
+    app[LOGS] = logs
     app[REQUESTS] = prom.Counter(
         "podiam_proxy_container_credentials_requests",
         "Container-credentials requests by result: served, malformed (400), unauthenticated (401), forbidden (403), "
@@ -134,14 +140,18 @@ def make_app(store: _store.Store, metrics: _metrics.Metrics, *, audience: str, l
 class Listener:
     """The endpoint's port, and with ``--iptables`` the rules that send 169.254.170.23:80 (and fd00:ec2::23) there."""
 
-    def __init__(self, settings: _settings.ProxySettings, store: _store.Store, metrics: _metrics.Metrics) -> None:
+    def __init__(self, settings: _settings.ProxySettings, store: _store.Store, metrics: _metrics.Metrics, logs: _ratelog.PerSource,
+                 caps: _guard.Caps, runner_args: Mapping[str, Any]) -> None:
         self.settings = settings
         store.keys.overlap = settings.service_account_key_overlap
         self.runner = web.AppRunner(
-            make_app(store, metrics, audience=settings.container_credentials_audience, leeway=settings.token_leeway,
+            make_app(store, metrics, logs, audience=settings.container_credentials_audience, leeway=settings.token_leeway,
                      wait=settings.credential_wait),
-            handle_signals=False, access_log=None, shutdown_timeout=5,
+            handle_signals=False, shutdown_timeout=5, **runner_args,
         )
+        # Behind the same guard as the metadata port (_guard): its own share of the descriptors, per-source cap, deadline.
+        self._caps, self._metrics, self._logs = caps, metrics, logs
+        self._listener: _guard.Listener | None = None
         self.ipv6: str | None = None
 
     def install_rules(self) -> None:
@@ -157,10 +167,13 @@ class Listener:
         addresses = [self.settings.bind_address]
         if self.ipv6 is not None and self.settings.bind_address in ("0.0.0.0", "::"):
             addresses.append(self.ipv6)  # the IPv6 rule's DNAT target: an IPv4 listener does not answer it
-        for address in dict.fromkeys(addresses):
-            await web.TCPSite(self.runner, address, port, backlog=1024).start()
+        assert self.runner.server is not None
+        self._listener = _guard.Listener("credentials", self._caps, self.runner.server, self._metrics, self._logs)
+        await self._listener.listen(list(dict.fromkeys(addresses)), port)
         logger.info("container credentials listening",
                     extra={"addresses": addresses, "port": port, "audience": self.settings.container_credentials_audience})
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         await self.runner.cleanup()

@@ -6,8 +6,9 @@ kubelet's probe. So the proxy sets its soft limit (RLIMIT_NOFILE) itself at
 start (a pod spec cannot; containers get the runtime's, often a soft 1,024),
 up to the hard limit the runtime allows, and splits it: fixed shares for the
 control and health ports and for the process's own descriptors, the rest to
-the metadata port. Together they stay below the limit, so a flood on one
-port never takes a descriptor another needs.
+the pods' ports, a quarter of it to the container-credentials port when it
+is on and the metadata port the remainder. Together they stay below the
+limit, so a flood on one port never takes a descriptor another needs.
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ def shares(limit: int, settings: _settings.ProxySettings) -> dict[str, _guard.Ca
         raise ValueError(f"a descriptor limit of {limit} leaves the metadata port {left} connections (at least "
                          f"{MIN_METADATA} needed, {RESERVED} go to the other ports and the process): raise --open-files or the "
                          "container runtime's hard limit (LimitNOFILE of containerd's unit)")
-    total = settings.max_connections or left
-    if total > left:
-        raise ValueError(f"--max-connections {total} is more than a descriptor limit of {limit} leaves ({left})")
-    return {
-        "metadata": _guard.Caps(settings.max_connections_per_source, total, settings.read_timeout),
+    caps = {
         "control": _guard.Caps(CONTROL_PER_SOURCE, CONTROL_TOTAL, settings.read_timeout),
         "health": _guard.Caps(HEALTH_PER_SOURCE, HEALTH_TOTAL, settings.read_timeout),
     }
+    if settings.container_credentials:
+        caps["credentials"] = _guard.Caps(settings.max_connections_per_source, left // 4, settings.read_timeout)
+        left -= left // 4
+    total = settings.max_connections or left
+    if total > left:
+        raise ValueError(f"--max-connections {total} is more than a descriptor limit of {limit} leaves ({left})")
+    return {"metadata": _guard.Caps(settings.max_connections_per_source, total, settings.read_timeout), **caps}

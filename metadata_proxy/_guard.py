@@ -93,11 +93,12 @@ class Listener:
     def __call__(self) -> _Connection:
         return _Connection(self)
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str | list[str], port: int) -> None:
         loop = asyncio.get_running_loop()
         if self.ssl_context is None:
             self._server = await loop.create_server(self, host, port, backlog=1024, reuse_address=True)
             return
+        assert isinstance(host, str), "one address for the TLS port"
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=1024)
         sock.setblocking(False)
         self._socket = sock

@@ -52,7 +52,7 @@ class ProxySettings(pydantic_settings.BaseSettings):
         description="This node's name, reported to the operator in /v1/status (the chart sets it from spec.nodeName).",
     )
     bind_address: str = pydantic.Field(
-        "0.0.0.0", description="Address all three listeners bind to (the DaemonSet runs on the host network)."
+        "0.0.0.0", description="Address the listeners bind to (the DaemonSet runs on the host network); the health port's may differ (--health-bind-address)."
     )
     host_ip: ipaddress.IPv4Address | None = pydantic.Field(
         None,
@@ -154,14 +154,16 @@ class ProxySettings(pydantic_settings.BaseSettings):
         8192, ge=512,
         description="The descriptor limit (soft RLIMIT_NOFILE) the proxy sets itself at start, or the hard limit the "
         "container runtime gives if lower (a pod spec has no field for it). The control port gets 128 connections, the "
-        "health port 64, the process 80 descriptors, the metadata port the rest (--max-connections).",
+        "health port 64, the process 80 descriptors, the pods' ports the rest: a quarter of it the container-credentials "
+        "port (when on), the metadata port the remainder (--max-connections).",
     )
     max_connections_per_source: int = pydantic.Field(
-        128, ge=1, description="Metadata port: connections one source IP (one pod) may hold open; more are reset at once.",
+        128, ge=1, description="Metadata and container-credentials ports: connections one source IP (one pod) may hold "
+        "open on each; more are reset at once.",
     )
     max_connections: int = pydantic.Field(
         0, ge=0,
-        description="Metadata port: connections open at once in all; 0: what --open-files leaves. With all in use, the "
+        description="Metadata port: connections open at once in all; 0: what --open-files leaves it. With all in use, the "
         "oldest that has not sent a complete request yet is closed for the newcomer (none: the newcomer is reset).",
     )
     read_timeout: Duration = pydantic.Field(

@@ -2,7 +2,7 @@
 
 A real proxy process on loopback, started with 1,024 file descriptors (soft
 and hard, through ``prlimit``, as a container runtime may give it), serving
-a few pods. Hostile pods (``tests/fault/flooder.py``, processes of their own)
+a few pods on its four ports (metadata, container credentials, control, health). Hostile pods (``tests/fault/flooder.py``, processes of their own)
 open connections as fast as the bound lets them and hold them: silent ones,
 and ones that send part of a request head (or of a TLS record on the
 control port), re-opening whatever the proxy closes. Meanwhile the other
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import wire
-from tests.support import certs
+from tests.support import certs, ports
 from tests.support.proxy import ProxyProcess, http_request, pod_entry, role_credentials
 
 pytestmark = pytest.mark.fault
@@ -43,9 +43,13 @@ RATE = 2000  # new connections a second, per flooder
 P99_BOUND = 0.25  # seconds; the SDKs give the metadata service 1 s
 
 
+CREDENTIALS_PORT = ports.free_port(HOST)  # EKS Pod Identity's endpoint: the pods' second port
+
+
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[ProxyProcess]:
-    running = ProxyProcess(tmp_path, certs.make_pki(tmp_path / "pki"), HOST, args=["--credential-wait", "0"])
+    running = ProxyProcess(tmp_path, certs.make_pki(tmp_path / "pki"), HOST,
+                           args=["--credential-wait", "0", "--container-credentials-port", str(CREDENTIALS_PORT)])
     running.process.argv[:0] = ["prlimit", f"--nofile={DESCRIPTORS}:{DESCRIPTORS}", "--"]
     running.start()
     roles = [role_credentials(f"k{i}", f"Role{i}") for i in range(len(PODS))]
@@ -144,17 +148,18 @@ def test_one_pod_holding_thousands_of_connections_starves_no_other_pod_nor_the_o
         Flooder(proxy.metadata_port, [ATTACKER], hold=3000),
         Flooder(proxy.control_port, [ATTACKER], hold=1000, tls=True),
         Flooder(proxy.health_port, [ATTACKER], hold=1000),
+        Flooder(CREDENTIALS_PORT, [ATTACKER], hold=1000),
     ]
     time.sleep(2.0)  # the flood is on
     seen = measure(proxy)
     floods = [flooder.result() for flooder in flooders]
-    print(f"\n{json.dumps(seen)}\nflooders (metadata, control, health): {json.dumps(floods)}\ndropped: {dropped(proxy)}")
+    print(f"\n{json.dumps(seen)}\nflooders (metadata, control, health, credentials): {json.dumps(floods)}\ndropped: {dropped(proxy)}")
     assert floods[0]["attempts"] >= 3000  # thousands of connections from one pod
     assert seen["pod_failures"] == [] and seen["push_failures"] == [] and seen["probe_failures"] == []
     assert seen["pod_p99"] < P99_BOUND  # type: ignore[operator]
     assert seen["descriptors_max"] < DESCRIPTORS  # type: ignore[operator]
     counts = dropped(proxy)
-    for port in ("metadata", "control", "health"):
+    for port in ("metadata", "control", "health", "credentials"):
         assert counts.get(f'port="{port}",reason="source_cap"', 0) > 0, counts
     assert proxy.process.alive()
 

@@ -67,5 +67,5 @@ def test_the_proxy_sets_its_descriptor_limit_and_says_how_it_shares_it(start_pro
     assert soft == "8192"
     listening = next(json.loads(line) for line in proxy.log().splitlines() if '"listening"' in line)
     assert listening["open_files"] == 8192
-    assert listening["connections"] == {"metadata": "128 per source, 7920 in all", "control": "8 per source, 128 in all",
-                                        "health": "8 per source, 64 in all"}
+    assert listening["connections"] == {"metadata": "128 per source, 5940 in all", "credentials": "128 per source, 1980 in all",
+                                        "control": "8 per source, 128 in all", "health": "8 per source, 64 in all"}

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from metadata_proxy import _container_credentials, _metrics, _store, wire
+from metadata_proxy import _container_credentials, _metrics, _ratelog, _store, wire
 from tests.support.proxy import pod_entry, role_credentials
 from tests.unit.proxy.conftest import Clock
 
@@ -73,7 +73,7 @@ def store(clock: Clock, metrics: _metrics.Metrics) -> _store.Store:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, store: _store.Store, metrics: _metrics.Metrics) -> TestClient[web.Request, web.Application]:
-    app = _container_credentials.make_app(store, metrics, audience=AUDIENCE, leeway=5, wait=0)
+    app = _container_credentials.make_app(store, metrics, _ratelog.PerSource(60, metrics), audience=AUDIENCE, leeway=5, wait=0)
     return await aiohttp_client(app)  # type: ignore[no-any-return]
 
 

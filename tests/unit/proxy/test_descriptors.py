@@ -33,17 +33,21 @@ def test_the_soft_limit_is_raised_up_to_the_hard_one() -> None:
     assert limit_under(hard, hard, 8192) == f"8192 (8192, {hard})"  # --open-files is what the proxy uses, also lower
 
 
-def test_the_metadata_port_gets_what_the_others_and_the_process_leave() -> None:
+def test_the_pods_ports_get_what_the_others_and_the_process_leave() -> None:
     caps = _descriptors.shares(1024, settings())
     assert (caps["control"].total, caps["health"].total) == (_descriptors.CONTROL_TOTAL, _descriptors.HEALTH_TOTAL)
-    assert caps["metadata"].total == 1024 - _descriptors.RESERVED == 752
+    assert 1024 - _descriptors.RESERVED == 752
+    assert (caps["metadata"].total, caps["credentials"].total) == (564, 188)  # three quarters, a quarter
     assert sum(c.total for c in caps.values()) < 1024
     assert (caps["metadata"].per_source, caps["metadata"].read_timeout) == (128, 5.0)
+    assert caps["credentials"].per_source == 128
+    alone = _descriptors.shares(1024, settings(container_credentials=False))
+    assert "credentials" not in alone and alone["metadata"].total == 752
     assert _descriptors.shares(8192, settings(max_connections=1000))["metadata"].total == 1000
 
 
 def test_a_limit_too_low_or_a_cap_above_it_stops_the_start() -> None:
     with pytest.raises(ValueError, match="leaves the metadata port 40 connections"):
         _descriptors.shares(_descriptors.RESERVED + 40, settings())
-    with pytest.raises(ValueError, match="--max-connections 5000 is more than a descriptor limit of 1024 leaves"):
-        _descriptors.shares(1024, settings(max_connections=5000))
+    with pytest.raises(ValueError, match=r"--max-connections 600 is more than a descriptor limit of 1024 leaves \(564\)"):
+        _descriptors.shares(1024, settings(max_connections=600))
