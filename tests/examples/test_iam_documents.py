@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ from tests.support import moto
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "iam"
+
+
+@pytest.fixture(scope="module")
+def own_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[moto.MotoServer]:
+    """A moto of its own: the documents create the guide's roles by their names (my-eks-node-role, podiam-operator),
+    which the session's moto may already hold from the real nodes' stand-in metadata service."""
+    server = moto.MotoServer(tmp_path_factory.mktemp("examples-moto")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _client(service: str, url: str, **credentials: str) -> Any:
@@ -37,8 +49,8 @@ def test_every_document_is_valid_json_with_a_version(name: str) -> None:
     assert document["Statement"]
 
 
-def test_moto_accepts_the_documents_and_the_trust_chain_works(moto_server: moto.MotoServer) -> None:
-    iam = _client("iam", moto_server.url)
+def test_moto_accepts_the_documents_and_the_trust_chain_works(own_moto: moto.MotoServer) -> None:
+    iam = _client("iam", own_moto.url)
     ec2_trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
     iam.create_role(RoleName="my-eks-node-role", AssumeRolePolicyDocument=json.dumps(ec2_trust))
     operator = iam.create_role(RoleName="podiam-operator", AssumeRolePolicyDocument=_document("operator-trust-policy.json"))
@@ -48,10 +60,10 @@ def test_moto_accepts_the_documents_and_the_trust_chain_works(moto_server: moto.
     pod_role = iam.create_role(RoleName="KiamTesterRole", AssumeRolePolicyDocument=_document("pod-role-trust-policy.json"))
     iam.put_role_policy(RoleName="KiamTesterRole", PolicyName="s3-read", PolicyDocument=_document("pod-role-policy-s3-read.json"))
 
-    sts = _client("sts", moto_server.url)
+    sts = _client("sts", own_moto.url)
     as_operator = sts.assume_role(RoleArn=operator["Role"]["Arn"], RoleSessionName="podiam-operator")["Credentials"]
     operator_sts = _client(
-        "sts", moto_server.url,
+        "sts", own_moto.url,
         aws_access_key_id=as_operator["AccessKeyId"],
         aws_secret_access_key=as_operator["SecretAccessKey"],
         aws_session_token=as_operator["SessionToken"],
@@ -60,12 +72,12 @@ def test_moto_accepts_the_documents_and_the_trust_chain_works(moto_server: moto.
     assert as_pod["AssumedRoleUser"]["Arn"].endswith(":assumed-role/KiamTesterRole/aws-iam-tester")
 
 
-def test_moto_rejects_a_malformed_policy(moto_server: moto.MotoServer) -> None:
+def test_moto_rejects_a_malformed_policy(own_moto: moto.MotoServer) -> None:
     """The grammar check above can fail: a document missing its Effect is refused."""
     broken = json.loads((EXAMPLES / "operator-policy.json").read_text())
     del broken["Statement"][0]["Effect"]
     with pytest.raises(botocore.exceptions.ClientError, match="MalformedPolicyDocument"):
-        _client("iam", moto_server.url).create_policy(PolicyName="broken", PolicyDocument=json.dumps(broken))
+        _client("iam", own_moto.url).create_policy(PolicyName="broken", PolicyDocument=json.dumps(broken))
 
 
 def test_the_terraform_example_is_terraform_fmt_clean() -> None:

@@ -168,6 +168,7 @@ def node_pod(tmp_path: Path) -> Iterator[netns.Pod]:
     if reason:
         pytest.skip(f"needs network namespaces and iptables: {reason}")
     assert netns.forwarding() == "0", "net.ipv4.ip_forward is on: refusing to run"
+    netns.sweep_leftovers()
     guard = netns.RejectGuard(GUARD_COMMENT).install()
     tag = str(int(time.time() * 1000) % 10000)
     pod = netns.Pod(f"podiam-f-{tag}", f"pdf{tag}", "10.251.1.1", "10.251.1.2")

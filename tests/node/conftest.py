@@ -38,6 +38,9 @@ def node_safety() -> Iterator[None]:
     if reason:
         pytest.skip(reason)
     assert forwarding() == "0", "net.ipv4.ip_forward is on: refusing to run node tests"
+    left = netns.sweep_leftovers()
+    if left:
+        print(f"node tests: removed what a killed earlier run left: {' '.join(left)}")
     guard = netns.RejectGuard(GUARD_COMMENT).install()
     try:
         yield

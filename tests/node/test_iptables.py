@@ -37,6 +37,15 @@ def rules() -> tuple[list[str], list[str]]:
     return jumps, ours
 
 
+def every_podiam_rule() -> list[str]:
+    """Both chains' rules and the jumps to them, in iptables and (where the node has it) ip6tables."""
+    found = []
+    for binary in ("iptables", "ip6tables"):
+        nat = run(binary, "-w", "5", "-t", "nat", "-S", check=False).stdout.splitlines()
+        found += [f"{binary} {line}" for line in nat if line.startswith("-A ") and "PODIAM-" in line]
+    return found
+
+
 def test_pods_reach_the_proxy_at_the_metadata_address(node: dict[str, Pod], pki: certs.Pki, tmp_path: Path) -> None:
     a, b, c = node["a"], node["b"], node["c"]
     proxy = start_proxy(tmp_path, pki, a.host_ip)
@@ -118,11 +127,14 @@ def test_rules_are_idempotent_kept_across_restarts_and_removed_explicitly(node: 
     proxy.stop()
     assert rules() == (jumps, ours)
 
-    # Uninstall: the documented command removes everything; the pod then reaches nothing.
+    # Uninstall: the documented command removes everything (the container-credentials chain too); the pod then
+    # reaches nothing.
+    present = every_podiam_rule()
+    assert len(present) >= 5, present  # metadata: a jump and a DNAT; container credentials: two jumps and a DNAT
     done = subprocess.run([sys.executable, "-m", "metadata_proxy", "--remove-iptables-rules"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert "removed 2" in done.stdout
-    assert rules() == ([], [])
+    assert f"removed {len(present)} " in done.stdout, (done.stdout, present)
+    assert rules() == ([], []) and every_podiam_rule() == []
     assert run("iptables", "-w", "5", "-t", "nat", "-S", "PODIAM-PROXY", check=False).returncode != 0
     assert "error" in a.get(CREDS, timeout=1.0)
     again = subprocess.run([sys.executable, "-m", "metadata_proxy", "--remove-iptables-rules"], capture_output=True, text=True, timeout=30)

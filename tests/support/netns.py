@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,27 @@ class RejectGuard:
 
     def installed(self) -> bool:
         return any(run("iptables", "-w", "5", "-C", chain, *self.rule, check=False).returncode == 0 for chain in self.chains)
+
+
+# What Pod and BridgePod are named in the tests (tests/node, tests/fault): a namespace podiam-<x>-<4 hex>, host-side
+# links pd<x><4 hex>... A run killed before its finalizers leaves them behind, still routing 10.250/16 or 10.251/16.
+_LEFTOVER_NETNS = re.compile(r"podiam-(a|b|c|br|f)-[0-9a-f]{1,4}")
+_LEFTOVER_LINK = re.compile(r"pd[tbxf][0-9a-f]{1,4}\w*")
+
+
+def sweep_leftovers() -> list[str]:
+    """Remove the namespaces and links a killed earlier run left (same subnets: they would answer for its pods)."""
+    removed = []
+    for name in run("ip", "netns", "list", check=False).stdout.split():
+        if _LEFTOVER_NETNS.fullmatch(name):
+            run("ip", "netns", "del", name, check=False)
+            removed.append(name)
+    for line in run("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if _LEFTOVER_LINK.fullmatch(name):
+            run("ip", "link", "del", name, check=False)
+            removed.append(name)
+    return removed
 
 
 @dataclasses.dataclass

@@ -90,9 +90,20 @@ def wait_role(stack: stacks.Stack, node: stacks.Node, ip: str, arn: str, timeout
     return stacks.wait_for(check, timeout, f"{ip} served {arn}")
 
 
+@pytest.fixture(autouse=True)
+def _calls_before(stack: stacks.Stack) -> None:
+    """The STS front serves the whole session (tests/fault assumes foreign roles on purpose): mark where this test starts."""
+    global _CALLS_BEFORE
+    _CALLS_BEFORE = len(stack.sts.assume_role_calls())
+
+
+_CALLS_BEFORE = 0
+
+
 def never_assumed(stack: stacks.Stack, *arns: str) -> None:
+    """None of ``arns`` assumed since this test started."""
     time.sleep(1.0)  # whatever the operator was going to call has been called
-    calls = {c["RoleArn"] for c in stack.sts.assume_role_calls()}
+    calls = {c["RoleArn"] for c in stack.sts.assume_role_calls()[_CALLS_BEFORE:]}
     assert not calls & set(arns), calls
 
 
