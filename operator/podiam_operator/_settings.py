@@ -141,6 +141,12 @@ class OperatorSettings(pydantic_settings.BaseSettings):
         default="podiam.io/agent-not-ready", description="Start-up taint removed from a node once its proxy has its snapshot"
     )
     manage_node_taint: bool = pydantic.Field(default=True, description="Remove the start-up taint (needs patch on nodes)")
+    status_configmap: str = pydantic.Field(
+        default="podiam-status", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$", max_length=253,
+        description="ConfigMap in the operator's namespace (else --proxy-namespace) where the active replica publishes its "
+        "state for kubectl podiam: settings its decisions use, its AWS account, each proxy's last push, each role's "
+        "credential expiry and last STS error; nothing secret ('': not written)",
+    )
 
     # --- the container-credentials path (EKS Pod Identity's endpoint) ----------
     container_credentials: bool = pydantic.Field(
