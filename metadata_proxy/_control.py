@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -49,7 +50,10 @@ async def require_operator(request: web.Request, handler: Handler) -> web.Stream
             extra={"peer": request.remote, "names": sorted(names), "expected": identity},
         )
         return _json_error(403, f"client certificate must name {identity!r}")
-    return await handler(request)
+    response = await handler(request)
+    if response.status == 200:
+        request.app[METRICS].operator_contact.set(time.time())
+    return response
 
 
 async def _parse(request: web.Request, model: type[_M], kind: str) -> _M:

@@ -91,6 +91,15 @@ class Metrics:
             "podiam_proxy_tls_certificate_expiry_timestamp_seconds",
             "notAfter of the loaded TLS files, as a Unix time.", ["file"], registry=r,
         )
+        self.credentials_expiry = prom.Gauge(
+            "podiam_proxy_credentials_expiry_timestamp_seconds",
+            "Expiry of the role credentials held that expire first, as a Unix time (+Inf: none held).", registry=r,
+        )
+        self.operator_contact = prom.Gauge(
+            "podiam_proxy_operator_contact_timestamp_seconds",
+            "When the operator's last control request (a push or its periodic status check) succeeded, as a Unix time "
+            "(0: none yet).", registry=r,
+        )
         self.tls_reloads = prom.Counter(
             "podiam_proxy_tls_reloads", "TLS file reloads by outcome.", ["outcome"], registry=r,
         )
@@ -100,6 +109,7 @@ class Metrics:
         self.pods.set_function(lambda: store.pod_count)
         self.roles.set_function(lambda: store.role_count)
         self.ready.set_function(lambda: 1 if store.ready else 0)
+        self.credentials_expiry.set_function(lambda: store.earliest_expiry)
         self.snapshot_generation.set_function(
             lambda: -1 if store.snapshot_generation is None else store.snapshot_generation
         )

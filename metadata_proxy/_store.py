@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -128,6 +129,11 @@ class Store:
     @property
     def role_count(self) -> int:
         return len(self._roles)
+
+    @property
+    def earliest_expiry(self) -> float:
+        """When the first of the role credentials held expires (epoch seconds; infinity when none are held)."""
+        return min((creds.expires_at for creds in self._roles.values()), default=math.inf)
 
     @property
     def pending_count(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from podiam_operator import _settings
+from podiam_operator import _metrics, _settings
 from podiam_operator._core import decide, facts, policy, roles, world
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import engine as engines
@@ -81,6 +81,8 @@ async def build(
         min_remaining=settings.effective_min_remaining,
         failure_retry_max=settings.failure_retry_max,
     )
+    _metrics.configure(name_labels=settings.metrics_name_labels,
+                       tls_files={"cert": settings.tls_client_cert_file, "ca": settings.tls_ca_file})
     client = push.Client(
         tlsfiles.ClientTls(settings.tls_client_cert_file, settings.tls_client_key_file, settings.tls_ca_file),
         server_name=settings.proxy_server_name,
@@ -117,5 +119,6 @@ async def build(
         own=own_pods(settings),
         sa_keys=keys,
     )
+    _metrics.ACTIVE.set_function(lambda: 1 if engine.started else 0)
     stack.push_async_callback(engine.close)
     return engine

@@ -185,6 +185,11 @@ class OperatorSettings(pydantic_settings.BaseSettings):
         default="0.0.0.0", description="Address of /metrics and /readyz (on the host network the chart sets the pod's IP)"
     )
     metrics_port: int = pydantic.Field(default=8185, ge=0, le=65535, description="Port of /metrics and /readyz (0: off)")
+    metrics_name_labels: bool = pydantic.Field(
+        default=False,
+        description="Name roles and nodes in label values (podiam_sts_errors_total, podiam_node_push_seconds): only where "
+        "the metrics port is reachable by Prometheus alone (a NetworkPolicy), since anything reaching it reads them",
+    )
     liveness_address: str = pydantic.Field(
         default="0.0.0.0", description="Address of kopf's /healthz (on the host network the chart sets the pod's IP)"
     )

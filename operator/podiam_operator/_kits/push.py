@@ -119,7 +119,7 @@ class Client:
                 asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
         return self._session
 
-    async def request(self, method: str, url: str, body: bytes | None, kind: str) -> bytes:
+    async def request(self, method: str, url: str, body: bytes | None, kind: str, *, node: str = "") -> bytes:
         started = time.monotonic()
         result = "error"
         try:
@@ -140,7 +140,9 @@ class Client:
             raise PushFailed(f"{method} {url}: {explain(error, self.server_name)}") from None
         finally:
             _metrics.PUSHES.labels(kind, result).inc()
-            _metrics.PUSH_LATENCY.labels(kind, result).observe(time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            _metrics.PUSH_LATENCY.labels(kind, result).observe(elapsed)
+            _metrics.node_push(node, result, elapsed)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -260,7 +262,7 @@ class NodeWorker:
         snapshot = wire.Snapshot(generation=self.generation, roles=list(roles.values()), pods=[_entry(p) for p in pods.values()],
                                  pending=list(pending.values()), token_only=[_token_only(p) for p in token_only.values()],
                                  service_account_keys=keys)
-        ack = self._ack(await self.client.request("PUT", self.base_url + wire.SNAPSHOT_PATH, wire.encode(snapshot), "snapshot"))
+        ack = self._ack(await self.client.request("PUT", self.base_url + wire.SNAPSHOT_PATH, wire.encode(snapshot), "snapshot", node=self.node))
         self.sent = _Sent(pods=dict(pods), roles={k: c.access_key_id for k, c in roles.items()}, pending=pending,
                           token_only=token_only, keys=keys.fingerprint() if keys is not None else None)
         self.need_snapshot = False
@@ -289,7 +291,7 @@ class NodeWorker:
         if not (upsert or remove):
             return
         changes = wire.Changes(upsert_pods=[_entry(p) for p in upsert], remove_pods=[wire.PodRemoval(ip=p.ip, uid=p.uid) for p in remove])
-        ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes"))
+        ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes", node=self.node))
         for plan in remove:
             self.sent.pods.pop(plan.uid, None)
         for plan in upsert:
@@ -329,7 +331,7 @@ class NodeWorker:
             remove_token_only=remove_token_only,
             service_account_keys=new_keys,
         )
-        ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes"))
+        ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes", node=self.node))
         for credentials in upsert_roles:
             self.sent.roles[credentials.key] = credentials.access_key_id
         for key in remove_roles:
@@ -356,7 +358,7 @@ class NodeWorker:
 
     async def _check(self) -> None:
         """Anti-entropy: does the proxy hold what we think it holds?"""
-        payload = await self.client.request("GET", self.base_url + wire.STATUS_PATH, None, "status")
+        payload = await self.client.request("GET", self.base_url + wire.STATUS_PATH, None, "status", node=self.node)
         try:
             status = wire.ProxyStatus.model_validate_json(payload)
         except pydantic.ValidationError as error:

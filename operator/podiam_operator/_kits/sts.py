@@ -628,6 +628,8 @@ class AioBotocoreSource:
             elapsed = time.monotonic() - started
             _metrics.STS_CALLS.labels(action, result).inc()
             _metrics.STS_LATENCY.labels(action, result).observe(elapsed)
+            if result != "ok":
+                _metrics.sts_error(action, result, request.role_arn)
         raw = response["Credentials"]
         return Credentials(
             access_key_id=raw["AccessKeyId"],
@@ -678,4 +680,6 @@ class AioBotocoreSource:
         finally:
             _metrics.STS_CALLS.labels("GetCallerIdentity", result).inc()
             _metrics.STS_LATENCY.labels("GetCallerIdentity", result).observe(time.monotonic() - started)
+            if result != "ok":
+                _metrics.sts_error("GetCallerIdentity", result, "")
         return str(response["Arn"]), str(response["Account"])

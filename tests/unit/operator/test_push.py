@@ -24,7 +24,7 @@ class FakeClient:
         self.reject_next = False
         self.fail_next = False
 
-    async def request(self, method: str, url: str, body: bytes | None, kind: str) -> bytes:
+    async def request(self, method: str, url: str, body: bytes | None, kind: str, *, node: str = "") -> bytes:
         decoded = json.loads(body) if body else None
         self.requests.append((method, url, decoded))
         if self.fail_next:
@@ -153,7 +153,7 @@ async def test_drift_found_by_status_check() -> None:
 
 async def test_a_dead_node_does_not_delay_another() -> None:
     class Slow(FakeClient):
-        async def request(self, method: str, url: str, body: bytes | None, kind: str) -> bytes:
+        async def request(self, method: str, url: str, body: bytes | None, kind: str, *, node: str = "") -> bytes:
             if "127.0.0.10" in url:
                 await asyncio.sleep(3600)
             return await super().request(method, url, body, kind)

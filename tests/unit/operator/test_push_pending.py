@@ -25,7 +25,7 @@ class Proxy:
         self.requests: list[tuple[str, Any]] = []
         self.status = wire.ProxyStatus(node_name="n1", ready=True, snapshot_generation=None, roles=0, pods=0)
 
-    async def request(self, method: str, url: str, body: bytes | None, kind: str) -> bytes:
+    async def request(self, method: str, url: str, body: bytes | None, kind: str, *, node: str = "") -> bytes:
         self.requests.append((method, json.loads(body) if body else None))
         if method == "GET":
             return self.status.model_dump_json().encode()
