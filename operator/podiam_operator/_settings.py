@@ -159,6 +159,32 @@ class OperatorSettings(pydantic_settings.BaseSettings):
         default=60.0, ge=5.0, description="Seconds between two reads of the API server's service-account keys (key rotation)"
     )
 
+    # --- the injection webhook (the container-credentials path's variables and token, for opted-in pods) ---
+    webhook_port: int = pydantic.Field(
+        default=0, ge=0, le=65535,
+        description="Port of the mutating admission webhook that gives opted-in pods AWS_CONTAINER_CREDENTIALS_FULL_URI, "
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE and the projected token (HTTPS, POST /container-credentials; 0: not "
+        "served; the chart: 8187). The MutatingWebhookConfiguration says which pods (the chart registers it)",
+    )
+    webhook_address: str = pydantic.Field(
+        default="0.0.0.0", description="Address of the webhook (on the host network the chart sets the pod's IP)"
+    )
+    webhook_cert_file: Path = pydantic.Field(
+        default=Path("/var/run/podiam/webhook/tls.crt"),
+        description="The webhook's serving certificate (PEM; written by TLS auto mode when PODIAM_TLS_WEBHOOK_SERVICE is "
+        "set, else yours); a changed file is loaded for new connections",
+    )
+    webhook_key_file: Path = pydantic.Field(default=Path("/var/run/podiam/webhook/tls.key"), description="Its key (PEM)")
+    webhook_token_audience: str = pydantic.Field(
+        default="pods.eks.amazonaws.com",
+        min_length=1,
+        description="Audience of the token the webhook projects (the proxies' --container-credentials-audience)",
+    )
+    webhook_token_expiration: int = pydantic.Field(
+        default=86400, ge=600, le=2**31 - 1,
+        description="Lifetime (seconds) of the projected token (the kubelet renews it at four fifths of it; EKS's webhook: 86400)",
+    )
+
     # --- the operator's own AWS identity --------------------------------------
     operator_node_identity: bool = pydantic.Field(
         default=False,

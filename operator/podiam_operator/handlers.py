@@ -17,8 +17,9 @@ from typing import Any
 import kopf
 
 from podiam_operator import _assembly, _health, _settings
-from podiam_operator._core import facts
+from podiam_operator._core import facts, injection
 from podiam_operator._kits import engine as engines
+from podiam_operator._kits import webhook_server
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     settings.peering.lifetime = ops.peering_lifetime
     settings.posting.level = logging.ERROR  # our own Events say what users need
     settings.networking.request_timeout = 30
+    # The injection webhook (kopf starts its server after this handler, so after TLS wrote the certificate).
+    # Registered by the chart, not by kopf (managed stays None). Off: a server that never listens, since kopf
+    # refuses to run admission handlers without one.
+    settings.admission.server = webhook_server.server(ops.webhook_address, ops.webhook_port, ops.webhook_cert_file,
+                                                      ops.webhook_key_file)
     memo.stack = contextlib.AsyncExitStack()
     # First, so that /readyz says what start-up is waiting for.
     memo.probe = _health.Probe()
@@ -143,6 +149,25 @@ async def _engine(memo: Any, kwargs: dict[str, Any]) -> engines.Engine:
             )
         )
     return engine
+
+
+# --- admission: the container-credentials path's variables and token ----------------------
+
+
+@kopf.on.mutate("pods", id=injection.WEBHOOK_ID, operations=["CREATE"])
+def inject_container_credentials(body: kopf.Body, patch: kopf.Patch, memo: Any,
+                                 logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+    # Never an exception: kopf would answer allowed=false, and a pod would be refused for the operator's trouble.
+    ops = _ops(memo)
+    try:
+        fields = injection.for_pod(body, audience=ops.webhook_token_audience, expiration=ops.webhook_token_expiration)
+    except Exception:
+        logger.exception("container credentials: not injected (the pod is admitted unchanged)")
+        return
+    if fields is not None:
+        for key, value in fields.items():
+            patch.spec[key] = value
+        logger.info("container credentials: %s and the projected token added", injection.URI_VARIABLE)
 
 
 # --- events: incremental changes --------------------------------------------------------

@@ -94,6 +94,17 @@ class TlsSettings(pydantic_settings.BaseSettings):
     operator_identity: str = pydantic.Field(default=wire.OPERATOR_IDENTITY, min_length=1)
     proxy_server_name: str = pydantic.Field(default=wire.PROXY_SERVER_NAME, min_length=1)
 
+    # auto mode, the container-credentials injection webhook: the Service the API server calls it through (its
+    # serving certificate names <service>.<namespace>.svc), more names or IP addresses for that certificate
+    # (comma-separated; a configuration that calls the webhook by URL), the Secret the certificate is kept in, and
+    # the MutatingWebhookConfiguration whose caBundle the active replica keeps equal to the CA bundle. Unset
+    # service: no webhook certificate. The files it is written to are the operator's --webhook-cert-file and
+    # --webhook-key-file.
+    webhook_service: str | None = None
+    webhook_hosts: str = ""
+    webhook_secret: str = "podiam-webhook-tls"
+    webhook_configuration: str | None = None
+
     @pydantic.field_validator("ca_lifetime", "leaf_lifetime", "ca_overlap", "check_interval", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
@@ -111,6 +122,9 @@ class TlsSettings(pydantic_settings.BaseSettings):
         if self.leaf_lifetime >= self.ca_lifetime:
             raise ValueError("leaf_lifetime must be shorter than ca_lifetime")
         return self
+
+    def webhook_host_list(self) -> tuple[str, ...]:
+        return tuple(host.strip() for host in self.webhook_hosts.split(",") if host.strip())
 
     def resolved_namespace(self) -> str:
         if self.namespace:

@@ -46,6 +46,7 @@ class ClientMaterial:
     pair: pki.KeyPair
     bundle_pem: bytes
     next_check: datetime.datetime
+    webhook: pki.KeyPair | None = None  # the injection webhook's serving certificate, when there is a webhook
 
 
 def _pending(annotations: dict[str, str], request: str, handled: str) -> str | None:
@@ -74,10 +75,15 @@ class AutoTls:
         renew = _pending(ca_secret.annotations, RENEW_REQUEST, RENEW_HANDLED) if may_write else None
         proxy = await self._leaf(self.settings.proxy_secret, leaves.proxy_spec(self.settings), state, may_write, renew, "proxy")
         client = await self._leaf(self.settings.operator_secret, leaves.operator_spec(self.settings), state, may_write, renew, "operator")
+        webhook = None
+        if self.settings.webhook_service:
+            spec = leaves.webhook_spec(self.settings, self.secrets.namespace)
+            webhook = await self._leaf(self.settings.webhook_secret, spec, state, may_write, renew, "webhook")
         if renew is not None:
             await self.secrets.annotate(self.settings.ca_secret, {RENEW_HANDLED: renew})
-        next_check = min(authority.next_check(state, self.settings, self.clock()), leaves.next_check(proxy, self.settings), leaves.next_check(client, self.settings))
-        return ClientMaterial(pair=client, bundle_pem=state.bundle_pem(), next_check=next_check)
+        next_check = min(authority.next_check(state, self.settings, self.clock()), leaves.next_check(proxy, self.settings),
+                         leaves.next_check(client, self.settings), *([leaves.next_check(webhook, self.settings)] if webhook else []))
+        return ClientMaterial(pair=client, bundle_pem=state.bundle_pem(), next_check=next_check, webhook=webhook)
 
     async def _authority(self, *, may_write: bool) -> tuple[authority.CaState, store.Stored]:
         name = self.settings.ca_secret

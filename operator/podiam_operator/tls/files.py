@@ -56,6 +56,17 @@ def write_client_material(cert_file: Path, key_file: Path, ca_file: Path, *, cer
     return changed
 
 
+def write_server_pair(cert_file: Path, key_file: Path, *, cert: bytes, key: bytes) -> bool:
+    """A server's certificate and key (the injection webhook's), key first; True when anything changed on disk."""
+    try:
+        changed = _write_atomic(key_file, key, 0o600)
+        return _write_atomic(cert_file, cert, 0o644) or changed
+    except OSError as error:
+        raise checks.TlsProblem("TLSFileNotWritable", f"cannot write the webhook's TLS files ({error}); "
+                                "--webhook-cert-file and --webhook-key-file (PODIAM_WEBHOOK_CERT_FILE, PODIAM_WEBHOOK_KEY_FILE) must be in a "
+                                "writable directory (the chart mounts an emptyDir)") from None
+
+
 def read_file(path: Path, what: str) -> bytes:
     """A mounted file, with a message that lists what the directory does hold when it is missing."""
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 from collections.abc import Mapping
 
 from cryptography import x509
@@ -23,6 +24,7 @@ class Spec:
     common_name: str
     dns_names: tuple[str, ...]
     server: bool
+    ip_addresses: tuple[str, ...] = ()
 
 
 def proxy_spec(settings: _settings.TlsSettings) -> Spec:
@@ -35,12 +37,30 @@ def operator_spec(settings: _settings.TlsSettings) -> Spec:
     return Spec(common_name=settings.operator_identity, dns_names=(settings.operator_identity,), server=False)
 
 
+def webhook_spec(settings: _settings.TlsSettings, namespace: str) -> Spec:
+    """The injection webhook's serving certificate: the name the API server calls its Service by, and any extra
+    names or addresses (a configuration that calls it by URL, e.g. https://127.0.0.1:8187 for a local operator)."""
+    name = f"{settings.webhook_service}.{namespace}.svc"
+    extra = settings.webhook_host_list()
+    addresses = tuple(host for host in extra if _is_ip(host))
+    dns = (name, f"{name}.cluster.local", *(host for host in extra if not _is_ip(host)))
+    return Spec(common_name=name, dns_names=dns, server=True, ip_addresses=addresses)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def issue(state: authority.CaState, spec: Spec, settings: _settings.TlsSettings, now: datetime.datetime) -> pki.KeyPair:
     key = pki.generate_key(settings.key_type)
     cert = pki.issue_leaf(
         state.active, key,
         common_name=spec.common_name, dns_names=spec.dns_names, server=spec.server,
-        now=now, lifetime=settings.leaf_lifetime,
+        now=now, lifetime=settings.leaf_lifetime, ip_addresses=spec.ip_addresses,
     )
     return pki.KeyPair((cert,), key)
 
@@ -51,7 +71,9 @@ def _matches_spec(cert: x509.Certificate, spec: Spec) -> bool:
     except x509.ExtensionNotFound:
         return False
     wanted = ExtendedKeyUsageOID.SERVER_AUTH if spec.server else ExtendedKeyUsageOID.CLIENT_AUTH
-    return pki.common_names(cert) == [spec.common_name] and tuple(pki.dns_names(cert)) == spec.dns_names and usages == [wanted]
+    return (pki.common_names(cert) == [spec.common_name] and tuple(pki.dns_names(cert)) == spec.dns_names
+            and tuple(pki.ip_addresses(cert)) == tuple(str(ipaddress.ip_address(ip)) for ip in spec.ip_addresses)
+            and usages == [wanted])
 
 
 def due(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import secrets
 from collections.abc import Iterable, Sequence
 from typing import TypeAlias
@@ -127,6 +128,7 @@ def issue_leaf(
     server: bool,
     now: datetime.datetime,
     lifetime: datetime.timedelta,
+    ip_addresses: Sequence[str] = (),
 ) -> x509.Certificate:
     """A leaf for TLS server (``server=True``) or client authentication, never both.
 
@@ -153,8 +155,10 @@ def issue_leaf(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
     )
-    if dns_names:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False)
+    if dns_names or ip_addresses:
+        names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(ca.key, _hash_for(ca.key))
 
 
@@ -215,6 +219,14 @@ def dns_names(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return list(san.get_values_for_type(x509.DNSName))
+
+
+def ip_addresses(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
 def common_names(cert: x509.Certificate) -> list[str]:

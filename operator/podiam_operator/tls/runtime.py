@@ -14,9 +14,11 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import exceptions as kube_exceptions
 from kubernetes_asyncio.config import config_exception
 
-from podiam_operator.tls import _settings, auto, checks, files, leaves, pki, provided, report, store
+from podiam_operator.tls import _settings, auto, checks, files, leaves, pki, provided, report, store, webhook
 
 _FIRST_RETRY = datetime.timedelta(seconds=1)
+_WEBHOOK_DIR = Path("/var/run/podiam/webhook")
+_WEBHOOK_RETRY = datetime.timedelta(seconds=5)
 
 
 class OperatorTlsSettings(Protocol):
@@ -62,6 +64,10 @@ class Tls:
         self.paths = provided.ClientFiles(
             cert=Path(settings.tls_client_cert_file), key=Path(settings.tls_client_key_file), ca=Path(settings.tls_ca_file),
         )
+        # The injection webhook's files (the operator's --webhook-cert-file, --webhook-key-file), where auto mode
+        # writes its serving certificate; optional fields of the operator's settings.
+        self.webhook_files = (Path(getattr(settings, "webhook_cert_file", None) or _WEBHOOK_DIR / "tls.crt"),
+                              Path(getattr(settings, "webhook_key_file", None) or _WEBHOOK_DIR / "tls.key"))
         self.settings = tls_settings or _settings.TlsSettings()
         self.logger = logger or logging.getLogger("podiam_operator.tls")
         self.api = api
@@ -145,7 +151,24 @@ class Tls:
             f"TLS mode auto: client certificate {pki.describe(cert)} valid until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, "
             f"trusting {', '.join(pki.describe(ca) for ca in bundle)}"
         )
+        if material.webhook is not None and not await self._webhook(material, may_write):
+            return min(material.next_check, self.clock() + _WEBHOOK_RETRY)
         return material.next_check
+
+    async def _webhook(self, material: auto.ClientMaterial, may_write: bool) -> bool:
+        """The injection webhook's certificate and caBundle. Its trouble is logged, not reported: the pushes (and
+        readiness) do not depend on it, and the webhook's failurePolicy decides what a pod misses meanwhile."""
+        assert self.api is not None and material.webhook is not None
+        try:
+            await webhook.publish(self.api, self.settings, material.webhook, material.bundle_pem, self.logger,
+                                  cert_file=self.webhook_files[0], key_file=self.webhook_files[1], may_write=may_write)
+        except checks.TlsProblem as problem:
+            self.logger.warning("TLS: the injection webhook: %s: %s (will retry)", problem.reason, problem.message)
+        except (kube_exceptions.ApiException, aiohttp.ClientError, asyncio.TimeoutError) as error:
+            self.logger.warning("TLS: the injection webhook's caBundle: %s (will retry)", _short(error))
+        else:
+            return True
+        return False
 
     async def run(self, is_active: Callable[[], bool] | None = None) -> None:
         """Check, renew and rotate until cancelled. ``is_active``: may this replica renew (kopf peering)?"""
