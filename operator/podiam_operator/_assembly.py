@@ -6,16 +6,18 @@ endpoint answers) whether or not the operator has AWS credentials yet.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib.util
 import os
 
 from podiam_operator import _metrics, _settings
-from podiam_operator._core import decide, facts, policy, roles, world
+from podiam_operator._core import decide, facts, policy, published, roles, world
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import engine as engines
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
-from podiam_operator._kits import push, sa_keys, sts, tlsfiles
+from podiam_operator._kits import publisher, push, sa_keys, sts, tlsfiles
 
 
 def region(settings: _settings.OperatorSettings) -> str | None:
@@ -83,6 +85,8 @@ async def build(
     )
     _metrics.configure(name_labels=settings.metrics_name_labels,
                        tls_files={"cert": settings.tls_client_cert_file, "ca": settings.tls_ca_file})
+    _metrics.configure(name_labels=settings.metrics_name_labels,
+                       tls_files={"cert": settings.tls_client_cert_file, "ca": settings.tls_ca_file})
     client = push.Client(
         tlsfiles.ClientTls(settings.tls_client_cert_file, settings.tls_client_key_file, settings.tls_ca_file),
         server_name=settings.proxy_server_name,
@@ -120,5 +124,37 @@ async def build(
         sa_keys=keys,
     )
     _metrics.ACTIVE.set_function(lambda: 1 if engine.started else 0)
+    _metrics.ACTIVE.set_function(lambda: 1 if engine.started else 0)
     stack.push_async_callback(engine.close)
+    if settings.status_configmap:
+        _publish(settings, engine, kube, identity, stack)
     return engine
+
+
+def _tls_status() -> tuple[bool, str]:
+    if importlib.util.find_spec("podiam_operator.tls") is None:
+        return True, "not managed by the operator"
+    from podiam_operator import tls
+
+    status = tls.status()
+    return status.ok, status.message
+
+
+def _publish(settings: _settings.OperatorSettings, engine: engines.Engine, kube: kubes.Kube, identity: str,
+             stack: contextlib.AsyncExitStack) -> None:
+    """The active replica's state for ``kubectl podiam``, in a ConfigMap of the operator's namespace."""
+    own = own_pods(settings)
+    decisions = published.encode_decisions(engine.world.config, engine.reader, own.namespace if own else None,
+                                           own.service_account if own else None)
+    writer = publisher.Publisher(
+        engine, kube, namespace=settings.operator_namespace or settings.proxy_namespace, name=settings.status_configmap,
+        identity=identity, decisions=decisions, node_taint=settings.node_taint, tls_status=_tls_status,
+        client_cert=settings.tls_client_cert_file, ca_file=settings.tls_ca_file,
+    )
+    task = asyncio.ensure_future(writer.run())
+
+    async def stop() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    stack.push_async_callback(stop)

@@ -182,6 +182,8 @@ class NodeWorker:
         self.dirty = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
+        self.last_push: float | None = None  # wall-clock time of the last snapshot or changes the proxy acknowledged
+        self.last_contact: float | None = None  # of the last exchange that succeeded (a status check included)
 
     @property
     def base_url(self) -> str:
@@ -229,6 +231,7 @@ class NodeWorker:
                 else:
                     await self._changes()
                 backoff = 0.0
+                self.last_contact = time.time()
                 if self.last_error is not None:
                     logger.info("proxy on node %s reachable again", self.node)
                     self.last_error = None
@@ -266,6 +269,7 @@ class NodeWorker:
         self.sent = _Sent(pods=dict(pods), roles={k: c.access_key_id for k, c in roles.items()}, pending=pending,
                           token_only=token_only, keys=keys.fingerprint() if keys is not None else None)
         self.need_snapshot = False
+        self.last_push = time.time()
         if ack.rejected:
             # A snapshot replaces everything, so a rejection means bad entries of ours: drop them, say so.
             for rejection in ack.rejected:
@@ -332,6 +336,7 @@ class NodeWorker:
             service_account_keys=new_keys,
         )
         ack = self._ack(await self.client.request("POST", self.base_url + wire.CHANGES_PATH, wire.encode(changes), "changes", node=self.node))
+        self.last_push = time.time()
         for credentials in upsert_roles:
             self.sent.roles[credentials.key] = credentials.access_key_id
         for key in remove_roles:
