@@ -9,6 +9,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v setcap >/dev/null || need+=(libcap2-bin)  # tests/chart: the proxy image's file capability
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
+# tests/chart/test_alerts.py and the Prometheus integration test: promtool and a real Prometheus server.
+{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need+=(prometheus)
 # Real nodes (tests/controlplane, tests/e2e): a container runtime and CNI
 # plugins in each node's network namespace, and daemonless image builds
 # (tests/images: debootstrap for the base image, buildah for the Dockerfiles,
@@ -39,3 +41,7 @@ echo "system-deps: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian's prometheus package enables a server on :9090; the tests start their own on loopback.
+if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
