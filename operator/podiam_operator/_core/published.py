@@ -87,7 +87,8 @@ def decode_decisions(document: Mapping[str, Any]) -> Decisions:
         default_role=text("defaultRole"),
         irsa=flag("irsaServiceAccounts", defaults.irsa),
         cluster_name=text("clusterName"),
-        container_credentials=flag("containerCredentials", defaults.container_credentials),
+        # Missing: the operator's own default (--container-credentials is on unless turned off).
+        container_credentials=flag("containerCredentials", True),
     )
     reader = facts.Reader(
         role_key=text("roleAnnotation") or facts.ROLE_ANNOTATION,
