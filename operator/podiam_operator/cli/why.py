@@ -19,6 +19,7 @@ from podiam_operator._core import decide, facts, policy, roles
 from podiam_operator.cli import api, model
 
 LEVELS = {"explicit": 1, "serviceaccount": 2, "namespace-default": 3, "cluster-default": 4}
+_DECISION_ERRORS = {"InvalidRole", "InvalidExternalId", "InvalidSpec", "InvalidSessionTags"}
 _PHASE_OF = {"granted": ("Bound", "Pending"), "denied": ("Denied",), "conflict": ("Conflict",), "error": ("Error",)}
 
 
@@ -341,8 +342,11 @@ def _operator_says(pod: facts.PodFacts, decision: decide.PodDecision, bindings: 
         return None
     first = next((b for b in rows if b["ownedByPod"]), rows[0])
     expected = _PHASE_OF.get(decision.outcome, ())
+    # A granted pod's binding also says what happened next: STS refused (Error), its IP is contested (Conflict).
+    after = decision.outcome == "granted" and (first["phase"] == "Error" and first["reason"] not in _DECISION_ERRORS
+                                               or first["reason"] == "IPConflict")
     return {"binding": first["name"], "phase": first["phase"], "reason": first["reason"],
-            "agrees": first["phase"] in expected or first["phase"] == "Pending" and first["reason"] == "NoPods" and not pod.node}
+            "agrees": first["phase"] in expected or after or first["phase"] == "Pending" and first["reason"] == "NoPods" and not pod.node}
 
 
 def _verdict(pod: facts.PodFacts, decision: decide.PodDecision, ip_conflict: str | None, node: Mapping[str, Any],

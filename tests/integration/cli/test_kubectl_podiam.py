@@ -135,6 +135,9 @@ def test_sts_error(stack: stacks.Stack, ns: str) -> None:
         found = why(stack, ns, "app", lambda r: r["verdict"] == "sts-error")
         assert found["sts"]["state"] == "failed" and found["sts"]["reason"] == "AccessDenied"
         assert any("trust" in step for step in found["next"])
+        text = run(stack, "why", "app", "-n", ns)
+        assert text.returncode == 0 and "Credentials: NO" in text.stdout and "AccessDenied" in text.stdout
+        print(text.stdout)
         status = wait_report(stack, "status", until=lambda r: any(x["roleArn"] == OWN + "cli-denied" for x in r["roles"]))
         denied = next(x for x in status["roles"] if x["roleArn"] == OWN + "cli-denied")
         assert denied["state"] == "failed" and denied["reason"] == "AccessDenied"
