@@ -85,8 +85,6 @@ async def build(
     )
     _metrics.configure(name_labels=settings.metrics_name_labels,
                        tls_files={"cert": settings.tls_client_cert_file, "ca": settings.tls_ca_file})
-    _metrics.configure(name_labels=settings.metrics_name_labels,
-                       tls_files={"cert": settings.tls_client_cert_file, "ca": settings.tls_ca_file})
     client = push.Client(
         tlsfiles.ClientTls(settings.tls_client_cert_file, settings.tls_client_key_file, settings.tls_ca_file),
         server_name=settings.proxy_server_name,
@@ -123,7 +121,6 @@ async def build(
         own=own_pods(settings),
         sa_keys=keys,
     )
-    _metrics.ACTIVE.set_function(lambda: 1 if engine.started else 0)
     _metrics.ACTIVE.set_function(lambda: 1 if engine.started else 0)
     stack.push_async_callback(engine.close)
     if settings.status_configmap:
