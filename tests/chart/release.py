@@ -44,6 +44,7 @@ from tests.support.stack import wait_for
 
 REPO = _helm.REPO
 TLS_MOUNT = "/var/run/podiam/tls"
+WEBHOOK_MOUNT = "/var/run/podiam/webhook"  # the chart's webhook-tls volume: an emptyDir (auto) or the Secret (secrets)
 # How a refusal shows in the operator's log: kopf's APIForbiddenError, the
 # API's "Forbidden" reason, or podiam's own "HTTP 403" / "(403)" messages.
 FORBIDDEN = re.compile(r"[Ff]orbidden|HTTP 403|\(403\)|status=403|code\W+403")
@@ -81,7 +82,7 @@ def _resolve_env(container: Mapping[str, Any], fields: Mapping[str, str], tls_di
             value = fields[field]
         else:
             value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), str(item["value"]))
-        env[item["name"]] = value.replace(TLS_MOUNT, str(tls_dir))
+        env[item["name"]] = value.replace(TLS_MOUNT, str(tls_dir)).replace(WEBHOOK_MOUNT, str(tls_dir.parent / "webhook-tls"))
     return env
 
 
@@ -109,13 +110,13 @@ class Release:
         self.name = name
         self.namespace = f"{name}-system"
         self.nodes = [Node(f"{name}-node-{i}", f"127.0.0.{node_octet + i}") for i in range(nodes)]
-        self.ports = _free_ports("metadata", "control", "health", "liveness", "metrics")
+        self.ports = _free_ports("metadata", "control", "health", "liveness", "metrics", "webhook")
         self.values: dict[str, Any] = {
             "operator": {
                 **({"sts": {"endpointUrl": sts.url, "region": "us-east-1"}} if sts is not None else {}),
                 "ports": {"liveness": self.ports["liveness"], "metrics": self.ports["metrics"]},
                 # The metrics endpoint on loopback only, on a machine shared with other tests.
-                "extraEnv": {"PODIAM_METRICS_ADDRESS": "127.0.0.1"},
+                "extraEnv": {"PODIAM_METRICS_ADDRESS": "127.0.0.1", "PODIAM_WEBHOOK_ADDRESS": "127.0.0.1"},
                 "log": {"format": "plain"},
                 **dict((values or {}).get("operator", {})),
             },
@@ -125,7 +126,12 @@ class Release:
                 "healthPort": self.ports["health"],
                 **dict((values or {}).get("proxy", {})),
             },
-            **{k: v for k, v in (values or {}).items() if k not in ("operator", "proxy")},
+            # The injection webhook on a free port (the operator runs as a process here, next to other releases').
+            "containerCredentials": {
+                **dict((values or {}).get("containerCredentials", {})),
+                "webhook": {"port": self.ports["webhook"], **dict((values or {}).get("containerCredentials", {}).get("webhook", {}))},
+            },
+            **{k: v for k, v in (values or {}).items() if k not in ("operator", "proxy", "containerCredentials")},
         }
         self.rendered = helm.template(name, self.namespace, self.values, values_files)
         self.objects = self.rendered.objects
@@ -354,4 +360,5 @@ def delete_namespace(cp: ControlPlane, namespace: str, timeout: float = 60.0) ->
     wait_for(gone, timeout, f"namespace {namespace} deleted", interval=0.2)
 
 
-_CLUSTER_SCOPED = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings", "ClusterKopfPeering": "clusterkopfpeerings"}
+_CLUSTER_SCOPED = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings", "ClusterKopfPeering": "clusterkopfpeerings",
+                   "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}

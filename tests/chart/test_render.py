@@ -49,6 +49,7 @@ def test_default_objects(helm: _helm.Helm) -> None:
     assert sorted(rendered.kinds()) == sorted([
         "ServiceAccount", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
         "Deployment", "DaemonSet", "PodDisruptionBudget", "Service", "Service", "ClusterKopfPeering",
+        "Service", "MutatingWebhookConfiguration",  # the container-credentials injection webhook
     ])
     for obj in rendered.objects:
         labels = obj["metadata"]["labels"]
@@ -80,7 +81,7 @@ def test_operator_deployment_defaults(helm: _helm.Helm) -> None:
     assert {"key": "podiam.io/agent-not-ready", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     # Pod network: listeners on every address of the pod, ports next to the proxy's.
     assert "hostNetwork" not in pod and "PODIAM_METRICS_ADDRESS" not in env
-    assert {p["name"]: p["containerPort"] for p in operator["ports"]} == {"liveness": 8184, "metrics": 8185}
+    assert {p["name"]: p["containerPort"] for p in operator["ports"]} == {"liveness": 8184, "metrics": 8185, "webhook": 8187}
     assert "preferredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"]
     assert env["PODIAM_TLS_MODE"] == "auto"
     assert env["PODIAM_PROXY_SELECTOR"] == "app.kubernetes.io/name=podiam-proxy,app.kubernetes.io/instance=podiam"
@@ -146,8 +147,8 @@ def test_operator_rbac_is_least_privilege(helm: _helm.Helm) -> None:
     assert by_resource[("", "namespaces")] == {"list", "watch"}
     assert ("", "secrets") not in by_resource
     role = rendered.get("Role")
-    named = [r for r in role["rules"] if "resourceNames" in r]
-    assert named and set(named[0]["resourceNames"]) == {"podiam-ca", "podiam-proxy-tls", "podiam-operator-tls"}
+    named = [r for r in role["rules"] if "resourceNames" in r and r["resources"] == ["secrets"]]
+    assert named and set(named[0]["resourceNames"]) == {"podiam-ca", "podiam-proxy-tls", "podiam-operator-tls", "podiam-webhook-tls"}
     assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]} in role["rules"]  # its own pod, for TLS Events
     assert all(r["resources"] == ["secrets"] for r in role["rules"] if r["resources"] != ["pods"])
     # Without the taint duty, no write access to nodes.
@@ -217,7 +218,8 @@ def test_host_network_operator_binds_the_node_ip_spreads_one_per_node_and_rolls_
     assert names.index("POD_IP") < names.index("PODIAM_METRICS_ADDRESS")  # $(POD_IP) is defined before its use
     ports = {p["containerPort"] for p in operator["ports"]}
     proxy_ports = {p["containerPort"] for p in _helm.container(rendered.get("DaemonSet"), "proxy")["ports"]}
-    assert ports == {8184, 8185} and not ports & proxy_ports
+    assert ports == {8184, 8185, 8187} and not ports & (proxy_ports | {8186})  # 8186: the container-credentials port
+    assert env["PODIAM_WEBHOOK_ADDRESS"] == "$(POD_IP)"
     # The start-up taint's toleration stays, the user's are added.
     assert pod["tolerations"] == [{"key": "podiam.io/agent-not-ready", "operator": "Exists", "effect": "NoSchedule"},
                                   {"key": "dedicated", "operator": "Exists"}]
@@ -334,15 +336,109 @@ def test_the_network_policy_admits_the_scrapers_to_the_metrics_port_only(helm: _
     selector = policy["spec"]["podSelector"]["matchLabels"]
     assert selector == deployment["spec"]["selector"]["matchLabels"]
     assert policy["spec"]["policyTypes"] == ["Ingress"]  # the operator dials out: its egress is left alone
-    assert policy["spec"]["ingress"] == [{"from": [prometheus], "ports": [{"port": 9185, "protocol": "TCP"}]}]
+    # The webhook's port from anywhere: the API server calls it, from an address a NetworkPolicy cannot name.
+    assert policy["spec"]["ingress"] == [{"from": [prometheus], "ports": [{"port": 9185, "protocol": "TCP"}]},
+                                         {"ports": [{"port": 8187, "protocol": "TCP"}]}]
     # Nothing admits anyone to kopf's /healthz: the kubelet probes it from the node, which is always let through.
     ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert ports == {"liveness": 8184, "metrics": 9185}
+    assert ports == {"liveness": 8184, "metrics": 9185, "webhook": 8187}
 
 
 def test_without_scrapers_the_network_policy_admits_no_pod(helm: _helm.Helm) -> None:
-    policy = helm.template(values={"operator": {"networkPolicy": {"enabled": True}}}).get("NetworkPolicy")
-    assert policy["spec"]["ingress"] == []
+    values: dict[str, Any] = {"operator": {"networkPolicy": {"enabled": True}}}
+    policy = helm.template(values=values).get("NetworkPolicy")
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8187, "protocol": "TCP"}]}]  # the webhook's only
+    values["containerCredentials"] = {"webhook": {"enabled": False}}
+    assert helm.template(values=values).get("NetworkPolicy")["spec"]["ingress"] == []
+
+
+# -- the container-credentials injection webhook ------------------------------------------
+
+
+def test_the_webhook_is_registered_with_the_chosen_policy_and_served_by_the_operator(helm: _helm.Helm) -> None:
+    rendered = helm.template()
+    configuration = rendered.get("MutatingWebhookConfiguration")
+    assert configuration["metadata"]["name"] == "podiam-container-credentials"
+    service = rendered.get("Service", "podiam-operator-webhook")
+    deployment = rendered.get("Deployment")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]
+    by_kind = {hook["name"]: hook for hook in configuration["webhooks"]}
+    assert sorted(by_kind) == ["namespaces.container-credentials.podiam.io", "pods.container-credentials.podiam.io"]
+    for hook in by_kind.values():
+        assert hook["clientConfig"] == {"service": {"name": "podiam-operator-webhook", "namespace": "podiam-system",
+                                                    "path": "/container-credentials", "port": 443}}  # caBundle: the operator's
+        assert (hook["failurePolicy"], hook["sideEffects"], hook["timeoutSeconds"], hook["reinvocationPolicy"]) == (
+            "Ignore", "None", 5, "IfNeeded")
+        assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                                  "scope": "Namespaced"}]
+        assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["podiam-system", "kube-system"]} in \
+            hook["namespaceSelector"]["matchExpressions"]
+    label = "podiam.io/container-credentials"
+    namespaces, pods = by_kind["namespaces.container-credentials.podiam.io"], by_kind["pods.container-credentials.podiam.io"]
+    assert {"key": label, "operator": "In", "values": ["enabled"]} in namespaces["namespaceSelector"]["matchExpressions"]
+    assert namespaces["objectSelector"] == {"matchExpressions": [{"key": label, "operator": "NotIn", "values": ["disabled"]}]}
+    assert {"key": label, "operator": "NotIn", "values": ["enabled", "disabled"]} in pods["namespaceSelector"]["matchExpressions"]
+    assert pods["objectSelector"] == {"matchLabels": {label: "enabled"}}
+
+    operator = _helm.container(deployment, "operator")
+    env = {item["name"]: item.get("value") for item in operator["env"]}
+    assert {k: env[k] for k in env if "WEBHOOK" in k} == {
+        "PODIAM_WEBHOOK_PORT": "8187", "PODIAM_WEBHOOK_CERT_FILE": "/var/run/podiam/webhook/tls.crt",
+        "PODIAM_WEBHOOK_KEY_FILE": "/var/run/podiam/webhook/tls.key", "PODIAM_WEBHOOK_TOKEN_AUDIENCE": "pods.eks.amazonaws.com",
+        "PODIAM_WEBHOOK_TOKEN_EXPIRATION": "86400", "PODIAM_TLS_WEBHOOK_SERVICE": "podiam-operator-webhook",
+        "PODIAM_TLS_WEBHOOK_SECRET": "podiam-webhook-tls", "PODIAM_TLS_WEBHOOK_CONFIGURATION": "podiam-container-credentials"}
+    assert {"name": "webhook-tls", "mountPath": "/var/run/podiam/webhook", "readOnly": False} in operator["volumeMounts"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["webhook-tls"] == {"name": "webhook-tls", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    proxy = _helm.container(rendered.get("DaemonSet"), "proxy")
+    assert {"name": "PODIAM_PROXY_CONTAINER_CREDENTIALS_AUDIENCE", "value": "pods.eks.amazonaws.com"} in proxy["env"]
+
+    # RBAC: its own configuration's caBundle and its own certificate's Secret, by name.
+    rules = rendered.get("ClusterRole")["rules"]
+    assert {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": ["podiam-container-credentials"], "verbs": ["get", "patch"]} in rules
+    named = next(r for r in rendered.get("Role")["rules"] if r.get("resourceNames") and "secrets" in r["resources"])
+    assert "podiam-webhook-tls" in named["resourceNames"]
+
+
+def test_the_webhook_values(helm: _helm.Helm) -> None:
+    rendered = helm.template(values={"containerCredentials": {"audience": "sts.example.com", "webhook": {
+        "failurePolicy": "Fail", "timeoutSeconds": 3, "reinvocationPolicy": "Never", "excludeNamespaces": ["batch"],
+        "tokenExpirationSeconds": 3600, "port": 9443}}, "operator": {"useHostNetwork": True}})
+    for hook in rendered.get("MutatingWebhookConfiguration")["webhooks"]:
+        assert (hook["failurePolicy"], hook["timeoutSeconds"], hook["reinvocationPolicy"]) == ("Fail", 3, "Never")
+        assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["podiam-system", "kube-system", "batch"]} in \
+            hook["namespaceSelector"]["matchExpressions"]
+    env = {item["name"]: item.get("value") for item in _helm.container(rendered.get("Deployment"), "operator")["env"]}
+    assert (env["PODIAM_WEBHOOK_PORT"], env["PODIAM_WEBHOOK_ADDRESS"]) == ("9443", "$(POD_IP)")  # the node's IP only
+    assert (env["PODIAM_WEBHOOK_TOKEN_AUDIENCE"], env["PODIAM_WEBHOOK_TOKEN_EXPIRATION"]) == ("sts.example.com", "3600")
+    proxy = _helm.container(rendered.get("DaemonSet"), "proxy")
+    assert {"name": "PODIAM_PROXY_CONTAINER_CREDENTIALS_AUDIENCE", "value": "sts.example.com"} in proxy["env"]
+
+
+def test_without_the_webhook_nothing_of_it_is_rendered(helm: _helm.Helm) -> None:
+    rendered = helm.template(values={"containerCredentials": {"webhook": {"enabled": False}}})
+    assert "MutatingWebhookConfiguration" not in rendered.kinds() and rendered.kinds().count("Service") == 2
+    assert not any("admissionregistration.k8s.io" in r["apiGroups"] for r in rendered.get("ClusterRole")["rules"])
+    env = {item["name"] for item in _helm.container(rendered.get("Deployment"), "operator")["env"]}
+    assert not {name for name in env if "WEBHOOK" in name}
+
+
+def test_secrets_mode_registers_the_webhook_with_your_certificate_and_ca_bundle_only(helm: _helm.Helm) -> None:
+    # The guide's values (tls.mode=secrets) name no webhook certificate: no webhook, nothing to prepare.
+    assert "MutatingWebhookConfiguration" not in helm.template(values_files=[GUIDE_VALUES]).kinds()
+    bundle = "TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0Q2c9PQ=="
+    rendered = helm.template(values_files=[GUIDE_VALUES], values={"containerCredentials": {"webhook": {
+        "tlsSecret": "podiam-webhook-cert", "caBundle": bundle}}})
+    for hook in rendered.get("MutatingWebhookConfiguration")["webhooks"]:
+        assert hook["clientConfig"]["caBundle"] == bundle
+    deployment = rendered.get("Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["webhook-tls"]["secret"]["secretName"] == "podiam-webhook-cert"
+    env = {item["name"] for item in _helm.container(deployment, "operator")["env"]}
+    assert "PODIAM_WEBHOOK_PORT" in env and "PODIAM_TLS_WEBHOOK_SERVICE" not in env  # the operator issues nothing
+    assert not any("admissionregistration.k8s.io" in r["apiGroups"] for r in rendered.get("ClusterRole")["rules"])
 
 
 # -- refusals -----------------------------------------------------------------------
@@ -370,6 +466,9 @@ def test_without_scrapers_the_network_policy_admits_no_pod(helm: _helm.Helm) -> 
      "additional properties 'matchLabelz' not allowed"),
     ({"operator": {"networkPolicy": {"metricsFrom": [{"ipBlock": {"cidr": "everyone"}}]}}},
      "/operator/networkPolicy/metricsFrom/0/ipBlock/cidr"),
+    ({"containerCredentials": {"webhook": {"failurePolicy": "Open"}}}, "/containerCredentials/webhook/failurePolicy"),
+    ({"containerCredentials": {"webhook": {"timeoutSeconds": 60}}}, "/containerCredentials/webhook/timeoutSeconds"),
+    ({"containerCredentials": {"webhook": {"tokenExpirationSeconds": 60}}}, "/containerCredentials/webhook/tokenExpirationSeconds"),
 ], ids=lambda v: json.dumps(v) if isinstance(v, dict) else "")
 def test_schema_rejects_bad_values(helm: _helm.Helm, values: dict[str, Any], message: str) -> None:
     with pytest.raises(_helm.HelmError) as error:
@@ -389,8 +488,14 @@ def test_schema_rejects_bad_values(helm: _helm.Helm, values: dict[str, Any], mes
     ({"agent": {"host": {"interface": "!eth0"}}}, "this values file is Kiam's: podiam calls agent: proxy:"),
     ({"operator": {"useHostNetwork": True, "networkPolicy": {"enabled": True}}},
      "operator.networkPolicy cannot protect the operator on the host network"),
+    ({"tls": {"mode": "secrets"}, "operator": {"tlsSecret": "a"}, "proxy": {"tlsSecret": "b"},
+      "containerCredentials": {"webhook": {"tlsSecret": "c"}}}, "containerCredentials.webhook.tlsSecret needs containerCredentials.webhook.caBundle"),
+    ({"containerCredentials": {"webhook": {"port": 8185}}}, "containerCredentials.webhook.port must differ"),
+    ({"operator": {"useHostNetwork": True}, "containerCredentials": {"webhook": {"port": 8186}}},
+     "containerCredentials.webhook.port (8186) is also a proxy port"),
 ], ids=["secrets-without-secrets", "secret-in-auto-mode", "cleanup-with-iptables", "replicas-without-peering", "ports",
-        "host-network-ports", "kiam-file", "network-policy-on-host-network"])
+        "host-network-ports", "kiam-file", "network-policy-on-host-network", "webhook-secret-without-ca-bundle",
+        "webhook-port", "webhook-port-on-host-network"])
 def test_template_explains_inconsistent_values(helm: _helm.Helm, values: dict[str, Any], message: str) -> None:
     with pytest.raises(_helm.HelmError) as error:
         helm.template(values=values)

@@ -38,6 +38,14 @@
 {{- end -}}
 
 {{/* TLS Secret names: auto mode's (created by the operator) or the user's. */}}
+{{- define "podiam.webhook.configuration" -}}{{ include "podiam.fullname" . }}-container-credentials{{- end -}}
+{{- define "podiam.webhook.service" -}}{{ include "podiam.operator.fullname" . }}-webhook{{- end -}}
+{{- define "podiam.tls.webhookSecret" -}}{{ printf "%s-webhook-tls" (include "podiam.fullname" .) }}{{- end -}}
+{{/* The injection webhook is served and registered: on, and in secrets mode given its certificate. */}}
+{{- define "podiam.webhook.enabled" -}}
+{{- $w := .Values.containerCredentials.webhook -}}
+{{- if and $w.enabled (or (eq .Values.tls.mode "auto") $w.tlsSecret) -}}true{{- end -}}
+{{- end -}}
 {{- define "podiam.tls.caSecret" -}}{{ default (printf "%s-ca" (include "podiam.fullname" .)) .Values.tls.auto.caSecret }}{{- end -}}
 {{- define "podiam.tls.operatorSecret" -}}{{ default (printf "%s-operator-tls" (include "podiam.fullname" .)) .Values.tls.auto.operatorSecret }}{{- end -}}
 {{- define "podiam.tls.proxySecret" -}}
@@ -172,6 +180,16 @@ imagePullSecrets:
 {{- end -}}
 {{- if and .Values.operator.useHostNetwork .Values.operator.networkPolicy.enabled -}}
 {{- fail "operator.networkPolicy cannot protect the operator on the host network (operator.useHostNetwork): a NetworkPolicy does not select host-network pods; its listeners bind the node's IP, so restrict that port on the node instead" -}}
+{{- end -}}
+{{- $w := .Values.containerCredentials.webhook -}}
+{{- if and $w.enabled (eq .Values.tls.mode "secrets") $w.tlsSecret (not $w.caBundle) -}}
+{{- fail "containerCredentials.webhook.tlsSecret needs containerCredentials.webhook.caBundle: the API server trusts the webhook's certificate through it (the base64 of the PEM CA that signed it)" -}}
+{{- end -}}
+{{- if and $w.enabled (has (int $w.port) (list (int .Values.operator.ports.liveness) (int .Values.operator.ports.metrics))) -}}
+{{- fail "containerCredentials.webhook.port must differ from operator.ports.liveness and operator.ports.metrics" -}}
+{{- end -}}
+{{- if and $w.enabled .Values.operator.useHostNetwork (has (int $w.port) (append $ports 8186)) -}}
+{{- fail (printf "containerCredentials.webhook.port (%d) is also a proxy port: with operator.useHostNetwork both listen on the node's addresses; pick another port" (int $w.port)) -}}
 {{- end -}}
 {{- if .Values.operator.useHostNetwork -}}
 {{- range $name, $port := .Values.operator.ports -}}
