@@ -150,7 +150,9 @@ def test_operator_rbac_is_least_privilege(helm: _helm.Helm) -> None:
     named = [r for r in role["rules"] if "resourceNames" in r and r["resources"] == ["secrets"]]
     assert named and set(named[0]["resourceNames"]) == {"podiam-ca", "podiam-proxy-tls", "podiam-operator-tls", "podiam-webhook-tls"}
     assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]} in role["rules"]  # its own pod, for TLS Events
-    assert all(r["resources"] == ["secrets"] for r in role["rules"] if r["resources"] != ["pods"])
+    # Its status ConfigMap for kubectl podiam, by name (create cannot be limited by name).
+    assert {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["podiam-status"], "verbs": ["get", "update"]} in role["rules"]
+    assert all(r["resources"] == ["secrets"] for r in role["rules"] if r["resources"] not in (["pods"], ["configmaps"]))
     # Without the taint duty, no write access to nodes.
     rules = helm.template(values={"operator": {"manageNodeTaint": False}}).get("ClusterRole")["rules"]
     node_rule = next(r for r in rules if r["resources"] == ["nodes"])
@@ -195,6 +197,8 @@ def test_kiam_guide_values(helm: _helm.Helm) -> None:
     role = rendered.get("Role")
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["podiam-status"], "verbs": ["get", "update"]},
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kiam-agent-tls"], "verbs": ["get"]},
     ]
 
