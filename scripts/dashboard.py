@@ -24,8 +24,10 @@ UID = "podiam-overview"
 
 # (title, description, unit, [(expr, legend)]): the order is the layout, two panels a row.
 PANELS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
-    ("Credential requests by status", "Pods' requests for their role's credentials, by HTTP status (proxies).", "reqps", [
-        ('sum by (status) (rate(podiam_proxy_metadata_requests_total{route="credentials"}[$__rate_interval]))', "{{status}}"),
+    ("Credential requests by status", "Pods' requests for their role's credentials (credentials) and its name "
+     "(credentials-list), by HTTP status (proxies).", "reqps", [
+        ('sum by (route, status) (rate(podiam_proxy_metadata_requests_total{route=~"credentials|credentials-list"}'
+         '[$__rate_interval]))', "{{route}} {{status}}"),
     ]),
     ("Credential lookups: waits and misses", "hit: served at once; waited_hit: after waiting for a push; miss: nothing after "
      "waiting; waits: requests that waited (proxies).", "reqps", [
