@@ -130,7 +130,9 @@ def wait_state(prom: Prometheus, alert: str, state: str, timeout: float, before:
             seen.append(current)
         return current == state
 
+    started = time.monotonic()
     stacks.wait_for(reached, timeout, f"{alert} {state} (seen: {seen})", interval=0.5)
+    print(f"{alert}: {' -> '.join(seen)} {time.monotonic() - started:.1f} s after the fault")
     return seen
 
 
