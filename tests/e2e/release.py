@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.support import proxy as proxy_support
 
 OPERATOR_ROLE_ARN = f"arn:aws:iam::{clusters.ACCOUNT_ID}:role/podiam-operator"
 CHAIN = "PODIAM-PROXY"
+CC_CHAIN = "PODIAM-CONTAINER-CREDS"  # the container-credentials path's (nat PREROUTING and OUTPUT)
 
 
 def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,15 +151,18 @@ class Release:
         return wire.ProxyStatus.model_validate_json(answer.body)
 
     def remove_iptables_rules(self) -> None:
-        """Safety net after a test: the proxy's chain and its jump gone from every node (the documented way is
-        ``proxy.host.cleanupIptables``; tests/e2e/test_uninstall.py checks that one)."""
+        """Safety net after a test: the proxy's chains (metadata and container credentials) and their jumps gone
+        from every node (the documented way is ``proxy.host.cleanupIptables``; tests/e2e/test_uninstall.py checks
+        that one). The jumps carry a comment with spaces, which iptables-save quotes: shlex reads it back."""
         for member in self.cluster.nodes.values():
             rules = member.exec("iptables-save", "-t", "nat").stdout.splitlines()
-            for rule in rules:
-                if rule.startswith("-A ") and f"-j {CHAIN}" in rule:
-                    member.exec("iptables", "-w", "5", "-t", "nat", *rule.replace("-A ", "-D ", 1).split(), check=False)
-            member.exec("iptables", "-w", "5", "-t", "nat", "-F", CHAIN, check=False)
-            member.exec("iptables", "-w", "5", "-t", "nat", "-X", CHAIN, check=False)
+            for chain in (CHAIN, CC_CHAIN):
+                for rule in rules:
+                    if rule.startswith("-A ") and rule.endswith(f"-j {chain}"):
+                        member.exec("iptables", "-w", "5", "-t", "nat", *shlex.split(rule.replace("-A ", "-D ", 1)),
+                                    check=False)
+                member.exec("iptables", "-w", "5", "-t", "nat", "-F", chain, check=False)
+                member.exec("iptables", "-w", "5", "-t", "nat", "-X", chain, check=False)
 
     def iptables_rules(self, node: str) -> list[str]:
         """The node's nat rules that mention the proxy's chain."""
