@@ -39,7 +39,7 @@
 
 {{/* TLS Secret names: auto mode's (created by the operator) or the user's. */}}
 {{- define "podiam.webhook.configuration" -}}{{ include "podiam.fullname" . }}-container-credentials{{- end -}}
-{{- define "podiam.webhook.service" -}}{{ include "podiam.operator.fullname" . }}-webhook{{- end -}}
+{{- define "podiam.webhook.service" -}}{{ printf "%s-webhook" (include "podiam.operator.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end -}}
 {{- define "podiam.tls.webhookSecret" -}}{{ printf "%s-webhook-tls" (include "podiam.fullname" .) }}{{- end -}}
 {{/* The injection webhook is served and registered: on, and in secrets mode given its certificate. */}}
 {{- define "podiam.webhook.enabled" -}}

@@ -27,6 +27,7 @@ ROTATE_HANDLED = "podiam.io/rotate-ca-handled"
 
 # Conflicting writes in a row before giving up until the next check.
 _ATTEMPTS = 5
+_WEBHOOK_RETRY = datetime.timedelta(seconds=30)  # a webhook certificate that could not be issued, tried again
 
 Clock = Callable[[], datetime.datetime]
 
@@ -75,14 +76,21 @@ class AutoTls:
         renew = _pending(ca_secret.annotations, RENEW_REQUEST, RENEW_HANDLED) if may_write else None
         proxy = await self._leaf(self.settings.proxy_secret, leaves.proxy_spec(self.settings), state, may_write, renew, "proxy")
         client = await self._leaf(self.settings.operator_secret, leaves.operator_spec(self.settings), state, may_write, renew, "operator")
-        webhook = None
+        webhook, checks_at = None, [authority.next_check(state, self.settings, self.clock()),
+                                    leaves.next_check(proxy, self.settings), leaves.next_check(client, self.settings)]
         if self.settings.webhook_service:
-            spec = leaves.webhook_spec(self.settings, self.secrets.namespace)
-            webhook = await self._leaf(self.settings.webhook_secret, spec, state, may_write, renew, "webhook")
+            # The pushes never wait on the webhook: its certificate's trouble is logged and retried on its own.
+            try:
+                spec = leaves.webhook_spec(self.settings, self.secrets.namespace)
+                webhook = await self._leaf(self.settings.webhook_secret, spec, state, may_write, renew, "webhook")
+                checks_at.append(leaves.next_check(webhook, self.settings))
+            except Exception as error:  # noqa: BLE001 - whatever it is, the proxies' and the operator's pairs stand
+                self.reporter.logger.warning("TLS: the injection webhook's certificate: %s: %s (will retry)",
+                                             type(error).__name__, error)
+                checks_at.append(self.clock() + _WEBHOOK_RETRY)
         if renew is not None:
             await self.secrets.annotate(self.settings.ca_secret, {RENEW_HANDLED: renew})
-        next_check = min(authority.next_check(state, self.settings, self.clock()), leaves.next_check(proxy, self.settings),
-                         leaves.next_check(client, self.settings), *([leaves.next_check(webhook, self.settings)] if webhook else []))
+        next_check = min(checks_at)
         return ClientMaterial(pair=client, bundle_pem=state.bundle_pem(), next_check=next_check, webhook=webhook)
 
     async def _authority(self, *, may_write: bool) -> tuple[authority.CaState, store.Stored]:

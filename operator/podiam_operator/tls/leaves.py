@@ -37,6 +37,9 @@ def operator_spec(settings: _settings.TlsSettings) -> Spec:
     return Spec(common_name=settings.operator_identity, dns_names=(settings.operator_identity,), server=False)
 
 
+_MAX_COMMON_NAME = 64  # RFC 5280's ub-common-name
+
+
 def webhook_spec(settings: _settings.TlsSettings, namespace: str) -> Spec:
     """The injection webhook's serving certificate: the name the API server calls its Service by, and any extra
     names or addresses (a configuration that calls it by URL, e.g. https://127.0.0.1:8187 for a local operator)."""
@@ -44,7 +47,10 @@ def webhook_spec(settings: _settings.TlsSettings, namespace: str) -> Spec:
     extra = settings.webhook_host_list()
     addresses = tuple(host for host in extra if _is_ip(host))
     dns = (name, f"{name}.cluster.local", *(host for host in extra if not _is_ip(host)))
-    return Spec(common_name=name, dns_names=dns, server=True, ip_addresses=addresses)
+    # X.509 caps a common name at 64 characters, and a long release's Service name passes that; clients (the API
+    # server among them) check the SANs, never the CN, so a long name goes to the SANs alone.
+    common_name = name if len(name) <= _MAX_COMMON_NAME else str(settings.webhook_service)[:_MAX_COMMON_NAME]
+    return Spec(common_name=common_name, dns_names=dns, server=True, ip_addresses=addresses)
 
 
 def _is_ip(host: str) -> bool:

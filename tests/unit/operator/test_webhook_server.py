@@ -140,3 +140,15 @@ def test_the_webhook_certificate_names_the_service_and_the_extra_hosts() -> None
     ca = _ca()
     pair = _leaf(ca)
     assert json.dumps(pki.ip_addresses(pair.cert)) == '["127.0.0.1"]'
+
+
+def test_a_long_release_name_still_gets_a_webhook_certificate() -> None:
+    """X.509 caps a common name at 64 characters; <service>.<namespace>.svc of a long release passes it (a chart test's
+    release did, and the operator's whole TLS set-up failed with it). The full name is in the SANs, which clients check."""
+    service, namespace = "rbac-no-create-events-podiam-operator-webhook", "rbac-no-create-events-system"
+    spec = leaves.webhook_spec(_settings.TlsSettings(namespace=namespace, webhook_service=service), namespace)
+    assert len(f"{service}.{namespace}.svc") > 64 and spec.common_name == service
+    key = pki.generate_key(_settings.KeyType.ECDSA_P256)
+    cert = pki.issue_leaf(_ca(), key, common_name=spec.common_name, dns_names=spec.dns_names, server=True,
+                          now=datetime.datetime.now(UTC), lifetime=datetime.timedelta(days=1), ip_addresses=spec.ip_addresses)
+    assert f"{service}.{namespace}.svc" in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
