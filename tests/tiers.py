@@ -21,18 +21,22 @@ _outcomes: dict[str, collections.Counter[str]] = collections.defaultdict(collect
 _skipped_as_root: list[str] = []
 
 
-def _tier(item: pytest.Item) -> str:
-    for tier in TIERS:
-        if item.get_closest_marker(tier) is not None:
-            return tier
-    # Tests without a tier marker are grouped by their folder (tests/unit/..., tests/demo/...).
-    parts = item.nodeid.split("/")
-    return parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
+def _tiers(item: pytest.Item) -> list[str]:
+    return [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects: every collected test is checked, whatever runs
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test carries exactly one tier marker, from its module's ``pytestmark`` (a ``pytestmark`` in a
+    conftest.py marks nothing): a test without one would silently drop out of ``-m <tier>`` runs."""
+    wrong = []
     for item in items:
-        _tier_of[item.nodeid] = _tier(item)
+        tiers = _tiers(item)
+        if len(tiers) != 1:
+            wrong.append(f"{item.nodeid}: {', '.join(tiers) or 'no tier marker'}")
+        _tier_of[item.nodeid] = tiers[0] if tiers else "other"
+    if wrong:
+        raise pytest.UsageError(f"each test needs exactly one tier marker ({', '.join(TIERS)}):\n  " + "\n  ".join(wrong[:20]))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
