@@ -187,7 +187,7 @@ async def pushing_run(cache: sts.CredentialCache, source: FakeSource, clock: clo
     (key,) = w.desired_for_node("n1").keys
     await cache.get(key, sts.AssumeRequest.for_grant(w.grants[key]))
     source.failures = [sts.StsError("ServiceUnavailable", "down", retryable=True, status=503) for _ in range(failing)]
-    credentials = functools.partial(engine.Engine._credentials, types.SimpleNamespace(cache=cache, world=w))
+    credentials = functools.partial(engine.Engine._credentials, types.SimpleNamespace(cache=cache, world=w))  # type: ignore[arg-type]
     proxy = Proxy(clock)
 
     async def synced(node: str) -> None:
