@@ -45,7 +45,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or (report.when == "setup" and not report.passed):
         outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
         _outcomes[tier][outcome] += 1
-        if report.skipped and os.geteuid() == 0:
+        if report.skipped and not hasattr(report, "wasxfail") and os.geteuid() == 0:  # an xfail is reported as skipped
             _skipped_as_root.append(f"{report.nodeid}: {report.longrepr}")
     elif report.when == "teardown" and report.failed:
         _outcomes[tier]["teardown errors"] += 1
