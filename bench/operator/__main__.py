@@ -10,15 +10,29 @@ counting front, one real proxy per fake node and the operator, then:
 2. burst: reports every pod Running with its IP (16 threads, as fast as the
    API server takes them) and measures, per pod, the time from its status
    write returning (the IP is in the API; ``grant_from_call_*`` count from
-   the start of that call instead) to the first credential document its node's proxy serves to the
-   pod's source address (the proxy holds a request up to 0.8 s while the
-   entry is on its way, so one request per pod in flight measures it);
+   the start of that call instead) to the answer of the first request that
+   gets a credential document from its node's proxy at the pod's source
+   address (the proxy holds a request up to 0.8 s while the entry is on its
+   way, so one request per pod in flight measures it);
 3. revocation: removes every pod's annotation in a burst and measures the
-   time from that write returning to the first request (by its start time)
-   that gets no credentials;
+   time from that write returning to the answer of the first request that
+   gets no credentials (``revoke_*``: the pod's 404, which the proxy holds up
+   to its ``--credential-wait``, 0.8 s, as for any pod it has no entry for),
+   and to the answer of the last request that still got credentials
+   (``revoke_last_served_*``: the last credential document the pod received;
+   pods refused from their first request on are counted in
+   ``revoke_refused_at_once``);
 4. counts AssumeRole calls (moto front) and reads the operator's RSS;
 5. grows the cluster to ``--rss-pods`` annotated, running pods and reads the
    operator's RSS again once every pod-owned binding exists.
+
+Latencies are as measured, never clipped: the operator may see a write
+through its watch before the writer's HTTP call returns, so a pod can be
+served (or refused) "before" the write and its latency is negative;
+``*_before_write`` counts those. RSS is VmRSS in MiB (``rss_mib_*``); the
+idle figure is the operator's, started and leading, before the first pod.
+``loadavg_*`` is /proc/loadavg (1, 5, 15 minutes) at the start, after each
+phase and at the end: the machine may be shared.
 
 Everything is bounded in time; all traffic is on 127.0.0.0/8.
 """
@@ -32,7 +46,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -58,18 +71,19 @@ async def _status(host: str, port: int, source: str, path: str) -> int:
         writer.close()
 
 
-async def _until(host: str, port: int, source: str, path: str, want_ok: bool, deadline: float) -> float | None:
-    """Start time (perf_counter) of the first request whose outcome is the wanted one."""
+async def _until(host: str, port: int, source: str, path: str, want_ok: bool, deadline: float) -> tuple[float | None, float | None]:
+    """When (perf_counter) the answers of the last request with the other outcome and of the first with the wanted one arrived."""
+    other = None
     while time.perf_counter() < deadline:
-        started = time.perf_counter()
         try:
             status = await _status(host, port, source, path)
         except (OSError, asyncio.TimeoutError):
             status = 0
         if (status == 200) == want_ok:
-            return time.perf_counter() if want_ok else started
+            return other, time.perf_counter()
+        other = time.perf_counter()
         await asyncio.sleep(0.02)
-    return None
+    return other, None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -77,11 +91,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def rss_mb(pid: int) -> float:
+def rss_mib(pid: int) -> float:
+    """VmRSS (kB in /proc, which means KiB) in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15-minute load averages."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def latencies(results: dict[str, Any], name: str, values: list[float]) -> None:
+    """p50, p99, min and max in ms, and how many are negative (the outcome before the write returned)."""
+    if not values:
+        return
+    for label, value in (("p50", percentile(values, 0.5)), ("p99", percentile(values, 0.99)), ("min", min(values)), ("max", max(values))):
+        results[f"{name}_{label}_ms"] = round(1000 * value, 1)
+    results[f"{name}_before_write"] = sum(1 for v in values if v < 0)
 
 
 def operator_pid(stack: stacks.Stack) -> int:
@@ -91,7 +120,8 @@ def operator_pid(stack: stacks.Stack) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="podiam-bench-operator-"))
     results: dict[str, Any] = {"pods": args.pods, "nodes": args.nodes, "roles": args.roles,
-                               "machine": f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"}
+                               "machine": f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
+                               "loadavg_start": loadavg()}
     cp = ControlPlane.start(workdir / "cp")
     moto_server = moto.MotoServer(workdir).start()
     front = moto.StsFront(workdir, moto_server.url).start()
@@ -100,6 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pool = concurrent.futures.ThreadPoolExecutor(16)
     try:
         stack.start()
+        time.sleep(args.settle)  # the operator started, leading, no pod yet
+        results["rss_mib_idle"] = round(rss_mib(operator_pid(stack)), 1)
         ns = "bench"
         stack.create_namespace(ns, "bench-.*")
         names = [f"pod-{i}" for i in range(args.pods)]
@@ -126,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # The IP "appears" when the API server has it: when its status write returns.
             marks[name] = time.perf_counter()
 
-        async def measure_grant() -> dict[str, float | None]:
+        async def measure_grant() -> dict[str, tuple[float | None, float | None]]:
             deadline = time.perf_counter() + args.timeout
             loop = asyncio.get_running_loop()
             burst = loop.run_in_executor(None, lambda: list(pool.map(set_ip, names)))
@@ -136,18 +168,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return dict(zip(names, outcomes))
 
         t = time.monotonic()
-        served = asyncio.run(measure_grant())
+        served = {n: first for n, (_, first) in asyncio.run(measure_grant()).items()}
         results["burst_seconds"] = round(time.monotonic() - t, 1)
-        grant = [max(0.0, served[n] - marks[n]) for n in names if served[n] is not None]
-        from_call = [served[n] - called[n] for n in names if served[n] is not None]
-        results["grant_from_call_p50_ms"] = round(1000 * percentile(from_call, 0.5), 1)
-        results["grant_from_call_p99_ms"] = round(1000 * percentile(from_call, 0.99), 1)
+        grant = [served_at - marks[n] for n in names if (served_at := served[n]) is not None]
+        from_call = [served_at - called[n] for n in names if (served_at := served[n]) is not None]
         results["grant_missing"] = sum(1 for n in names if served[n] is None)
-        results["grant_p50_ms"] = round(1000 * percentile(grant, 0.5), 1)
-        results["grant_p99_ms"] = round(1000 * percentile(grant, 0.99), 1)
-        results["grant_max_ms"] = round(1000 * max(grant), 1)
+        latencies(results, "grant", grant)
+        latencies(results, "grant_from_call", from_call)
         results["assume_role_calls"] = front.assume_role_count()
-        results["rss_mb_at_burst"] = round(rss_mb(operator_pid(stack)), 1)
+        results["rss_mib_at_burst"] = round(rss_mib(operator_pid(stack)), 1)
+        results["loadavg_after_burst"] = loadavg()
 
         # --- revocation: annotation removed -> no credentials ---------------------------------
         removed: dict[str, float] = {}
@@ -156,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.annotate_pod(ns, name, {"iam.amazonaws.com/role": None})
             removed[name] = time.perf_counter()  # when the API server has the change
 
-        async def measure_revoke() -> dict[str, float | None]:
+        async def measure_revoke() -> dict[str, tuple[float | None, float | None]]:
             deadline = time.perf_counter() + args.timeout
             loop = asyncio.get_running_loop()
             burst = loop.run_in_executor(None, lambda: list(pool.map(unannotate, names)))
@@ -166,13 +196,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             await burst
             return dict(zip(names, outcomes))
 
-        revoked_at = asyncio.run(measure_revoke())
-        # A pod whose first failing request started before its removal returned counts as 0.
-        revoke = [max(0.0, revoked_at[n] - removed[n]) for n in names if revoked_at[n] is not None and n in removed]
+        outcomes = asyncio.run(measure_revoke())
+        revoked_at = {n: first for n, (_, first) in outcomes.items()}
+        last_served = {n: last for n, (last, _) in outcomes.items()}
+        revoke = [refused_at - removed[n] for n in names if (refused_at := revoked_at[n]) is not None and n in removed]
         results["revoke_missing"] = sum(1 for n in names if revoked_at[n] is None)
-        results["revoke_p50_ms"] = round(1000 * percentile(revoke, 0.5), 1)
-        results["revoke_p99_ms"] = round(1000 * percentile(revoke, 0.99), 1)
-        results["revoke_max_ms"] = round(1000 * max(revoke), 1)
+        latencies(results, "revoke", revoke)
+        latencies(results, "revoke_last_served", [last - removed[n] for n in names if (last := last_served[n]) is not None and n in removed])
+        results["revoke_refused_at_once"] = sum(1 for n in names if last_served[n] is None and revoked_at[n] is not None)
+        results["loadavg_after_revocation"] = loadavg()
 
         # --- RSS with many pods ---------------------------------------------------------------------
         if args.rss_pods:
@@ -199,13 +231,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["rss_note"] = str(error)[:200]
             time.sleep(5)
             results["rss_pods_total"] = args.rss_pods
-            results["rss_mb_at_rss_pods"] = round(rss_mb(operator_pid(stack)), 1)
+            results["rss_mib_at_rss_pods"] = round(rss_mib(operator_pid(stack)), 1)
             results["assume_role_calls_total"] = front.assume_role_count()
             # Spot check: a few of the new pods are served.
             for name in more[:: max(1, len(more) // 5)]:
                 pod = cp.api("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
                 node = next(n for n in stack.nodes if n.name == pod["spec"]["nodeName"])
                 stack.wait_credentials(node, pod["status"]["podIP"], timeout=60)
+        results["loadavg_end"] = loadavg()
         return results
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -225,7 +258,8 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--roles", type=int, default=5)
     parser.add_argument("--rss-pods", type=int, default=5000, help="grow to this many pods for the RSS figure (0: skip)")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds between creating the pods and the IP burst")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds between the operator's start and the idle RSS, and between creating the pods and the IP burst")
     parser.add_argument("--timeout", type=float, default=120.0, help="bound for each phase")
     parser.add_argument("--keep", action="store_true", help="keep the logs")
     args = parser.parse_args()

@@ -21,12 +21,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
 
 from demo import standin_pods
 from tests.support import netns
-
-pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 # The stack strips PODIAM_* and AWS_* from its children's environments, so the marker has another prefix.

@@ -21,8 +21,6 @@ from metadata_proxy import _iptables
 from tests.support import certs, netns
 from tests.support.netns import Pod, forwarding
 
-pytestmark = pytest.mark.node
-
 GUARD_COMMENT = "podiam-node-test-guard"
 
 

@@ -76,7 +76,7 @@ class StsFront:
 
     def assume_role_calls(self, role_arn: str | None = None) -> list[dict[str, Any]]:
         """AssumeRole requests forwarded to moto since the last stats reset, oldest first:
-        ``{"RoleArn", "RoleSessionName", "Tags": {key: value}, "TransitiveTagKeys": [...], "Caller": the signing
+        ``{"RoleArn", "RoleSessionName", "ExternalId" (None: absent), "Tags": {key: value}, "TransitiveTagKeys": [...], "Caller": the signing
         access key id, "Region": the signature's region}``."""
         calls: list[dict[str, Any]] = self._call("GET", "/_front/calls")["calls"]
         return [call for call in calls if role_arn is None or call["RoleArn"] == role_arn]
@@ -95,17 +95,23 @@ class StsFront:
         error_code: str = "ServiceUnavailable",
         latency: float = 0.0,
         deny_roles: str | None = None,
+        fail_first: int = 0,
+        fail_roles: str | None = None,
+        seed: int | None = None,
     ) -> None:
         """Inject faults into every following request.
 
         ``error_rate``: fraction of requests answered with ``error_status`` /
-        ``error_code`` (400 + ``Throttling`` for throttling); ``latency``:
-        seconds added to every request; ``deny_roles``: a regex of role ARNs
-        whose AssumeRole gets 403 AccessDenied.
+        ``error_code`` (400 + ``Throttling`` for throttling), drawn from a
+        generator seeded with ``seed`` (None: unseeded); ``fail_first``: the
+        next that many requests get that error, for certain; ``fail_roles``:
+        a regex of role ARNs limiting both to their AssumeRole requests;
+        ``latency``: seconds added to every request; ``deny_roles``: a regex
+        of role ARNs whose AssumeRole gets 403 AccessDenied.
         """
         self._call("PUT", "/_front/faults", {
             "error_rate": error_rate, "error_status": error_status, "error_code": error_code,
-            "latency": latency, "deny_roles": deny_roles,
+            "latency": latency, "deny_roles": deny_roles, "fail_first": fail_first, "fail_roles": fail_roles, "seed": seed,
         })
 
     def clear_faults(self) -> None:

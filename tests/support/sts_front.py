@@ -3,8 +3,8 @@
 Run as ``python -m tests.support.sts_front --port P --upstream URL``. Control
 endpoints live under ``/_front/``; everything else is forwarded to moto.
 ``/_front/calls`` lists the AssumeRole requests forwarded to moto with their
-role, session name, session tags (``Tags.member.N.Key/Value``), transitive
-tag keys, and the access key and region of their signature (which
+role, session name, external id, session tags (``Tags.member.N.Key/Value``),
+transitive tag keys, and the access key and region of their signature (which
 credentials made the call: with the keys ``/_front/keys`` maps to roles, a
 test sees a role chain).
 """
@@ -29,6 +29,11 @@ class Faults:
     error_code: str = "ServiceUnavailable"
     latency: float = 0.0
     deny_roles: str | None = None
+    # Deterministic faults: the next ``fail_first`` requests get the error (before any ``error_rate``),
+    # only AssumeRole requests for roles matching ``fail_roles`` when it is set; ``seed`` seeds the rate.
+    fail_first: int = 0
+    fail_roles: str | None = None
+    seed: int | None = None
 
 
 @dataclasses.dataclass
@@ -36,12 +41,13 @@ class Stats:
     actions: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     assumed: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     injected: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    # AssumeRole requests forwarded to moto, in order: {"RoleArn", "RoleSessionName", "Tags": {key: value},
+    # AssumeRole requests forwarded to moto, in order: {"RoleArn", "RoleSessionName", "ExternalId" (None: absent), "Tags": {key: value},
     # "TransitiveTagKeys": [...], "Caller": access key id of the signature, "Region": its credential scope's region}.
     calls: list[dict[str, object]] = dataclasses.field(default_factory=list)
 
 
 FAULTS = web.AppKey("faults", Faults)
+RANDOM = web.AppKey("random", random.Random)
 STATS = web.AppKey("stats", Stats)
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", ClientSession)
@@ -99,9 +105,11 @@ async def reset_stats(request: web.Request) -> web.Response:
 
 async def put_faults(request: web.Request) -> web.Response:
     body = await request.json()
-    if body.get("deny_roles"):
-        re.compile(body["deny_roles"])
+    for pattern in ("deny_roles", "fail_roles"):
+        if body.get(pattern):
+            re.compile(body[pattern])
     request.app[FAULTS] = Faults(**body)
+    request.app[RANDOM] = random.Random(request.app[FAULTS].seed)
     return web.json_response(dataclasses.asdict(request.app[FAULTS]))
 
 
@@ -114,7 +122,12 @@ async def forward(request: web.Request) -> web.StreamResponse:
     stats.actions[action] += 1
     if faults.latency:
         await asyncio.sleep(faults.latency)
-    if faults.error_rate and random.random() < faults.error_rate:
+    targeted = faults.fail_roles is None or (action == "AssumeRole" and re.fullmatch(faults.fail_roles, params.get("RoleArn", "")))
+    if targeted and faults.fail_first > 0:
+        faults.fail_first -= 1
+        stats.injected[faults.error_code] += 1
+        return _error(faults.error_status, faults.error_code, "injected by the test's STS front")
+    if targeted and faults.error_rate and app[RANDOM].random() < faults.error_rate:
         stats.injected[faults.error_code] += 1
         return _error(faults.error_status, faults.error_code, "injected by the test's STS front")
     if action == "AssumeRole":
@@ -124,7 +137,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
             return _error(403, "AccessDenied", f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
         stats.assumed[role_arn] += 1
         signature = _SIGNATURE.search(request.headers.get("Authorization", ""))
-        stats.calls.append({"RoleArn": role_arn, "RoleSessionName": params.get("RoleSessionName", ""), "Tags": session_tags(params),
+        stats.calls.append({"RoleArn": role_arn, "RoleSessionName": params.get("RoleSessionName", ""),
+                            "ExternalId": params.get("ExternalId"), "Tags": session_tags(params),
                             "TransitiveTagKeys": transitive_keys(params), "Caller": signature.group(1) if signature else "",
                             "Region": signature.group(2) if signature else ""})
     headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}}
@@ -146,6 +160,7 @@ async def _client_session(app: web.Application):  # type: ignore[no-untyped-def]
 def make_app(upstream: str) -> web.Application:
     app = web.Application()
     app[FAULTS] = Faults()
+    app[RANDOM] = random.Random()
     app[STATS] = Stats()
     app[UPSTREAM] = upstream.rstrip("/")
     app[KEYS] = {}

@@ -33,6 +33,23 @@ def test_annotation_binds_and_only_the_pods_node_serves(stack: stacks.Stack, ns:
     assert credentials["Token"] not in json.dumps(binding)
 
 
+def test_the_external_id_annotation_reaches_assume_role(stack: stacks.Stack, ns: str) -> None:
+    """The annotation's value is the ExternalId of the AssumeRole call STS receives; a pod without one sends none,
+    and does not share the other pod's credentials (another STS call)."""
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/external-id-role"
+    node = stack.nodes[0]
+    with_id, without_id = stack.next_ip(), stack.next_ip()
+    stack.create_pod(ns, "with-id", role="external-id-role", node=node, ip=with_id,
+                     annotations={"iam.amazonaws.com/external-id": "ext-7f3a-tenant"})
+    stack.create_pod(ns, "without-id", role="external-id-role", node=node, ip=without_id)
+    served = stack.wait_credentials(node, with_id)["AccessKeyId"], stack.wait_credentials(node, without_id)["AccessKeyId"]
+    assert served[0] != served[1]
+    calls = stack.sts.assume_role_calls(role_arn)
+    assert sorted((call["ExternalId"] or "") for call in calls) == ["", "ext-7f3a-tenant"], calls
+    issued = stack.sts.issued_keys()
+    assert issued[served[0]] == issued[served[1]] == role_arn
+
+
 def test_aws_cli_sees_the_assumed_role(stack: stacks.Stack, ns: str, tmp_path: Path) -> None:
     node = stack.nodes[1]
     ip = stack.next_ip()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.support import moto
@@ -134,14 +136,32 @@ def test_access_denied_is_reported_and_retried_without_affecting_others(stack: s
     stack.wait_credentials(node, ip)
 
 
+def assume_role_results(stack: stacks.Stack) -> dict[str, float]:
+    """The operator's ``podiam_sts_calls_total`` for AssumeRole, by result (ok or the error code)."""
+    return {result: float(value) for result, value in re.findall(
+        r'^podiam_sts_calls_total\{action="AssumeRole",result="([^"]+)"\} ([0-9.e+]+)$', stack.operator_metrics(), re.M)}
+
+
 def test_throttling_is_retried(stack: stacks.Stack, ns: str) -> None:
-    stack.sts.set_faults(error_rate=0.5, error_status=400, error_code="Throttling")
+    role_arn = f"arn:aws:iam::{moto.ACCOUNT_ID}:role/throttled-role"
+    injected = stack.sts.stats()["injected"].get("Throttling", 0)
+    results = assume_role_results(stack)
+    # The role's first two AssumeRole calls are throttled, for certain; nothing else is.
+    stack.sts.set_faults(fail_first=2, fail_roles=re.escape(role_arn), error_status=400, error_code="Throttling")
     try:
         node, ip = stack.nodes[1], stack.next_ip()
         stack.create_pod(ns, "throttled", role="throttled-role", node=node, ip=ip)
         stack.wait_credentials(node, ip, timeout=40)
     finally:
         stack.sts.clear_faults()
+    # The front throttled two calls and forwarded the third, whose credentials the pod got; the operator
+    # counted both throttles and the success.
+    assert stack.sts.stats()["injected"].get("Throttling", 0) - injected == 2
+    assert len(stack.sts.assume_role_calls(role_arn)) == 1
+    after = assume_role_results(stack)
+    assert after.get("Throttling", 0) - results.get("Throttling", 0) == 2, after
+    assert after.get("ok", 0) - results.get("ok", 0) >= 1, after
+    stack.wait_binding_phase(ns, "throttled", "Bound")
 
 
 def test_deleted_pod_owned_binding_is_recreated_while_the_annotation_stays(stack: stacks.Stack, ns: str) -> None:

@@ -24,8 +24,6 @@ from metadata_proxy import wire
 from tests.support import certs, moto
 from tests.support import proxy as proxy_support
 
-pytestmark = pytest.mark.integration
-
 POD_IP = "127.0.0.1"
 _hosts = itertools.count(40)
 

@@ -17,8 +17,6 @@ from tests.integration.tls import cfssl, secret_volume, support
 from tests.support import certs
 from tests.support import proxy as proxy_support
 
-pytestmark = pytest.mark.integration
-
 _hosts = itertools.count(20)
 
 

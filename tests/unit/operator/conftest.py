@@ -5,8 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pytest
-
 from podiam_operator._core import facts
 
 BASE_ARN = "arn:aws:iam::123456789012:role/"
@@ -107,8 +105,3 @@ def binding(
         meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": owner.name, "uid": owner.uid, "controller": True}]
     return facts.binding_facts({"metadata": meta, "spec": spec})
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/unit/operator" in str(item.fspath):
-            item.add_marker(pytest.mark.unit)

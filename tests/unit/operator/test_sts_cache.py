@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
+import json
 import random
+import types
+from typing import Any
 
 import pydantic
 import pytest
 
+from metadata_proxy import wire
+from podiam_operator._core import decide, facts, roles, world
 from podiam_operator._kits import clock as clocks
-from podiam_operator._kits import sts
+from podiam_operator._kits import engine, push, sts
+from tests.unit.operator.conftest import namespace, pod
 
 pytestmark = pytest.mark.unit
 ARN = "arn:aws:iam::123456789012:role/R"
@@ -147,51 +154,103 @@ async def test_secrets_stay_out_of_reprs() -> None:
     assert "secret-" not in repr(credentials) and "token-" not in repr(credentials)
 
 
-async def refresher_run(clock: clocks.FakeClock, cache: sts.CredentialCache, hours: float, pushed: list[tuple[datetime.datetime, sts.Credentials]]) -> None:
-    async def on_result(key: str, credentials: sts.Credentials | None, error: sts.StsError | None) -> None:
-        usable = cache.usable(key)
-        if usable is not None:
-            pushed.append((clock.now(), usable))
+class Proxy:
+    """The proxy's end of the push wire: every snapshot and changes body a node worker sends, with the fake time it went."""
+
+    def __init__(self, clock: clocks.FakeClock) -> None:
+        self.clock = clock
+        self.bodies: list[tuple[datetime.datetime, str, dict[str, Any]]] = []  # (sent at, "snapshot" or "changes", body)
+
+    async def request(self, method: str, url: str, body: bytes | None, kind: str, *, node: str = "") -> bytes:
+        assert body is not None and kind in ("snapshot", "changes"), (method, kind)
+        self.bodies.append((self.clock.now(), kind, json.loads(body)))
+        return wire.Ack(applied=1).model_dump_json().encode()
+
+    def roles_sent(self) -> list[tuple[datetime.datetime, str, dict[str, Any]]]:
+        """Every credential set that went out: (sent at, kind, its wire form)."""
+        return [(at, kind, role) for at, kind, body in self.bodies for role in body.get("roles" if kind == "snapshot" else "upsert_roles", [])]
+
+
+def remaining_on_the_wire(sent_at: datetime.datetime, role: dict[str, Any]) -> float:
+    return (datetime.datetime.fromisoformat(role["expiration"].replace("Z", "+00:00")) - sent_at).total_seconds()
+
+
+async def pushing_run(cache: sts.CredentialCache, source: FakeSource, clock: clocks.FakeClock, hours: float, *,
+                      failing: int = 0) -> Proxy:
+    """One pod on node n1 using role R, its credentials fetched; then STS fails the next ``failing`` calls (503)
+    while the refresher runs and, every 30 s, the node's worker sends what it would: a snapshot (as to a
+    restarting proxy) and, 30 s later, changes. The credentials reach the worker as the operator hands them to
+    it (Engine._credentials, from the cache). Returns what went out."""
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"))
+    w.set_namespace(namespace("team", ".*"))
+    w.set_pod(pod(name="a", node="n1", ip="10.0.0.1", role="R"))
+    (key,) = w.desired_for_node("n1").keys
+    await cache.get(key, sts.AssumeRequest.for_grant(w.grants[key]))
+    source.failures = [sts.StsError("ServiceUnavailable", "down", retryable=True, status=503) for _ in range(failing)]
+    credentials = functools.partial(engine.Engine._credentials, types.SimpleNamespace(cache=cache, world=w))  # type: ignore[arg-type]
+    proxy = Proxy(clock)
+
+    async def synced(node: str) -> None:
+        pass
+
+    worker = push.NodeWorker("n1", proxy, w.desired_for_node, credentials, synced, port=8182, anti_entropy=3600)  # type: ignore[arg-type]
+    worker.set_proxy(facts.ProxyFacts(node="n1", pod_name="p", pod_uid="u", host_ip="127.0.0.10", running=True, ready=True, restarts=0))
+    worker.full = True
+
+    async def on_result(*_: object) -> None:
+        pass
 
     task = asyncio.ensure_future(cache.run_refresher(lambda key: True, on_result))
     end = clock.now() + datetime.timedelta(hours=hours)
+    tick = 0
     while clock.now() < end:
         await clock.advance(30)
-        # What a snapshot to a restarting proxy would carry at this moment:
-        usable = cache.usable("k")
-        if usable is not None:
-            pushed.append((clock.now(), usable))
+        if tick % 2 == 0:
+            await worker._snapshot()
+        else:
+            await worker._changes()
+        tick += 1
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    assert source.calls[0].role_arn == "arn:aws:iam::123456789012:role/R"
+    return proxy
 
 
 async def test_refresh_at_half_life_keeps_more_than_20_minutes() -> None:
     clock = clocks.FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, refresh_point=0.5, min_remaining=20 * 60)
-    first = await cache.get("k", REQUEST)
-    pushed = [(clock.now(), first)]
-    await refresher_run(clock, cache, 6, pushed)
+    proxy = await pushing_run(cache, source, clock, 6)
     # Renewed every 30 minutes: 12 renewals in 6 hours, plus the first call.
     assert 12 <= len(source.calls) <= 13
-    remaining = [c.remaining(at) for at, c in pushed]
-    assert min(remaining) > 20 * 60
-    assert min(remaining) >= 29 * 60  # refreshed at half-life, so ~30 min is the low point
+    # Every snapshot carried the role, and every set that went out had about 30 minutes or more left.
+    snapshots = [body for _, kind, body in proxy.bodies if kind == "snapshot"]
+    assert len(snapshots) == 360 and all(len(body["roles"]) == 1 for body in snapshots)
+    sent = proxy.roles_sent()
+    assert min(remaining_on_the_wire(at, role) for at, _, role in sent) >= 29 * 60  # refreshed at half-life
+    # The renewals went out as changes too (13 credential sets, each first as changes or in a snapshot).
+    assert len({role["access_key_id"] for _, _, role in sent}) == len(source.calls)
+    assert any(kind == "changes" for _, kind, _ in sent)
 
 
 async def test_sts_outage_never_pushes_credentials_below_the_floor() -> None:
     clock = clocks.FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, refresh_point=0.5, min_remaining=20 * 60, failure_retry_base=30, failure_retry_max=120)
-    await cache.get("k", REQUEST)
-    # STS answers nothing but 503s for the next 45 minutes' worth of calls.
-    source.failures = [sts.StsError("ServiceUnavailable", "down", retryable=True, status=503) for _ in range(200)]
-    pushed: list[tuple[datetime.datetime, sts.Credentials]] = []
-    await refresher_run(clock, cache, 1.5, pushed)
-    assert pushed, "nothing was pushable at any time"
-    assert all(c.remaining(at) > 20 * 60 for at, c in pushed)
-    # During the outage the usable set ran out (below 20 min) rather than being pushed stale.
-    assert cache.usable("k") is None or cache.usable("k").remaining(clock.now()) > 20 * 60  # type: ignore[union-attr]
+    # After the first call STS answers nothing but 503s, for longer than the 1.5 hours run.
+    proxy = await pushing_run(cache, source, clock, 1.5, failing=1000)
+    assert len(source.calls) > 10 and source.failures, "the outage did not last the run"
+    sent = proxy.roles_sent()
+    assert sent, "nothing was pushed at any time"
+    assert all(remaining_on_the_wire(at, role) > 20 * 60 for at, _, role in sent), \
+        min(remaining_on_the_wire(at, role) for at, _, role in sent)
+    # The credentials were pushed until their last 20 minutes began (40 minutes in), never after: from then
+    # on every snapshot went out without the role or the pod using it.
+    start = clock.now() - datetime.timedelta(hours=1.5)
+    floor = start + datetime.timedelta(minutes=40)
+    assert max(at for at, _, _ in sent) > floor - datetime.timedelta(minutes=1)
+    after = [body for at, kind, body in proxy.bodies if kind == "snapshot" and at > floor]
+    assert len(after) == 50 and all(body["roles"] == [] and body["pods"] == [] for body in after)  # one a minute
 
 
 async def test_unused_keys_are_not_renewed() -> None:

@@ -18,8 +18,6 @@ from cryptography import x509
 
 from podiam_operator.tls import _settings, pki
 
-pytestmark = pytest.mark.unit
-
 UTC = datetime.timezone.utc
 
 
