@@ -7,36 +7,26 @@
 - ``run``: the first pass, then renewals, rotations and re-checks until
   SIGTERM, printing every status change (what the operator does in-process).
 
-Configured by the same environment as the operator: ``PODIAM_TLS_MODE``,
-``PODIAM_TLS_CLIENT_CERT_FILE``, ``PODIAM_TLS_CLIENT_KEY_FILE``,
-``PODIAM_TLS_CA_FILE`` and the ``PODIAM_TLS_*`` settings of this package;
-the Kubernetes API from the pod's service account or ``$KUBECONFIG``.
+Configured by the operator's environment (``PODIAM_TLS_MODE``,
+``PODIAM_TLS_CLIENT_CERT_FILE``, ... every ``PODIAM_TLS_*`` setting); the
+Kubernetes API as the operator reaches it (``$KUBECONFIG``, else the pod's
+service account).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from pathlib import Path
-from typing import Literal
 
-import pydantic_settings
+from kubernetes_asyncio.config import config_exception
 
+from podiam_operator import _settings
+from podiam_operator._kits import kube as kubes
 from podiam_operator.tls import report, runtime
-
-
-class _OperatorFiles(pydantic_settings.BaseSettings):
-    """The operator's own TLS fields, under the operator's env names (``PODIAM_TLS_MODE``, ...)."""
-
-    model_config = pydantic_settings.SettingsConfigDict(env_prefix="PODIAM_", extra="ignore")
-
-    tls_mode: Literal["auto", "secrets"] = "auto"
-    tls_client_cert_file: Path = Path("/var/run/podiam/tls/tls.crt")
-    tls_client_key_file: Path = Path("/var/run/podiam/tls/tls.key")
-    tls_ca_file: Path = Path("/var/run/podiam/tls/ca.crt")
 
 
 async def _check(tls: runtime.Tls) -> int:
@@ -58,7 +48,7 @@ async def _run(tls: runtime.Tls) -> int:
         if status != last:
             print(("ok: " if status.ok else "error: ") + status.message, flush=True)
             last = status
-        delay = max(0.2, min((due - tls.clock()).total_seconds(), tls.settings.check_interval.total_seconds()))
+        delay = max(0.2, min((due - tls.clock()).total_seconds(), tls.settings.tls_check_interval.total_seconds()))
         try:
             await asyncio.wait_for(stop.wait(), delay)
         except asyncio.TimeoutError:
@@ -68,11 +58,15 @@ async def _run(tls: runtime.Tls) -> int:
 
 async def _main(command: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    tls = runtime.Tls(_OperatorFiles(), logging.getLogger("podiam_operator.tls"))
-    try:
+    settings = _settings.OperatorSettings()  # the environment only: the command line is this tool's
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            kube = await stack.enter_async_context(kubes.Kube())
+        except config_exception.ConfigException as error:
+            print(f"error: TLS set-up cannot start: {error}", flush=True)
+            return 1
+        tls = runtime.Tls(settings, kube, logging.getLogger("podiam_operator.tls"))
         return await (_check(tls) if command == "check" else _run(tls))
-    finally:
-        await tls.close()
 
 
 def main() -> None:

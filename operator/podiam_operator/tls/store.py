@@ -49,8 +49,8 @@ def _encode(data: Mapping[str, bytes]) -> dict[str, str]:
 
 
 class SecretStore:
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.core = client.CoreV1Api(api)
+    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+        self.core = core
         self.namespace = namespace
 
     def _forbidden(self, verb: str, name: str, error: kube_exceptions.ApiException) -> checks.TlsProblem:
