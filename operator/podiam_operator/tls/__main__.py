@@ -29,11 +29,14 @@ from podiam_operator._kits import kube as kubes
 from podiam_operator.tls import report, runtime
 
 
+def _show(status: report.Status) -> None:
+    print(("ok: " if status.ok else "error: ") + status.message, flush=True)
+
+
 async def _check(tls: runtime.Tls) -> int:
     await tls.check_once(may_write=True)
-    status = tls.status()
-    print(("ok: " if status.ok else "error: ") + status.message, flush=True)
-    return 0 if status.ok else 1
+    _show(tls.status())
+    return 0 if tls.status().ok else 1
 
 
 async def _run(tls: runtime.Tls) -> int:
@@ -41,18 +44,20 @@ async def _run(tls: runtime.Tls) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    last: report.Status | None = None
-    while not stop.is_set():
-        due = await tls.check_once(may_write=True)
-        status = tls.status()
-        if status != last:
-            print(("ok: " if status.ok else "error: ") + status.message, flush=True)
-            last = status
-        delay = max(0.2, min((due - tls.clock()).total_seconds(), tls.settings.tls_check_interval.total_seconds()))
-        try:
-            await asyncio.wait_for(stop.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
+    shown: list[report.Status] = []
+
+    def changed(status: report.Status) -> None:
+        if shown != [status]:
+            _show(status)
+            shown[:] = [status]
+
+    # What the operator runs in-process, as the active replica.
+    running = asyncio.ensure_future(tls.run(after_pass=changed))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (running, stopping):
+        task.cancel()
+    await asyncio.gather(running, stopping, return_exceptions=True)
     return 0
 
 

@@ -29,6 +29,7 @@ from metadata_proxy import wire
 from podiam_operator import _settings
 from podiam_operator.tls import checks, pki
 
+# The layout of a kubernetes.io/tls Secret, which the leaves' Secrets share.
 CERT = "tls.crt"
 KEY = "tls.key"
 BUNDLE = "ca.crt"
@@ -84,11 +85,6 @@ def initial(settings: _settings.OperatorSettings, now: datetime.datetime) -> CaS
     return CaState(active=new_ca(settings, now), since=now)
 
 
-def renewal_point(cert: x509.Certificate, renew_at: float) -> datetime.datetime:
-    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return not_before + (not_after - not_before) * renew_at
-
-
 def step(state: CaState, settings: _settings.OperatorSettings, now: datetime.datetime, *, force: bool = False) -> CaState | None:
     """The next state of a rotation, or None when nothing is due yet.
 
@@ -110,7 +106,7 @@ def step(state: CaState, settings: _settings.OperatorSettings, now: datetime.dat
         # Too late for an overlap (the operator was off, or lifetimes are
         # tiny): an expired CA fails every push already, so replace it now.
         return CaState(active=new_ca(settings, now), since=now)
-    if force or now >= renewal_point(state.active.cert, settings.tls_renew_at):
+    if force or now >= pki.renewal_point(state.active.cert, settings.tls_renew_at):
         return CaState(active=state.active, pending=new_ca(settings, now), since=now)
     return None
 
@@ -119,7 +115,7 @@ def next_check(state: CaState, settings: _settings.OperatorSettings, now: dateti
     """When :func:`step` may next have something to do."""
     if state.phase is not Phase.STEADY:
         return (state.since or now) + settings.tls_ca_overlap
-    return min(renewal_point(state.active.cert, settings.tls_renew_at), state.active.cert.not_valid_after_utc - 2 * settings.tls_ca_overlap)
+    return min(pki.renewal_point(state.active.cert, settings.tls_renew_at), state.active.cert.not_valid_after_utc - 2 * settings.tls_ca_overlap)
 
 
 # The Secret's contents ------------------------------------------------------

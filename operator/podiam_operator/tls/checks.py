@@ -90,17 +90,10 @@ def check_key(cert: x509.Certificate, key: pki.PrivateKey, sources: Sources) -> 
         )
 
 
-def _extended_usages(cert: x509.Certificate) -> list[x509.ObjectIdentifier] | None:
-    try:
-        return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return None
-
-
 def check_usage(cert: x509.Certificate, what: str, *, server: bool) -> None:
     """TLS refuses a client certificate without clientAuth (server: serverAuth) when the extension is present."""
     needed, label = (ExtendedKeyUsageOID.SERVER_AUTH, "server") if server else (ExtendedKeyUsageOID.CLIENT_AUTH, "client")
-    usages = _extended_usages(cert)
+    usages = pki.extended_usages(cert)
     if usages is not None and needed not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
         present = ", ".join(getattr(oid, "_name", oid.dotted_string) for oid in usages) or "none"
         raise TlsProblem(
@@ -244,9 +237,8 @@ def check_material(
 
 def expiry_warning(cert: x509.Certificate, what: str, now: datetime.datetime, renew_at: float) -> str | None:
     """A warning once a user-supplied certificate is past the point where it should have been renewed."""
-    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    due = not_before + (not_after - not_before) * renew_at
-    if now < due:
+    not_after = cert.not_valid_after_utc
+    if now < pki.renewal_point(cert, renew_at):
         return None
     return (
         f"certificate {pki.describe(cert)} in {what} expires at {wire.rfc3339(not_after)} (in {_ago(not_after - now)}); "

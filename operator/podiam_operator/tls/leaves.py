@@ -16,9 +16,7 @@ from metadata_proxy import wire
 from podiam_operator import _settings
 from podiam_operator.tls import authority, checks, pki
 
-CERT = "tls.crt"
-KEY = "tls.key"
-BUNDLE = "ca.crt"
+CERT, KEY, BUNDLE = authority.CERT, authority.KEY, authority.BUNDLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +66,7 @@ def issue(state: authority.CaState, spec: Spec, settings: _settings.OperatorSett
 
 
 def _matches_spec(cert: x509.Certificate, spec: Spec) -> bool:
-    try:
-        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return False
+    usages = pki.extended_usages(cert)
     wanted = ExtendedKeyUsageOID.SERVER_AUTH if spec.server else ExtendedKeyUsageOID.CLIENT_AUTH
     return (pki.common_names(cert) == [spec.common_name] and tuple(pki.dns_names(cert)) == spec.dns_names
             and tuple(pki.ip_addresses(cert)) == tuple(str(ipaddress.ip_address(ip)) for ip in spec.ip_addresses)
@@ -95,7 +90,7 @@ def due(
         checks.check_chain(pair.chain, (state.active.cert,), "the certificate", "the signing CA", now)
     except checks.TlsProblem:
         return f"it was not issued by the signing CA {pki.describe(state.active.cert)}"
-    if now >= authority.renewal_point(cert, settings.tls_renew_at):
+    if now >= pki.renewal_point(cert, settings.tls_renew_at):
         return f"it reached its renewal point (it expires at {wire.rfc3339(cert.not_valid_after_utc)})"
     if not _matches_spec(cert, spec):
         return "its names or usage differ from the settings"
@@ -105,7 +100,7 @@ def due(
 
 
 def next_check(pair: pki.KeyPair, settings: _settings.OperatorSettings) -> datetime.datetime:
-    return authority.renewal_point(pair.cert, settings.tls_renew_at)
+    return pki.renewal_point(pair.cert, settings.tls_renew_at)
 
 
 def to_secret(pair: pki.KeyPair, state: authority.CaState) -> dict[str, bytes]:

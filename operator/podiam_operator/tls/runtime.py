@@ -139,11 +139,15 @@ class Tls:
             return True
         return False
 
-    async def run(self, is_active: Callable[[], bool] | None = None) -> None:
-        """Check, renew and rotate until cancelled. ``is_active``: may this replica renew (kopf peering)?"""
+    async def run(self, is_active: Callable[[], bool] | None = None,
+                  after_pass: Callable[[report.Status], None] | None = None) -> None:
+        """Check, renew and rotate until cancelled. ``is_active``: may this replica renew (kopf peering)?
+        ``after_pass``: told the status after every pass."""
         while True:
             may_write = True if is_active is None else is_active()
             due = await self.check_once(may_write=may_write)
+            if after_pass is not None:
+                after_pass(self.status())
             delay = (due - self.clock()).total_seconds()
             await asyncio.sleep(min(max(delay, 0.5), self.settings.tls_check_interval.total_seconds()))
 

@@ -98,7 +98,7 @@ def test_rotation_starts_at_the_renewal_point() -> None:
     settings = _settings.OperatorSettings(tls_ca_lifetime=datetime.timedelta(days=3000), tls_leaf_lifetime=datetime.timedelta(days=90))
     start = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
     state = authority.initial(settings, start)
-    point = authority.renewal_point(state.active.cert, settings.tls_renew_at)
+    point = pki.renewal_point(state.active.cert, settings.tls_renew_at)
     assert datetime.timedelta(days=1999) < point - start < datetime.timedelta(days=2001)
     assert authority.next_check(state, settings, start) == point
     assert authority.step(state, settings, point - MINUTE) is None

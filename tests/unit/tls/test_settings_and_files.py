@@ -158,3 +158,19 @@ async def test_a_problem_whose_age_grows_is_still_one_problem() -> None:
     assert reporter.status.message == "certificate X expired at T (4 minutes ago); renew it"
     await reporter.problem(checks.TlsProblem(checks.KEY_MISMATCH, "another problem"))
     assert len(events.posted) == 2
+
+
+async def test_an_event_that_could_not_be_posted_is_posted_at_the_next_check() -> None:
+    import logging
+
+    class Refusing(_Events):
+        async def post(self, type_: str, reason: str, message: str) -> bool:
+            await super().post(type_, reason, message)
+            return len(self.posted) > 1  # the first post fails (the poster logged why)
+
+    events = Refusing()
+    reporter = report.Reporter(logging.getLogger("test.tls"), events)  # type: ignore[arg-type]
+    problem = checks.TlsProblem(checks.EXPIRED, "certificate X expired")
+    for _ in range(3):
+        await reporter.problem(problem)
+    assert len(events.posted) == 2
