@@ -21,18 +21,9 @@ from metadata_proxy import wire
 
 ENV_PREFIX = "PODIAM_PROXY_"
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
-
-
 def _parse_duration(value: Any) -> Any:
-    # Kiam users write Go durations ("1s", "800ms"); bare numbers are seconds.
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"not a duration: {value!r} (use seconds, or e.g. 800ms, 1s, 5m)")
-        return float(match.group(1)) * _UNIT[match.group(2)]
-    return value
+    # Kiam users write Go durations ("1s", "800ms"); bare numbers are seconds. One parser with the operator's.
+    return wire.duration_seconds(value) if isinstance(value, str) else value
 
 
 Duration = Annotated[float, pydantic.BeforeValidator(_parse_duration), pydantic.Field(ge=0)]
@@ -231,7 +222,15 @@ class ProxySettings(pydantic_settings.BaseSettings):
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = pydantic.Field("info", description="Log level.")
-    log_format: Literal["json", "text"] = pydantic.Field("json", description="json: one object per line; text: for humans.")
+    log_format: Literal["json", "plain"] = pydantic.Field(
+        "json", description="json: one object per line; plain: for humans (text: the same, its former name)."
+    )
+
+    @pydantic.field_validator("log_format", mode="before")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        # "plain", as the operator and the README say; "text" was this flag's first name and stays accepted.
+        return "plain" if value == "text" else value
 
     @pydantic.field_validator("bind_address", "health_bind_address")
     @classmethod

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import hashlib
 import json
 import logging
@@ -28,13 +27,6 @@ from metadata_proxy import _cni, _sa_tokens, wire
 logger = logging.getLogger(__name__)
 
 ClaimsFn = Callable[[str], Awaitable[Sequence[_cni.Claim]]]
-
-_TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def _iso(value: datetime.datetime) -> str:
-    return value.astimezone(datetime.timezone.utc).strftime(_TIMESTAMP)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Credentials:
@@ -54,12 +46,12 @@ class Credentials:
         document = json.dumps(
             {
                 "Code": "Success",
-                "LastUpdated": _iso(creds.last_updated),
+                "LastUpdated": wire.rfc3339(creds.last_updated),
                 "Type": "AWS-HMAC",
                 "AccessKeyId": creds.access_key_id,
                 "SecretAccessKey": creds.secret_access_key.get_secret_value(),
                 "Token": creds.session_token.get_secret_value(),
-                "Expiration": _iso(creds.expiration),
+                "Expiration": wire.rfc3339(creds.expiration),
             },
             indent=2,
         ).encode()
@@ -69,7 +61,7 @@ class Credentials:
         info = json.dumps(
             {
                 "Code": "Success",
-                "LastUpdated": _iso(creds.last_updated),
+                "LastUpdated": wire.rfc3339(creds.last_updated),
                 "InstanceProfileArn": profile_arn,
                 "InstanceProfileId": "AIPA" + hashlib.sha256(profile_arn.encode()).hexdigest()[:17].upper(),
             },
@@ -82,7 +74,7 @@ class Credentials:
                 "SecretAccessKey": creds.secret_access_key.get_secret_value(),
                 "Token": creds.session_token.get_secret_value(),
                 "AccountId": creds.role_arn.split(":")[4],
-                "Expiration": _iso(creds.expiration),
+                "Expiration": wire.rfc3339(creds.expiration),
             },
         ).encode()
         return cls(
@@ -272,7 +264,7 @@ class Store:
         left = creds.expiration.timestamp() - self._clock()
         if left <= self.expiry_margin:
             return (
-                f"credentials expire at {_iso(creds.expiration)}, within the proxy's expiry margin "
+                f"credentials expire at {wire.rfc3339(creds.expiration)}, within the proxy's expiry margin "
                 f"({self.expiry_margin:g}s): refused, never served"
             )
         return None

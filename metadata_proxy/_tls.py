@@ -24,6 +24,8 @@ from typing import Any
 
 from cryptography import x509
 
+from metadata_proxy import wire
+
 logger = logging.getLogger(__name__)
 
 _Signature = tuple[tuple[int, int, int, int], ...]
@@ -72,8 +74,8 @@ class ServerTLS:
             self._on_load(expiries)
         logger.info(
             "TLS files loaded",
-            extra={"cert": str(cert), "ca": str(ca), "cert_not_after": datetime.datetime.fromtimestamp(
-                expiries["cert"], datetime.timezone.utc).isoformat()},
+            extra={"cert": str(cert), "ca": str(ca), "cert_not_after": wire.rfc3339(datetime.datetime.fromtimestamp(
+                expiries["cert"], datetime.timezone.utc))},
         )
         return context
 

@@ -47,6 +47,7 @@ import datetime
 import hashlib
 import ipaddress
 import json
+import re
 from typing import Annotated, Any
 
 import pydantic
@@ -75,6 +76,40 @@ def _utc(value: datetime.datetime) -> datetime.datetime:
 
 
 UtcDateTime = Annotated[datetime.datetime, pydantic.AfterValidator(_utc)]
+
+
+# --- formats both components share (the operator may import this module and no other of the proxy) ---
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    """UTC to the second with a ``Z``, as Kubernetes writes its timestamps (``2026-01-02T03:04:05Z``)."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> datetime.datetime | None:
+    """A timestamp as :func:`rfc3339` (or Kubernetes) writes it, timezone-aware; None when it is not one."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_DURATION_PART = re.compile(rf"({_NUMBER.pattern})(ms|s|m|h|d)")
+_DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds ("90", "0.8"), or Go-style units, as Kiam's and cert-manager's users write them ("800ms", "5m",
+    "2160h", "1h30m"; and "90d"). Raises ValueError for anything else."""
+    text = "".join(text.split())  # "800 ms" too
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration: {text!r} (use seconds, or e.g. 800ms, 1s, 5m, 1h30m, 90d)")
+    return sum(float(number) * _DURATION_UNIT[unit] for number, unit in parts)
 
 
 class _Model(pydantic.BaseModel):

@@ -1,4 +1,5 @@
-"""Builds the engine from the settings: STS source and cache, push client, API client, leadership.
+"""Builds the operator from the settings: its API client, its TLS, and the engine (STS source and cache, push
+client, leadership), each made once and passed where it is needed.
 
 Nothing here calls AWS, so the start-up handler ends (and kopf's liveness
 endpoint answers) whether or not the operator has AWS credentials yet.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
+from collections.abc import Coroutine
+from typing import Any
 
 from podiam_operator import _metrics, _settings
 from podiam_operator._core import decide, facts, policy, published, roles, world
@@ -18,6 +20,8 @@ from podiam_operator._kits import engine as engines
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
 from podiam_operator._kits import publisher, push, sa_keys, sts, tlsfiles
+from podiam_operator.tls import report as tlsreport
+from podiam_operator.tls import runtime as tlsruntime
 
 
 def region(settings: _settings.OperatorSettings) -> str | None:
@@ -52,10 +56,23 @@ def own_pods(settings: _settings.OperatorSettings) -> world.OwnPods | None:
     return world.OwnPods(settings.operator_namespace, settings.operator_service_account)
 
 
+async def kube(stack: contextlib.AsyncExitStack) -> kubes.Kube:
+    """The operator's one API client (kopf has its own): the engine's calls, its TLS Secrets and its Events."""
+    return await stack.enter_async_context(kubes.Kube())
+
+
+async def tls(settings: _settings.OperatorSettings, kube: kubes.Kube, logger: tlsreport.Logger) -> tlsruntime.Tls:
+    """The operator's TLS after its first pass, so that the push client finds its files (auto mode writes them).
+    Never raises for TLS trouble: ``status()`` says what is wrong, and readiness reports it."""
+    made = tlsruntime.Tls(settings, kube, logger)
+    await made.check_once(may_write=True)
+    return made
+
+
 async def build(
-    settings: _settings.OperatorSettings, stack: contextlib.AsyncExitStack, *, identity: str, priority: int
+    settings: _settings.OperatorSettings, stack: contextlib.AsyncExitStack, kube: kubes.Kube, tls: tlsruntime.Tls, *,
+    identity: str, priority: int,
 ) -> engines.Engine:
-    kube = await stack.enter_async_context(kubes.Kube())
     if not settings.standalone:
         await kube.ensure_peering(settings.peering_name)
     source = await stack.enter_async_context(
@@ -90,6 +107,7 @@ async def build(
         server_name=settings.proxy_server_name,
         timeout=settings.push_timeout,
         concurrency=settings.push_concurrency,
+        operator_identity=settings.tls_operator_identity,
     )
 
     keys = sa_keys.Source(kube, settings.service_account_keys_interval) if settings.container_credentials else None
@@ -123,35 +141,34 @@ async def build(
     )
     _metrics.ACTIVE.set_function(lambda: 1 if engine.started else 0)
     stack.push_async_callback(engine.close)
+    # Renewals, rotations and re-checks; only the active replica renews or rotates (standbys follow the Secrets).
+    _background(tls.run(is_active=lambda: bool(engine.started)), stack)
     if settings.status_configmap:
-        _publish(settings, engine, kube, identity, stack)
+        _publish(settings, engine, kube, tls, identity, stack)
     return engine
 
 
-def _tls_status() -> tuple[bool, str]:
-    if importlib.util.find_spec("podiam_operator.tls") is None:
-        return True, "not managed by the operator"
-    from podiam_operator import tls
-
-    status = tls.status()
-    return status.ok, status.message
-
-
-def _publish(settings: _settings.OperatorSettings, engine: engines.Engine, kube: kubes.Kube, identity: str,
-             stack: contextlib.AsyncExitStack) -> None:
-    """The active replica's state for ``kubectl podiam``, in a ConfigMap of the operator's namespace."""
-    own = own_pods(settings)
-    decisions = published.encode_decisions(engine.world.config, engine.reader, own.namespace if own else None,
-                                           own.service_account if own else None)
-    writer = publisher.Publisher(
-        engine, kube, namespace=settings.operator_namespace or settings.proxy_namespace, name=settings.status_configmap,
-        identity=identity, decisions=decisions, node_taint=settings.node_taint, tls_status=_tls_status,
-        client_cert=settings.tls_client_cert_file, ca_file=settings.tls_ca_file,
-    )
-    task = asyncio.ensure_future(writer.run())
+def _background(work: Coroutine[Any, Any, None], stack: contextlib.AsyncExitStack) -> None:
+    """Runs ``work`` until the stack closes."""
+    task = asyncio.ensure_future(work)
 
     async def stop() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     stack.push_async_callback(stop)
+
+
+def _publish(settings: _settings.OperatorSettings, engine: engines.Engine, kube: kubes.Kube, tls: tlsruntime.Tls,
+             identity: str, stack: contextlib.AsyncExitStack) -> None:
+    """The active replica's state for ``kubectl podiam``, in a ConfigMap of the operator's namespace."""
+    own = own_pods(settings)
+    decisions = published.encode_decisions(engine.world.config, engine.reader, own.namespace if own else None,
+                                           own.service_account if own else None)
+    writer = publisher.Publisher(
+        engine, kube, namespace=settings.operator_namespace or settings.proxy_namespace, name=settings.status_configmap,
+        identity=identity, decisions=decisions, node_taint=settings.node_taint,
+        tls_status=lambda: (tls.status().ok, tls.status().message),
+        client_cert=settings.tls_client_cert_file, ca_file=settings.tls_ca_file,
+    )
+    _background(writer.run(), stack)

@@ -3,7 +3,7 @@
 kopf serves ``/healthz`` (liveness) on ``--liveness-port``; readiness is ours,
 because only the operator knows what "ready" means here:
 
-- TLS is usable (``tls.status()``): otherwise no push can succeed, and a
+- TLS is usable (``Tls.status()``): otherwise no push can succeed, and a
   rolling update should stop at this replica rather than replace a working one;
 - the replica has its picture of the cluster and pushes (``active``), or it is a
   **standby**: a live peer with a higher priority is active and kopf keeps this
@@ -37,7 +37,7 @@ from typing import Literal
 import prometheus_client
 from aiohttp import web
 
-from podiam_operator import tls
+from podiam_operator.tls import report
 from podiam_operator._kits import engine as engines
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,16 @@ class Readiness:
         return f"ready: {self.role}" if self.ready else f"not ready: {self.problem}"
 
 
+def _tls_not_built() -> report.Status:
+    return report.Status(ok=False, message="TLS not prepared yet")
+
+
 class Probe:
     """What ``/readyz`` reports; the start-up handler updates ``stage`` and sets ``engine``."""
 
-    def __init__(self, tls_status: Callable[[], tls.Status] = tls.status, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.tls_status = tls_status
+    def __init__(self, tls_status: Callable[[], report.Status] | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        # None until the start-up handler has built the operator's TLS (it serves /readyz before).
+        self.tls_status = tls_status or _tls_not_built
         self.clock = clock
         self.stage = "starting"
         self.engine: engines.Engine | None = None

@@ -2,13 +2,18 @@
 
 Every field is a flag (``--session-duration 3600``) and an environment
 variable (``PODIAM_SESSION_DURATION=3600``); flags win. The chart sets the
-environment variables.
+environment variables. The TLS section (``--tls-*``, ``PODIAM_TLS_*``) is
+what the ``tls`` package reads.
 """
 
 from __future__ import annotations
 
+import datetime
+import enum
+import logging
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 import pydantic_settings
@@ -24,6 +29,20 @@ MAX_SESSION_SECONDS = 43200
 # secrets: user-supplied files (mounted Secrets).
 TlsMode = Literal["auto", "secrets"]
 LogFormat = Literal["json", "plain"]
+
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# An environment variable of the past, still read: (its name, the field it sets). The current name wins, and the
+# two may not disagree (a proxy server name that differs between the push client and the certificates fails every
+# push).
+_DEPRECATED_ENV = (("PODIAM_TLS_PROXY_SERVER_NAME", "proxy_server_name"),)
+
+
+class KeyType(str, enum.Enum):
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    RSA_4096 = "rsa-4096"
 
 
 class OperatorSettings(pydantic_settings.BaseSettings):
@@ -130,7 +149,9 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     )
     proxy_control_port: int = pydantic.Field(default=8182, ge=1, le=65535, description="The proxies' control (push) port")
     proxy_server_name: str = pydantic.Field(
-        default=wire.PROXY_SERVER_NAME, description="DNS name verified in the proxies' server certificates"
+        default=wire.PROXY_SERVER_NAME, min_length=1,
+        description="DNS name verified in the proxies' server certificates (TLS auto mode issues theirs with it; "
+        "PODIAM_TLS_PROXY_SERVER_NAME, its former second name, is still read)",
     )
     push_timeout: float = pydantic.Field(default=5.0, gt=0, description="Seconds per push request")
     push_concurrency: int = pydantic.Field(default=64, ge=1, description="Push requests in flight at most (all nodes)")
@@ -198,15 +219,74 @@ class OperatorSettings(pydantic_settings.BaseSettings):
         default=None, description="The operator's ServiceAccount (the chart: the pod's own)"
     )
 
-    # --- TLS (operator -> proxy) ---------------------------------------------
+    # --- TLS (operator -> proxy): the tls package ------------------------------
     tls_mode: TlsMode = pydantic.Field(default="auto", description="auto: issue certificates; secrets: use the files below")
     tls_client_cert_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/tls.crt"), description="Client certificate (PEM)")
     tls_client_key_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/tls.key"), description="Client key (PEM)")
     tls_ca_file: Path = pydantic.Field(default=Path("/var/run/podiam/tls/ca.crt"), description="CA bundle the proxies chain to (PEM)")
+    tls_operator_identity: str = pydantic.Field(
+        default=wire.OPERATOR_IDENTITY, min_length=1,
+        description="The identity the proxies require of the operator's certificate (CN or DNS name; the proxies' "
+        "--operator-identity; the guide's cfssl certificates: kiam-server)",
+    )
+    tls_namespace: str | None = pydantic.Field(
+        default=None, description="Namespace of the TLS Secrets: the operator's own (default: its service account's)"
+    )
+    tls_pod_name: str | None = pydantic.Field(
+        default=None,
+        description="The operator's pod, where TLS Events go (default: $POD_NAME; unset: on the operator's Secret)",
+    )
+    tls_key_type: KeyType = pydantic.Field(default=KeyType.ECDSA_P256, description="auto: the key type of what is issued")
+    tls_ca_lifetime: datetime.timedelta = pydantic.Field(
+        default=datetime.timedelta(days=3650), description="auto: the CA's lifetime (seconds, 2160h, 90d or P90D)"
+    )
+    tls_leaf_lifetime: datetime.timedelta = pydantic.Field(
+        default=datetime.timedelta(days=90), description="auto: the certificates' lifetime (shorter than the CA's)"
+    )
+    # 2/3, as cert-manager does: a 90-day leaf is renewed with 30 days left.
+    tls_renew_at: float = pydantic.Field(
+        default=2 / 3, gt=0.0, lt=1.0, description="Renew a certificate once this fraction of its lifetime has passed"
+    )
+    # Long enough for the kubelet to put an updated Secret into every proxy pod (about a minute, plus its cache
+    # TTL) and for standby replicas to pick it up (the check interval).
+    tls_ca_overlap: datetime.timedelta = pydantic.Field(
+        default=datetime.timedelta(minutes=10), description="auto: how long each step of a CA rotation waits for the next"
+    )
+    tls_check_interval: datetime.timedelta = pydantic.Field(
+        default=datetime.timedelta(seconds=60),
+        description="How often the Secrets (auto) or the mounted files (secrets) are read again, renewed when due, checked",
+    )
+    tls_ca_secret: str = pydantic.Field(default="podiam-ca", description="auto: the CA's Secret")
+    tls_proxy_secret: str = pydantic.Field(default="podiam-proxy-tls", description="The proxies' Secret (auto: issued)")
+    tls_operator_secret: str = pydantic.Field(default="podiam-operator-tls", description="auto: the operator's Secret")
+    # The guide's agent.pem / agent-key.pem / ca.pem, cert-manager's tls.crt / tls.key / ca.crt; auto mode always
+    # writes tls.crt / tls.key / ca.crt.
+    tls_proxy_cert_key: str = pydantic.Field(default="tls.crt", description="secrets: the certificate's key in the proxies' Secret")
+    tls_proxy_key_key: str = pydantic.Field(default="tls.key", description="secrets: the private key's key in the proxies' Secret")
+    tls_proxy_ca_key: str = pydantic.Field(default="ca.crt", description="secrets: the CA bundle's key in the proxies' Secret")
+    tls_check_proxy_secret: bool = pydantic.Field(
+        default=True,
+        description="secrets: read the proxies' Secret and check it too, so a mismatch shows before the first push "
+        "fails (needs get on that Secret)",
+    )
+    tls_webhook_service: str | None = pydantic.Field(
+        default=None,
+        description="auto: the injection webhook's Service; its serving certificate names <service>.<namespace>.svc "
+        "and is written to --webhook-cert-file and --webhook-key-file (unset: none is issued)",
+    )
+    tls_webhook_hosts: str = pydantic.Field(
+        default="", description="auto: more DNS names or IP addresses for that certificate, comma-separated (a "
+        "configuration that calls the webhook by URL)",
+    )
+    tls_webhook_secret: str = pydantic.Field(default="podiam-webhook-tls", description="auto: the webhook certificate's Secret")
+    tls_webhook_configuration: str | None = pydantic.Field(
+        default=None, description="auto: the MutatingWebhookConfiguration whose caBundle the active replica keeps "
+        "equal to the CA bundle",
+    )
 
     # --- operation -----------------------------------------------------------
     log_level: str = pydantic.Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$", description="Log level")
-    log_format: LogFormat = pydantic.Field(default="json", description="json or plain")
+    log_format: LogFormat = pydantic.Field(default="json", description="json or plain (text: the same, as the proxy once said)")
     metrics_address: str = pydantic.Field(
         default="0.0.0.0", description="Address of /metrics and /readyz (on the host network the chart sets the pod's IP)"
     )
@@ -228,6 +308,54 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     )
     peering_lifetime: int = pydantic.Field(default=15, ge=5, description="Seconds a silent replica counts as alive")
     standalone: bool = pydantic.Field(default=False, description="No peering: for a single replica only")
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _deprecated_environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for old, field in _DEPRECATED_ENV:
+            value = os.environ.get(old)
+            if not value:
+                continue
+            current = data.get(field)
+            if current is not None and current != value:
+                raise ValueError(f"{old} (deprecated) is {value!r} but --{field.replace('_', '-')} is {current!r}: "
+                                 "set only the latter")
+            if current is None:
+                logging.getLogger(__name__).warning("%s is deprecated: set PODIAM_%s instead", old, field.upper())
+                data = {**data, field: value}
+        if not data.get("tls_pod_name") and os.environ.get("POD_NAME"):
+            data = {**data, "tls_pod_name": os.environ["POD_NAME"]}  # the downward API's name, as the chart sets it
+        return data
+
+    @pydantic.field_validator("log_format", mode="before")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        return "plain" if value == "text" else value
+
+    @pydantic.field_validator("tls_ca_lifetime", "tls_leaf_lifetime", "tls_ca_overlap", "tls_check_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return datetime.timedelta(seconds=wire.duration_seconds(value))
+        except ValueError:
+            return value  # ISO 8601 ("P90D"), left to pydantic
+
+    @pydantic.field_validator("tls_ca_lifetime", "tls_leaf_lifetime", "tls_ca_overlap", "tls_check_interval")
+    @classmethod
+    def _positive(cls, value: datetime.timedelta) -> datetime.timedelta:
+        if value <= datetime.timedelta(0):
+            raise ValueError("must be positive")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _leaf_within_ca(self) -> OperatorSettings:
+        if self.tls_leaf_lifetime >= self.tls_ca_lifetime:
+            raise ValueError("--tls-leaf-lifetime must be shorter than --tls-ca-lifetime")
+        return self
 
     @pydantic.field_validator("assume_role_arn")
     @classmethod
@@ -296,6 +424,21 @@ class OperatorSettings(pydantic_settings.BaseSettings):
 
     def proxy_labels(self) -> dict[str, str]:
         return parse_label_pairs(self.proxy_selector)
+
+    def tls_webhook_host_list(self) -> tuple[str, ...]:
+        return tuple(host.strip() for host in self.tls_webhook_hosts.split(",") if host.strip())
+
+    def tls_resolved_namespace(self) -> str:
+        """Where the TLS Secrets live; ValueError when it is neither set nor in the service account mount."""
+        if self.tls_namespace:
+            return self.tls_namespace
+        try:
+            return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        except OSError:
+            raise ValueError(
+                "the operator's namespace is unknown: set PODIAM_TLS_NAMESPACE "
+                f"(no service account namespace at {_SERVICE_ACCOUNT_NAMESPACE})"
+            ) from None
 
 
 def parse_label_pairs(selector: str) -> dict[str, str]:

@@ -8,9 +8,7 @@ status is written by the engine, not by kopf's handler machinery.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib.util
 import logging
 from typing import Any
 
@@ -62,27 +60,16 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     memo.probe = _health.Probe()
     await memo.stack.enter_async_context(_health.serve(ops.metrics_address, ops.metrics_port, memo.probe))
     memo.probe.stage = "preparing TLS"
-    if importlib.util.find_spec("podiam_operator.tls") is not None:
-        from podiam_operator import tls
-
-        await tls.prepare(ops, logger)
-        if "proxy_server_name" not in ops.model_fields_set:
-            ops.proxy_server_name = tls.settings().proxy_server_name
+    kube = await _assembly.kube(memo.stack)
+    tls = await _assembly.tls(ops, kube, logger)
+    memo.probe.tls_status = tls.status
     memo.probe.stage = "connecting to the Kubernetes API (the log says what fails)"
-    memo.engine = await _assembly.build(ops, memo.stack, identity=memo.identity, priority=memo.priority)
+    memo.engine = await _assembly.build(ops, memo.stack, kube, tls, identity=memo.identity, priority=memo.priority)
     memo.probe.engine = memo.engine
-    if importlib.util.find_spec("podiam_operator.tls") is not None:
-        from podiam_operator import tls
-
-        memo.tls_task = asyncio.ensure_future(tls.run_renewals(is_active=lambda: bool(memo.engine.started)))
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
-    task = getattr(memo, "tls_task", None)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     stack = getattr(memo, "stack", None)
     if stack is not None:
         await stack.aclose()

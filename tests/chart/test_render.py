@@ -96,6 +96,23 @@ def test_operator_deployment_defaults(helm: _helm.Helm) -> None:
     assert "PODIAM_ASSUME_ROLE_ARN" not in env
 
 
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_every_environment_variable_the_chart_sets_is_a_setting(helm: _helm.Helm, values_file: Path | None) -> None:
+    """An env name the programs do not read is a setting silently lost (and a deprecated one is not set)."""
+    from metadata_proxy import _settings as proxy_settings
+    from podiam_operator import _settings as operator_settings
+
+    rendered = helm.template(values_files=[values_file] if values_file else [])
+    operator = {f"PODIAM_{name.upper()}" for name in operator_settings.OperatorSettings.model_fields} | {"POD_NAME"}
+    proxy = {f"{proxy_settings.ENV_PREFIX}{name.upper()}" for name in proxy_settings.ProxySettings.model_fields}
+    deployment, daemonset = rendered.get("Deployment"), rendered.get("DaemonSet")
+    unknown = [name for name in _helm.env_of(_helm.container(deployment, "operator"))
+               if name.startswith("PODIAM_") and name not in operator]
+    for container in daemonset["spec"]["template"]["spec"]["containers"]:
+        unknown += [name for name in _helm.env_of(container) if name.startswith("PODIAM_") and name not in proxy]
+    assert unknown == []
+
+
 def test_proxy_daemonset_defaults(helm: _helm.Helm) -> None:
     rendered = helm.template()
     daemonset = rendered.get("DaemonSet")

@@ -584,7 +584,7 @@ class Engine:
         status, binding = computed
         ready = "True" if status.phase == "Bound" else "False"
         previous = self._conditions.get(key)
-        transition = previous["lastTransitionTime"] if previous and previous["status"] == ready else sts.rfc3339(self.clock.now())
+        transition = previous["lastTransitionTime"] if previous and previous["status"] == ready else wire.rfc3339(self.clock.now())
         condition = {
             "type": "Ready", "status": ready, "reason": status.reason, "message": status.message,
             "lastTransitionTime": transition, "observedGeneration": binding.generation,

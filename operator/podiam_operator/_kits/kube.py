@@ -24,10 +24,14 @@ def _now() -> datetime.datetime:
 
 
 class Kube:
-    def __init__(self) -> None:
-        self.api: client.ApiClient | None = None
+    """The operator's one API client (its TLS too); ``api``: one made already (tests), else the context makes it."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.api = api
 
     async def __aenter__(self) -> Kube:
+        if self.api is not None:
+            return self
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
             config.load_incluster_config()  # type: ignore[no-untyped-call]
             configuration = client.Configuration.get_default_copy()
@@ -143,13 +147,13 @@ class Kube:
 
     # --- Events ------------------------------------------------------------------
 
-    async def event(self, ref: dict[str, str], kind: str, reason: str, message: str) -> None:
-        """A core/v1 Event on ``ref`` (apiVersion, kind, name, namespace, uid)."""
+    async def event(self, ref: dict[str, str], kind: str, reason: str, message: str) -> bool:
+        """A core/v1 Event on ``ref`` (apiVersion, kind, name, namespace, uid: "" when unknown); False when not posted."""
         now = _now()
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{ref['name'][:200]}.", namespace=ref["namespace"]),
             involved_object=client.V1ObjectReference(
-                api_version=ref["apiVersion"], kind=ref["kind"], name=ref["name"], namespace=ref["namespace"], uid=ref["uid"]
+                api_version=ref["apiVersion"], kind=ref["kind"], name=ref["name"], namespace=ref["namespace"], uid=ref["uid"] or None
             ),
             reason=reason,
             message=message[:1024],
@@ -165,6 +169,8 @@ class Kube:
             await self.core.create_namespaced_event(ref["namespace"], body)
         except ApiException as error:
             logger.warning("could not post Event %s on %s %s/%s: HTTP %s", reason, ref["kind"], ref["namespace"], ref["name"], error.status)
+            return False
+        return True
 
     # --- nodes ---------------------------------------------------------------------
 

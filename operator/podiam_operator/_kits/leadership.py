@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from metadata_proxy import wire
 from podiam_operator._kits import kube as kubes
 
 logger = logging.getLogger(__name__)
@@ -53,10 +54,7 @@ def _exit_for_a_new_draw() -> NoReturn:
 
 
 def _parse(moment: Any) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.fromisoformat(str(moment).replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    return wire.parse_rfc3339(str(moment))
 
 
 class Leadership:

@@ -23,6 +23,7 @@ from cryptography import x509
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from metadata_proxy import wire
 from podiam_operator._core import published
 from podiam_operator._kits import engine as engines
 from podiam_operator._kits import kube as kubes
@@ -37,7 +38,7 @@ def _time(moment: float | datetime.datetime | None) -> str | None:
         return None
     if isinstance(moment, float):
         moment = datetime.datetime.fromtimestamp(moment, datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return wire.rfc3339(moment)
 
 
 def certificate_expiry(path: Path) -> str | None:

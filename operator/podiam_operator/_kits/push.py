@@ -23,9 +23,10 @@ import aiohttp
 import pydantic
 
 from metadata_proxy import wire
-from podiam_operator import _metrics, tls
+from podiam_operator import _metrics
 from podiam_operator._core import facts, world
 from podiam_operator._kits import tlsfiles
+from podiam_operator.tls import explain as tls_explain
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _tls_failure(error: BaseException) -> bool:
 def explain(error: BaseException, server_name: str) -> str:
     """A failed request in podiam's terms: what failed and, for TLS, what to change."""
     if _tls_failure(error):
-        return tls.explain_handshake_failure(error, server_name)
+        return tls_explain.explain_handshake_failure(error, server_name)
     if isinstance(error, aiohttp.ServerDisconnectedError):
         # With TLS 1.3 the proxy checks the operator's certificate after the client's
         # side of the handshake is done, and its refusal reaches us as a bare disconnect.
@@ -97,9 +98,11 @@ def _entry(plan: world.PodEntryPlan) -> wire.PodEntry:
 class Client:
     """HTTPS to the proxies' control ports with the operator's client certificate."""
 
-    def __init__(self, tls: tlsfiles.ClientTls, *, server_name: str, timeout: float, concurrency: int) -> None:
+    def __init__(self, tls: tlsfiles.ClientTls, *, server_name: str, timeout: float, concurrency: int,
+                 operator_identity: str = wire.OPERATOR_IDENTITY) -> None:
         self.tls = tls
         self.server_name = server_name
+        self.operator_identity = operator_identity  # what its certificate names, for a refusal's explanation
         self.timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 3.0))
         self.semaphore = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
@@ -131,7 +134,7 @@ class Client:
                     result = str(response.status)
                     if response.status != 200:
                         text = payload[:300].decode(errors="replace")
-                        refusal = tls.explain_refusal(response.status, text, tls.settings().operator_identity)
+                        refusal = tls_explain.explain_refusal(response.status, text, self.operator_identity)
                         raise PushFailed(f"{method} {url}: {refusal or f'HTTP {response.status}: {text}'}")
                     result = "ok"
                     return payload

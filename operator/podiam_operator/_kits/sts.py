@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 import pydantic
 
+from metadata_proxy import wire
 from podiam_operator import _metrics
 from podiam_operator._core import decide, fairshare
 from podiam_operator._kits import clock as clocks
@@ -271,9 +272,9 @@ class CredentialCache:
             return decide.KeyState("pending")
         credentials = self.usable(key)
         if credentials is not None:
-            return decide.KeyState("ok", expiration=_rfc3339(credentials.expiration))
+            return decide.KeyState("ok", expiration=wire.rfc3339(credentials.expiration))
         if entry.failure is not None:
-            retry = f"; retrying at {_rfc3339(entry.retry_at)}" if entry.retry_at else ""
+            retry = f"; retrying at {wire.rfc3339(entry.retry_at)}" if entry.retry_at else ""
             return decide.KeyState("failed", reason=entry.failure.code, message=f"AssumeRole {entry.request.role_arn}: {entry.failure.message}{retry}")
         if entry.queued and self.dispatcher.over_budget(entry.payers):
             share = self.dispatcher.share
@@ -426,15 +427,6 @@ def _consume(future: asyncio.Future[Any]) -> None:
     # so asyncio does not also log it as never retrieved.
     if not future.cancelled():
         future.exception()
-
-
-def _rfc3339(moment: datetime.datetime | None) -> str:
-    if moment is None:
-        return ""
-    return moment.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-rfc3339 = _rfc3339
 
 
 # --- the real source: aiobotocore -------------------------------------------------------

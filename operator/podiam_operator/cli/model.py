@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from metadata_proxy import wire
 from podiam_operator._core import decide, facts, published, roles, world
 from podiam_operator.cli import api
 
@@ -15,11 +16,7 @@ from podiam_operator.cli import api
 def parse_time(value: Any) -> datetime.datetime | None:
     if not isinstance(value, str) or not value:
         return None
-    try:
-        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    return wire.parse_rfc3339(value)
 
 
 def ago(moment: datetime.datetime | None, now: datetime.datetime) -> str:

@@ -7,43 +7,36 @@
 - ``run``: the first pass, then renewals, rotations and re-checks until
   SIGTERM, printing every status change (what the operator does in-process).
 
-Configured by the same environment as the operator: ``PODIAM_TLS_MODE``,
-``PODIAM_TLS_CLIENT_CERT_FILE``, ``PODIAM_TLS_CLIENT_KEY_FILE``,
-``PODIAM_TLS_CA_FILE`` and the ``PODIAM_TLS_*`` settings of this package;
-the Kubernetes API from the pod's service account or ``$KUBECONFIG``.
+Configured by the operator's environment (``PODIAM_TLS_MODE``,
+``PODIAM_TLS_CLIENT_CERT_FILE``, ... every ``PODIAM_TLS_*`` setting); the
+Kubernetes API as the operator reaches it (``$KUBECONFIG``, else the pod's
+service account).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from pathlib import Path
-from typing import Literal
 
-import pydantic_settings
+from kubernetes_asyncio.config import config_exception
 
+from podiam_operator import _settings
+from podiam_operator._kits import kube as kubes
 from podiam_operator.tls import report, runtime
 
 
-class _OperatorFiles(pydantic_settings.BaseSettings):
-    """The operator's own TLS fields, under the operator's env names (``PODIAM_TLS_MODE``, ...)."""
-
-    model_config = pydantic_settings.SettingsConfigDict(env_prefix="PODIAM_", extra="ignore")
-
-    tls_mode: Literal["auto", "secrets"] = "auto"
-    tls_client_cert_file: Path = Path("/var/run/podiam/tls/tls.crt")
-    tls_client_key_file: Path = Path("/var/run/podiam/tls/tls.key")
-    tls_ca_file: Path = Path("/var/run/podiam/tls/ca.crt")
+def _show(status: report.Status) -> None:
+    print(("ok: " if status.ok else "error: ") + status.message, flush=True)
 
 
 async def _check(tls: runtime.Tls) -> int:
     await tls.check_once(may_write=True)
-    status = tls.status()
-    print(("ok: " if status.ok else "error: ") + status.message, flush=True)
-    return 0 if status.ok else 1
+    _show(tls.status())
+    return 0 if tls.status().ok else 1
 
 
 async def _run(tls: runtime.Tls) -> int:
@@ -51,28 +44,34 @@ async def _run(tls: runtime.Tls) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    last: report.Status | None = None
-    while not stop.is_set():
-        due = await tls.check_once(may_write=True)
-        status = tls.status()
-        if status != last:
-            print(("ok: " if status.ok else "error: ") + status.message, flush=True)
-            last = status
-        delay = max(0.2, min((due - tls.clock()).total_seconds(), tls.settings.check_interval.total_seconds()))
-        try:
-            await asyncio.wait_for(stop.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
+    shown: list[report.Status] = []
+
+    def changed(status: report.Status) -> None:
+        if shown != [status]:
+            _show(status)
+            shown[:] = [status]
+
+    # What the operator runs in-process, as the active replica.
+    running = asyncio.ensure_future(tls.run(after_pass=changed))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (running, stopping):
+        task.cancel()
+    await asyncio.gather(running, stopping, return_exceptions=True)
     return 0
 
 
 async def _main(command: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    tls = runtime.Tls(_OperatorFiles(), logging.getLogger("podiam_operator.tls"))
-    try:
+    settings = _settings.OperatorSettings()  # the environment only: the command line is this tool's
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            kube = await stack.enter_async_context(kubes.Kube())
+        except config_exception.ConfigException as error:
+            print(f"error: TLS set-up cannot start: {error}", flush=True)
+            return 1
+        tls = runtime.Tls(settings, kube, logging.getLogger("podiam_operator.tls"))
         return await (_check(tls) if command == "check" else _run(tls))
-    finally:
-        await tls.close()
 
 
 def main() -> None:

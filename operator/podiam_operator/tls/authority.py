@@ -25,8 +25,11 @@ from collections.abc import Mapping
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from podiam_operator.tls import _settings, checks, pki
+from metadata_proxy import wire
+from podiam_operator import _settings
+from podiam_operator.tls import checks, pki
 
+# The layout of a kubernetes.io/tls Secret, which the leaves' Secrets share.
 CERT = "tls.crt"
 KEY = "tls.key"
 BUNDLE = "ca.crt"
@@ -73,27 +76,22 @@ class CaState:
         return pki.certs_to_pem(self.bundle())
 
 
-def new_ca(settings: _settings.TlsSettings, now: datetime.datetime) -> pki.KeyPair:
-    key = pki.generate_key(settings.key_type)
-    return pki.KeyPair((pki.issue_ca(key, now=now, lifetime=settings.ca_lifetime),), key)
+def new_ca(settings: _settings.OperatorSettings, now: datetime.datetime) -> pki.KeyPair:
+    key = pki.generate_key(settings.tls_key_type)
+    return pki.KeyPair((pki.issue_ca(key, now=now, lifetime=settings.tls_ca_lifetime),), key)
 
 
-def initial(settings: _settings.TlsSettings, now: datetime.datetime) -> CaState:
+def initial(settings: _settings.OperatorSettings, now: datetime.datetime) -> CaState:
     return CaState(active=new_ca(settings, now), since=now)
 
 
-def renewal_point(cert: x509.Certificate, renew_at: float) -> datetime.datetime:
-    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return not_before + (not_after - not_before) * renew_at
-
-
-def step(state: CaState, settings: _settings.TlsSettings, now: datetime.datetime, *, force: bool = False) -> CaState | None:
+def step(state: CaState, settings: _settings.OperatorSettings, now: datetime.datetime, *, force: bool = False) -> CaState | None:
     """The next state of a rotation, or None when nothing is due yet.
 
     ``force`` starts a rotation now (an operator-requested one); it does
     nothing while a rotation is under way.
     """
-    overlap = settings.ca_overlap
+    overlap = settings.tls_ca_overlap
     since = state.since or now
     if state.pending is not None:
         if now < since + overlap:
@@ -108,16 +106,16 @@ def step(state: CaState, settings: _settings.TlsSettings, now: datetime.datetime
         # Too late for an overlap (the operator was off, or lifetimes are
         # tiny): an expired CA fails every push already, so replace it now.
         return CaState(active=new_ca(settings, now), since=now)
-    if force or now >= renewal_point(state.active.cert, settings.renew_at):
+    if force or now >= pki.renewal_point(state.active.cert, settings.tls_renew_at):
         return CaState(active=state.active, pending=new_ca(settings, now), since=now)
     return None
 
 
-def next_check(state: CaState, settings: _settings.TlsSettings, now: datetime.datetime) -> datetime.datetime:
+def next_check(state: CaState, settings: _settings.OperatorSettings, now: datetime.datetime) -> datetime.datetime:
     """When :func:`step` may next have something to do."""
     if state.phase is not Phase.STEADY:
-        return (state.since or now) + settings.ca_overlap
-    return min(renewal_point(state.active.cert, settings.renew_at), state.active.cert.not_valid_after_utc - 2 * settings.ca_overlap)
+        return (state.since or now) + settings.tls_ca_overlap
+    return min(pki.renewal_point(state.active.cert, settings.tls_renew_at), state.active.cert.not_valid_after_utc - 2 * settings.tls_ca_overlap)
 
 
 # The Secret's contents ------------------------------------------------------
@@ -133,7 +131,7 @@ def to_secret(state: CaState) -> tuple[dict[str, bytes], dict[str, str]]:
         data[PREVIOUS] = pki.certs_to_pem(state.retiring)
     annotations = {PHASE_ANNOTATION: state.phase.value}
     if state.since is not None:
-        annotations[SINCE_ANNOTATION] = state.since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        annotations[SINCE_ANNOTATION] = wire.rfc3339(state.since)
     return data, annotations
 
 
@@ -154,10 +152,6 @@ def from_secret(data: Mapping[str, bytes], annotations: Mapping[str, str], what:
         retiring = pki.certs_from_pem(data[PREVIOUS], f"{what} key {PREVIOUS}") if PREVIOUS in data else ()
     except pki.PemError as error:
         raise checks.TlsProblem(checks.MALFORMED, str(error)) from None
-    since = None
-    if SINCE_ANNOTATION in annotations:
-        try:
-            since = datetime.datetime.fromisoformat(annotations[SINCE_ANNOTATION].replace("Z", "+00:00"))
-        except ValueError:
-            since = None  # a hand-edited annotation: the step then counts from now
+    # A hand-edited annotation that is no time: the step then counts from now.
+    since = wire.parse_rfc3339(annotations[SINCE_ANNOTATION]) if SINCE_ANNOTATION in annotations else None
     return CaState(active=active, pending=pending, retiring=tuple(retiring), since=since)

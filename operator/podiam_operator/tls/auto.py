@@ -18,7 +18,9 @@ import dataclasses
 import datetime
 from collections.abc import Callable
 
-from podiam_operator.tls import _settings, authority, checks, leaves, pki, report, store
+from metadata_proxy import wire
+from podiam_operator import _settings
+from podiam_operator.tls import authority, checks, leaves, pki, report, store
 
 RENEW_REQUEST = "podiam.io/renew"
 RENEW_HANDLED = "podiam.io/renew-handled"
@@ -59,7 +61,7 @@ class AutoTls:
     def __init__(
         self,
         secrets: store.SecretStore,
-        settings: _settings.TlsSettings,
+        settings: _settings.OperatorSettings,
         reporter: report.Reporter,
         clock: Clock = utcnow,
     ) -> None:
@@ -74,27 +76,27 @@ class AutoTls:
     async def sync(self, *, may_write: bool) -> ClientMaterial:
         state, ca_secret = await self._authority(may_write=may_write)
         renew = _pending(ca_secret.annotations, RENEW_REQUEST, RENEW_HANDLED) if may_write else None
-        proxy = await self._leaf(self.settings.proxy_secret, leaves.proxy_spec(self.settings), state, may_write, renew, "proxy")
-        client = await self._leaf(self.settings.operator_secret, leaves.operator_spec(self.settings), state, may_write, renew, "operator")
+        proxy = await self._leaf(self.settings.tls_proxy_secret, leaves.proxy_spec(self.settings), state, may_write, renew, "proxy")
+        client = await self._leaf(self.settings.tls_operator_secret, leaves.operator_spec(self.settings), state, may_write, renew, "operator")
         webhook, checks_at = None, [authority.next_check(state, self.settings, self.clock()),
                                     leaves.next_check(proxy, self.settings), leaves.next_check(client, self.settings)]
-        if self.settings.webhook_service:
+        if self.settings.tls_webhook_service:
             # The pushes never wait on the webhook: its certificate's trouble is logged and retried on its own.
             try:
                 spec = leaves.webhook_spec(self.settings, self.secrets.namespace)
-                webhook = await self._leaf(self.settings.webhook_secret, spec, state, may_write, renew, "webhook")
+                webhook = await self._leaf(self.settings.tls_webhook_secret, spec, state, may_write, renew, "webhook")
                 checks_at.append(leaves.next_check(webhook, self.settings))
             except Exception as error:  # noqa: BLE001 - whatever it is, the proxies' and the operator's pairs stand
                 self.reporter.logger.warning("TLS: the injection webhook's certificate: %s: %s (will retry)",
                                              type(error).__name__, error)
                 checks_at.append(self.clock() + _WEBHOOK_RETRY)
         if renew is not None:
-            await self.secrets.annotate(self.settings.ca_secret, {RENEW_HANDLED: renew})
+            await self.secrets.annotate(self.settings.tls_ca_secret, {RENEW_HANDLED: renew})
         next_check = min(checks_at)
         return ClientMaterial(pair=client, bundle_pem=state.bundle_pem(), next_check=next_check, webhook=webhook)
 
     async def _authority(self, *, may_write: bool) -> tuple[authority.CaState, store.Stored]:
-        name = self.settings.ca_secret
+        name = self.settings.tls_ca_secret
         for _ in range(_ATTEMPTS):
             stored = await self.secrets.read(name)
             now = self.clock()
@@ -137,10 +139,10 @@ class AutoTls:
             case authority.Phase.INTRODUCED:
                 assert state.pending is not None
                 return (f"CA rotation: introduced CA {pki.describe(state.pending.cert)} into the trust bundle of {self._where(name)}; "
-                        f"it starts signing in {self.settings.ca_overlap}")
+                        f"it starts signing in {self.settings.tls_ca_overlap}")
             case authority.Phase.SWITCHED:
                 return (f"CA rotation: CA {pki.describe(state.active.cert)} now signs; certificates are re-issued and the old CA "
-                        f"leaves the trust bundle in {self.settings.ca_overlap}")
+                        f"leaves the trust bundle in {self.settings.tls_ca_overlap}")
             case _:
                 return f"CA rotation complete: the trust bundle holds only CA {pki.describe(state.active.cert)}"
 
@@ -188,4 +190,4 @@ class AutoTls:
     def _describe_leaf(self, what: str, pair: pki.KeyPair, name: str) -> str:
         cert = pair.cert
         return (f"{what} certificate {pki.describe(cert)} (serial {cert.serial_number:x}, valid until "
-                f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, issued by {pki.describe_issuer(cert)}) in {self._where(name)}")
+                f"{wire.rfc3339(cert.not_valid_after_utc)}, issued by {pki.describe_issuer(cert)}) in {self._where(name)}")

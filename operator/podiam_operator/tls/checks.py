@@ -15,6 +15,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from metadata_proxy import wire
 from podiam_operator.tls import pki
 
 _MAX_CHAIN = 5
@@ -64,22 +65,18 @@ def _ago(delta: datetime.timedelta) -> str:
     return f"{seconds} seconds"
 
 
-def _when(moment: datetime.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def check_validity(cert: x509.Certificate, what: str, now: datetime.datetime) -> None:
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     if now >= not_after:
         raise TlsProblem(
             EXPIRED,
-            f"certificate {pki.describe(cert)} in {what} expired at {_when(not_after)} ({_ago(now - not_after)} ago); "
+            f"certificate {pki.describe(cert)} in {what} expired at {wire.rfc3339(not_after)} ({_ago(now - not_after)} ago); "
             "issue a new one and update the Secret",
         )
     if now < not_before:
         raise TlsProblem(
             NOT_YET_VALID,
-            f"certificate {pki.describe(cert)} in {what} is not valid before {_when(not_before)} (in {_ago(not_before - now)}); "
+            f"certificate {pki.describe(cert)} in {what} is not valid before {wire.rfc3339(not_before)} (in {_ago(not_before - now)}); "
             "check the clock of the machine that issued it and of this node",
         )
 
@@ -93,17 +90,10 @@ def check_key(cert: x509.Certificate, key: pki.PrivateKey, sources: Sources) -> 
         )
 
 
-def _extended_usages(cert: x509.Certificate) -> list[x509.ObjectIdentifier] | None:
-    try:
-        return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return None
-
-
 def check_usage(cert: x509.Certificate, what: str, *, server: bool) -> None:
     """TLS refuses a client certificate without clientAuth (server: serverAuth) when the extension is present."""
     needed, label = (ExtendedKeyUsageOID.SERVER_AUTH, "server") if server else (ExtendedKeyUsageOID.CLIENT_AUTH, "client")
-    usages = _extended_usages(cert)
+    usages = pki.extended_usages(cert)
     if usages is not None and needed not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
         present = ", ".join(getattr(oid, "_name", oid.dotted_string) for oid in usages) or "none"
         raise TlsProblem(
@@ -156,7 +146,7 @@ def check_server_name(cert: x509.Certificate, server_name: str, what: str) -> No
         f"the proxies' certificate {pki.describe(cert)} in {what} does not carry the DNS name {server_name!r} "
         f"that the operator verifies when it dials a proxy ({carried}); add {server_name!r} to the certificate's "
         "hosts (for cfssl: the \"hosts\" list of agent.json; for cert-manager: spec.dnsNames) and re-issue it, "
-        "or set PODIAM_TLS_PROXY_SERVER_NAME to one of its DNS names",
+        "or set --proxy-server-name (PODIAM_PROXY_SERVER_NAME; chart: tls.proxyServerName) to one of its DNS names",
     )
 
 
@@ -247,11 +237,10 @@ def check_material(
 
 def expiry_warning(cert: x509.Certificate, what: str, now: datetime.datetime, renew_at: float) -> str | None:
     """A warning once a user-supplied certificate is past the point where it should have been renewed."""
-    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    due = not_before + (not_after - not_before) * renew_at
-    if now < due:
+    not_after = cert.not_valid_after_utc
+    if now < pki.renewal_point(cert, renew_at):
         return None
     return (
-        f"certificate {pki.describe(cert)} in {what} expires at {_when(not_after)} (in {_ago(not_after - now)}); "
+        f"certificate {pki.describe(cert)} in {what} expires at {wire.rfc3339(not_after)} (in {_ago(not_after - now)}); "
         "renew it and update the Secret: podiam reloads it without a restart"
     )

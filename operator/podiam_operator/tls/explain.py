@@ -14,7 +14,7 @@ _OPERATOR_SIDE = "the proxy refused the operator's client certificate"
 _EXPLANATIONS: tuple[tuple[str, str], ...] = (
     ("hostname mismatch",
      _PROXY_SIDE + ": it does not carry the DNS name {server_name!r} that the operator verifies (add it to the proxies' "
-     "certificate, e.g. agent.json \"hosts\" or a cert-manager dnsNames, or set PODIAM_TLS_PROXY_SERVER_NAME)"),
+     "certificate, e.g. agent.json \"hosts\" or a cert-manager dnsNames, or set --proxy-server-name, PODIAM_PROXY_SERVER_NAME)"),
     ("certificate has expired", _PROXY_SIDE + ": it has expired (renew the proxies' Secret)"),
     ("certificate is not yet valid", _PROXY_SIDE + ": it is not valid yet (check the clocks)"),
     ("unable to get local issuer certificate",

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from podiam_operator.tls import _settings, authority, checks, pki
+from metadata_proxy import wire
+from podiam_operator import _settings
+from podiam_operator.tls import authority, checks, pki
 
-CERT = "tls.crt"
-KEY = "tls.key"
-BUNDLE = "ca.crt"
+CERT, KEY, BUNDLE = authority.CERT, authority.KEY, authority.BUNDLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,29 +27,29 @@ class Spec:
     ip_addresses: tuple[str, ...] = ()
 
 
-def proxy_spec(settings: _settings.TlsSettings) -> Spec:
+def proxy_spec(settings: _settings.OperatorSettings) -> Spec:
     """One server certificate shared by every proxy: the operator dials them by IP and verifies this name."""
     return Spec(common_name=settings.proxy_server_name, dns_names=(settings.proxy_server_name,), server=True)
 
 
-def operator_spec(settings: _settings.TlsSettings) -> Spec:
+def operator_spec(settings: _settings.OperatorSettings) -> Spec:
     """The operator's client certificate: CN and DNS SAN both carry the identity the proxies require."""
-    return Spec(common_name=settings.operator_identity, dns_names=(settings.operator_identity,), server=False)
+    return Spec(common_name=settings.tls_operator_identity, dns_names=(settings.tls_operator_identity,), server=False)
 
 
 _MAX_COMMON_NAME = 64  # RFC 5280's ub-common-name
 
 
-def webhook_spec(settings: _settings.TlsSettings, namespace: str) -> Spec:
+def webhook_spec(settings: _settings.OperatorSettings, namespace: str) -> Spec:
     """The injection webhook's serving certificate: the name the API server calls its Service by, and any extra
     names or addresses (a configuration that calls it by URL, e.g. https://127.0.0.1:8187 for a local operator)."""
-    name = f"{settings.webhook_service}.{namespace}.svc"
-    extra = settings.webhook_host_list()
+    name = f"{settings.tls_webhook_service}.{namespace}.svc"
+    extra = settings.tls_webhook_host_list()
     addresses = tuple(host for host in extra if _is_ip(host))
     dns = (name, f"{name}.cluster.local", *(host for host in extra if not _is_ip(host)))
     # X.509 caps a common name at 64 characters, and a long release's Service name passes that; clients (the API
     # server among them) check the SANs, never the CN, so a long name goes to the SANs alone.
-    common_name = name if len(name) <= _MAX_COMMON_NAME else str(settings.webhook_service)[:_MAX_COMMON_NAME]
+    common_name = name if len(name) <= _MAX_COMMON_NAME else str(settings.tls_webhook_service)[:_MAX_COMMON_NAME]
     return Spec(common_name=common_name, dns_names=dns, server=True, ip_addresses=addresses)
 
 
@@ -61,21 +61,18 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def issue(state: authority.CaState, spec: Spec, settings: _settings.TlsSettings, now: datetime.datetime) -> pki.KeyPair:
-    key = pki.generate_key(settings.key_type)
+def issue(state: authority.CaState, spec: Spec, settings: _settings.OperatorSettings, now: datetime.datetime) -> pki.KeyPair:
+    key = pki.generate_key(settings.tls_key_type)
     cert = pki.issue_leaf(
         state.active, key,
         common_name=spec.common_name, dns_names=spec.dns_names, server=spec.server,
-        now=now, lifetime=settings.leaf_lifetime, ip_addresses=spec.ip_addresses,
+        now=now, lifetime=settings.tls_leaf_lifetime, ip_addresses=spec.ip_addresses,
     )
     return pki.KeyPair((cert,), key)
 
 
 def _matches_spec(cert: x509.Certificate, spec: Spec) -> bool:
-    try:
-        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return False
+    usages = pki.extended_usages(cert)
     wanted = ExtendedKeyUsageOID.SERVER_AUTH if spec.server else ExtendedKeyUsageOID.CLIENT_AUTH
     return (pki.common_names(cert) == [spec.common_name] and tuple(pki.dns_names(cert)) == spec.dns_names
             and tuple(pki.ip_addresses(cert)) == tuple(str(ipaddress.ip_address(ip)) for ip in spec.ip_addresses)
@@ -86,7 +83,7 @@ def due(
     pair: pki.KeyPair | None,
     state: authority.CaState,
     spec: Spec,
-    settings: _settings.TlsSettings,
+    settings: _settings.OperatorSettings,
     now: datetime.datetime,
 ) -> str | None:
     """Why this leaf must be (re-)issued now, or None if it is fine."""
@@ -99,17 +96,17 @@ def due(
         checks.check_chain(pair.chain, (state.active.cert,), "the certificate", "the signing CA", now)
     except checks.TlsProblem:
         return f"it was not issued by the signing CA {pki.describe(state.active.cert)}"
-    if now >= authority.renewal_point(cert, settings.renew_at):
-        return f"it reached its renewal point (it expires at {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
+    if now >= pki.renewal_point(cert, settings.tls_renew_at):
+        return f"it reached its renewal point (it expires at {wire.rfc3339(cert.not_valid_after_utc)})"
     if not _matches_spec(cert, spec):
         return "its names or usage differ from the settings"
-    if pki.key_type_of(pair.key) is not settings.key_type:
-        return f"the key type setting changed to {settings.key_type.value}"
+    if pki.key_type_of(pair.key) is not settings.tls_key_type:
+        return f"the key type setting changed to {settings.tls_key_type.value}"
     return None
 
 
-def next_check(pair: pki.KeyPair, settings: _settings.TlsSettings) -> datetime.datetime:
-    return authority.renewal_point(pair.cert, settings.renew_at)
+def next_check(pair: pki.KeyPair, settings: _settings.OperatorSettings) -> datetime.datetime:
+    return pki.renewal_point(pair.cert, settings.tls_renew_at)
 
 
 def to_secret(pair: pki.KeyPair, state: authority.CaState) -> dict[str, bytes]:

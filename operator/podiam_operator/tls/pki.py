@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from podiam_operator.tls import _settings
+from podiam_operator import _settings
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 
@@ -213,20 +213,19 @@ def describe(cert: x509.Certificate) -> str:
     return f"(empty subject; DNS {', '.join(names)})" if names else f"(empty subject, serial {cert.serial_number:x})"
 
 
-def dns_names(cert: x509.Certificate) -> list[str]:
+def _alternative_names(cert: x509.Certificate) -> x509.SubjectAlternativeName:
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return []
-    return list(san.get_values_for_type(x509.DNSName))
+        return x509.SubjectAlternativeName([])
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    return list(_alternative_names(cert).get_values_for_type(x509.DNSName))
 
 
 def ip_addresses(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return [str(ip) for ip in _alternative_names(cert).get_values_for_type(x509.IPAddress)]
 
 
 def common_names(cert: x509.Certificate) -> list[str]:
@@ -236,6 +235,20 @@ def common_names(cert: x509.Certificate) -> list[str]:
 def same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return bool(cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki))
+
+
+def renewal_point(cert: x509.Certificate, renew_at: float) -> datetime.datetime:
+    """When ``renew_at`` (a fraction) of the certificate's validity has passed."""
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return not_before + (not_after - not_before) * renew_at
+
+
+def extended_usages(cert: x509.Certificate) -> list[x509.ObjectIdentifier] | None:
+    """None: no extended key usage extension (any usage goes)."""
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return None
 
 
 def describe_issuer(cert: x509.Certificate) -> str:

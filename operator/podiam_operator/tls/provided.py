@@ -17,7 +17,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from podiam_operator.tls import _settings, checks, files, pki, report, store
+from metadata_proxy import wire
+from podiam_operator import _settings
+from podiam_operator.tls import checks, files, pki, report, store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +40,14 @@ def _load(cert_pem: bytes, key_pem: bytes, ca_pem: bytes, sources: checks.Source
 
 
 def _summary(who: str, cert: x509.Certificate, ca: x509.Certificate) -> str:
-    return f"{who} certificate {pki.describe(cert)} (issued by {pki.describe(ca)}) valid until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+    return f"{who} certificate {pki.describe(cert)} (issued by {pki.describe(ca)}) valid until {wire.rfc3339(cert.not_valid_after_utc)}"
 
 
 class ProvidedTls:
     def __init__(
         self,
         paths: ClientFiles,
-        settings: _settings.TlsSettings,
+        settings: _settings.OperatorSettings,
         reporter: report.Reporter,
         secrets: store.SecretStore | None,
     ) -> None:
@@ -63,12 +65,12 @@ class ProvidedTls:
             files.read_file(self.paths.ca, "CA"),
             sources,
         )
-        ca = checks.check_material(pair, bundle, sources, server=False, name=self.settings.operator_identity, now=now)
+        ca = checks.check_material(pair, bundle, sources, server=False, name=self.settings.tls_operator_identity, now=now)
         summary = [_summary("operator", pair.cert, ca)]
-        warning = checks.expiry_warning(pair.cert, sources.cert, now, self.settings.renew_at)
+        warning = checks.expiry_warning(pair.cert, sources.cert, now, self.settings.tls_renew_at)
         if warning:
             await self.reporter.warning("TLSCertificateExpiring", warning)
-        if self.settings.check_proxy_secret and self.secrets is not None:
+        if self.settings.tls_check_proxy_secret and self.secrets is not None:
             summary.append(await self._check_proxy(bundle, pair, sources, now))
         return "; ".join(summary)
 
@@ -81,9 +83,9 @@ class ProvidedTls:
     ) -> str:
         assert self.secrets is not None
         settings = self.settings
-        where = f"Secret {self.secrets.namespace}/{settings.proxy_secret}"
+        where = f"Secret {self.secrets.namespace}/{settings.tls_proxy_secret}"
         try:
-            stored = await self.secrets.read(settings.proxy_secret)
+            stored = await self.secrets.read(settings.tls_proxy_secret)
         except checks.TlsProblem as problem:
             # Not being allowed to look is a deployment choice, not a TLS fault.
             await self.reporter.warning(
@@ -97,7 +99,7 @@ class ProvidedTls:
                 f"{where}, which the proxies mount, does not exist: create it (the guide's kiam-agent-tls, or a cert-manager "
                 "Certificate's secretName) or set PODIAM_TLS_PROXY_SECRET (chart: tls.proxy.secretName) to its name",
             )
-        keys = (settings.proxy_cert_key, settings.proxy_key_key, settings.proxy_ca_key)
+        keys = (settings.tls_proxy_cert_key, settings.tls_proxy_key_key, settings.tls_proxy_ca_key)
         absent = [key for key in keys if key not in stored.data]
         if absent:
             raise checks.TlsProblem(
@@ -114,7 +116,7 @@ class ProvidedTls:
         ca = checks.check_material(pair, operator_bundle, trusted_by_operator, server=True, name=settings.proxy_server_name, now=now)
         checks.check_bundle(proxy_bundle, sources.ca, now)
         checks.check_chain(operator_pair.chain, proxy_bundle, operator_sources.cert, f"the proxies' CA ({sources.ca})", now)
-        warning = checks.expiry_warning(pair.cert, sources.cert, now, settings.renew_at)
+        warning = checks.expiry_warning(pair.cert, sources.cert, now, settings.tls_renew_at)
         if warning:
             await self.reporter.warning("TLSCertificateExpiring", warning)
         return _summary("proxies'", pair.cert, ca)

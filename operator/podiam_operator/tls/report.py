@@ -9,19 +9,16 @@ not at every check; recovery posts a Normal ``TLSReady`` Event.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import re
-from typing import Any
+from typing import Any, Protocol
 
-from kubernetes_asyncio import client
 from kubernetes_asyncio.client import exceptions as kube_exceptions
 
+from podiam_operator._kits import kube as kubes
 from podiam_operator.tls import checks
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-_COMPONENT = "podiam-operator"
-_MAX_MESSAGE = 1024
 # "(3 minutes ago)", "(in 2 days)": a persisting problem's text changes as
 # time passes, but it is the same problem: compare messages without them.
 _RELATIVE = re.compile(r"\((?:in )?\d+ (?:seconds|minutes|hours|days)(?: ago)?\)")
@@ -39,45 +36,38 @@ class Status:
     message: str
 
 
-class EventSink:
-    def __init__(self, api: client.ApiClient, namespace: str, kind: str, name: str) -> None:
-        self.core = client.CoreV1Api(api)
+class Events:
+    """TLS Events, posted by the operator's one Event poster (``Kube.event``) on its Pod, or else its TLS Secret."""
+
+    def __init__(self, kube: kubes.Kube, namespace: str, kind: str, name: str) -> None:
+        self.kube = kube
         self.namespace = namespace
         self.kind = kind
         self.name = name
         self._uid: str | None = None
 
-    async def _involved(self) -> client.V1ObjectReference:
+    async def _involved(self) -> dict[str, str]:
         if self._uid is None:
             # kubectl describe finds Events by the object's uid as well.
             try:
-                read = self.core.read_namespaced_pod if self.kind == "Pod" else self.core.read_namespaced_secret
+                read = self.kube.core.read_namespaced_pod if self.kind == "Pod" else self.kube.core.read_namespaced_secret
                 self._uid = (await read(self.name, self.namespace)).metadata.uid or ""
             except kube_exceptions.ApiException:
                 pass
-        return client.V1ObjectReference(api_version="v1", kind=self.kind, name=self.name, namespace=self.namespace, uid=self._uid or None)
+        return {"apiVersion": "v1", "kind": self.kind, "name": self.name, "namespace": self.namespace, "uid": self._uid or ""}
 
-    async def post(self, type_: str, reason: str, message: str) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        body = client.CoreV1Event(
-            api_version="v1",
-            kind="Event",
-            metadata=client.V1ObjectMeta(generate_name=f"{self.name}.", namespace=self.namespace),
-            involved_object=await self._involved(),
-            type=type_,
-            reason=reason,
-            message=message[:_MAX_MESSAGE],
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            source=client.V1EventSource(component=_COMPONENT),
-            reporting_component=_COMPONENT,
-        )
-        await self.core.create_namespaced_event(self.namespace, body)
+    async def post(self, type_: str, reason: str, message: str) -> bool:
+        return await self.kube.event(await self._involved(), type_, reason, message)
+
+
+class Poster(Protocol):
+    async def post(self, type_: str, reason: str, message: str) -> bool:
+        """True once posted; a failure is logged by the poster."""
+        ...
 
 
 class Reporter:
-    def __init__(self, logger: Logger, events: EventSink | None) -> None:
+    def __init__(self, logger: Logger, events: Poster | None) -> None:
         self.logger = logger
         self.events = events
         self.status = Status(ok=False, message="TLS material not prepared yet")
@@ -87,11 +77,11 @@ class Reporter:
         if self.events is None or (once and _key(reason, message) in self._posted):
             return
         try:
-            await self.events.post(type_, reason, message)
+            posted = await self.events.post(type_, reason, message)
         except Exception as error:  # an Event is a courtesy: its failure must not stop TLS work
             self.logger.warning("could not post Event %s: %s", reason, error)
             return
-        if once:
+        if once and posted:
             self._posted.add(_key(reason, message))
 
     async def problem(self, problem: checks.TlsProblem) -> None:

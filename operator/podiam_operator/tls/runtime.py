@@ -1,4 +1,15 @@
-"""The operator's TLS at run time: one pass at start, then periodic checks, renewals and rotations."""
+"""The operator's TLS at run time: one pass at start, then periodic checks, renewals and rotations.
+
+One :class:`Tls` per operator, built by ``_assembly`` on the operator's API client and passed to whoever needs it
+(readiness, the published status, the renewal task); its settings are the TLS section of the operator's settings.
+
+- ``auto`` (``--tls-mode``): a CA in Secret ``podiam-ca`` (created once, race-free across replicas), the proxies'
+  server certificate in ``podiam-proxy-tls`` (the proxy DaemonSet mounts it), the operator's client certificate in
+  ``podiam-operator-tls``, written to ``--tls-client-cert-file`` / ``--tls-client-key-file`` / ``--tls-ca-file``;
+  renewed at 2/3 of their life, the CA rotated with overlap; the injection webhook's serving certificate and caBundle.
+- ``secrets``: the user's Secrets (cfssl as in the guide, or cert-manager), mounted; checked at start and at every
+  ``--tls-check-interval``.
+"""
 
 from __future__ import annotations
 
@@ -6,71 +17,32 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
 
 import aiohttp
-from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import exceptions as kube_exceptions
-from kubernetes_asyncio.config import config_exception
 
-from podiam_operator.tls import _settings, auto, checks, files, leaves, pki, provided, report, store, webhook
+from metadata_proxy import wire
+from podiam_operator import _settings
+from podiam_operator._kits import kube as kubes
+from podiam_operator.tls import auto, checks, files, leaves, pki, provided, report, store, webhook
 
 _FIRST_RETRY = datetime.timedelta(seconds=1)
-_WEBHOOK_DIR = Path("/var/run/podiam/webhook")
 _WEBHOOK_RETRY = datetime.timedelta(seconds=5)
-
-
-class OperatorTlsSettings(Protocol):
-    """The fields of the operator's own settings (``PODIAM_TLS_MODE`` etc.) this package reads."""
-
-    @property
-    def tls_mode(self) -> Any: ...  # "auto" | "secrets", or an enum of them
-    @property
-    def tls_client_cert_file(self) -> str | Path: ...
-    @property
-    def tls_client_key_file(self) -> str | Path: ...
-    @property
-    def tls_ca_file(self) -> str | Path: ...
-
-
-async def default_api_client() -> client.ApiClient:
-    """In a pod: its service account; elsewhere: the kubeconfig ($KUBECONFIG)."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config_exception.ConfigException:
-        await config.load_kube_config()
-    return client.ApiClient()
-
-
-def _mode(settings: OperatorTlsSettings) -> str:
-    mode = settings.tls_mode
-    return str(getattr(mode, "value", mode))
 
 
 class Tls:
     def __init__(
         self,
-        settings: OperatorTlsSettings,
+        settings: _settings.OperatorSettings,
+        kube: kubes.Kube,
         logger: report.Logger | None = None,
         *,
-        tls_settings: _settings.TlsSettings | None = None,
-        api: client.ApiClient | None = None,
         clock: auto.Clock = auto.utcnow,
     ) -> None:
-        self.mode = _mode(settings)
-        if self.mode not in ("auto", "secrets"):
-            raise ValueError(f"tls_mode must be 'auto' or 'secrets', not {self.mode!r}")
-        self.paths = provided.ClientFiles(
-            cert=Path(settings.tls_client_cert_file), key=Path(settings.tls_client_key_file), ca=Path(settings.tls_ca_file),
-        )
-        # The injection webhook's files (the operator's --webhook-cert-file, --webhook-key-file), where auto mode
-        # writes its serving certificate; optional fields of the operator's settings.
-        self.webhook_files = (Path(getattr(settings, "webhook_cert_file", None) or _WEBHOOK_DIR / "tls.crt"),
-                              Path(getattr(settings, "webhook_key_file", None) or _WEBHOOK_DIR / "tls.key"))
-        self.settings = tls_settings or _settings.TlsSettings()
+        self.settings = settings
+        self.paths = provided.ClientFiles(cert=settings.tls_client_cert_file, key=settings.tls_client_key_file, ca=settings.tls_ca_file)
+        self.kube = kube
         self.logger = logger or logging.getLogger("podiam_operator.tls")
-        self.api = api
         self.clock = clock
         self.reporter = report.Reporter(self.logger, None)
         self._auto: auto.AutoTls | None = None
@@ -84,17 +56,15 @@ class Tls:
         if self._auto is not None or self._provided is not None:
             return
         try:
-            namespace = self.settings.resolved_namespace()
-            if self.api is None:
-                self.api = await default_api_client()
-        except (ValueError, config_exception.ConfigException) as error:
+            namespace = self.settings.tls_resolved_namespace()
+        except ValueError as error:
             raise checks.TlsProblem("TLSConfigError", f"TLS set-up cannot start: {error}") from None
-        secrets = store.SecretStore(self.api, namespace)
-        if self.settings.pod_name:
-            self.reporter.events = report.EventSink(self.api, namespace, "Pod", self.settings.pod_name)
+        secrets = store.SecretStore(self.kube.core, namespace)
+        if self.settings.tls_pod_name:
+            self.reporter.events = report.Events(self.kube, namespace, "Pod", self.settings.tls_pod_name)
         else:
-            self.reporter.events = report.EventSink(self.api, namespace, "Secret", self.settings.operator_secret)
-        if self.mode == "auto":
+            self.reporter.events = report.Events(self.kube, namespace, "Secret", self.settings.tls_operator_secret)
+        if self.settings.tls_mode == "auto":
             self._auto = auto.AutoTls(secrets, self.settings, self.reporter, self.clock)
         else:
             self._provided = provided.ProvidedTls(self.paths, self.settings, self.reporter, secrets)
@@ -109,7 +79,7 @@ class Tls:
             else:
                 assert self._provided is not None
                 await self.reporter.ready(f"TLS mode secrets: {await self._provided.check(now)}")
-                due = now + self.settings.check_interval
+                due = now + self.settings.tls_check_interval
         except checks.TlsProblem as problem:
             await self.reporter.problem(problem)
         except Exception as error:  # API down, conflicts, or a bug: reported, retried, never a crash loop
@@ -126,19 +96,19 @@ class Tls:
                 await self.reporter.problem(checks.TlsProblem("TLSSetupFailed", message))
         else:
             self._failures = 0
-            return min(due, now + self.settings.check_interval)
+            return min(due, now + self.settings.tls_check_interval)
         self._failures += 1
-        retry = min(_FIRST_RETRY * (1 << min(self._failures - 1, 10)), self.settings.check_interval)
+        retry = min(_FIRST_RETRY * (1 << min(self._failures - 1, 10)), self.settings.tls_check_interval)
         return now + retry
 
     async def _auto_pass(self, may_write: bool) -> datetime.datetime:
         assert self._auto is not None
         material = await self._auto.sync(may_write=may_write)
         bundle = pki.certs_from_pem(material.bundle_pem, "the CA bundle")
-        sources = checks.Sources(cert=f"Secret {self.settings.operator_secret} key {leaves.CERT}",
-                                 key=f"Secret {self.settings.operator_secret} key {leaves.KEY}",
-                                 ca=f"Secret {self.settings.ca_secret} key ca.crt")
-        checks.check_material(material.pair, bundle, sources, server=False, name=self.settings.operator_identity, now=self.clock())
+        sources = checks.Sources(cert=f"Secret {self.settings.tls_operator_secret} key {leaves.CERT}",
+                                 key=f"Secret {self.settings.tls_operator_secret} key {leaves.KEY}",
+                                 ca=f"Secret {self.settings.tls_ca_secret} key ca.crt")
+        checks.check_material(material.pair, bundle, sources, server=False, name=self.settings.tls_operator_identity, now=self.clock())
         changed = files.write_client_material(
             self.paths.cert, self.paths.key, self.paths.ca,
             cert=material.pair.cert_pem(), key=material.pair.key_pem(), ca=material.bundle_pem,
@@ -148,7 +118,7 @@ class Tls:
                              pki.describe(material.pair.cert), material.pair.cert.serial_number, self.paths.cert)
         cert = material.pair.cert
         await self.reporter.ready(
-            f"TLS mode auto: client certificate {pki.describe(cert)} valid until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, "
+            f"TLS mode auto: client certificate {pki.describe(cert)} valid until {wire.rfc3339(cert.not_valid_after_utc)}, "
             f"trusting {', '.join(pki.describe(ca) for ca in bundle)}"
         )
         if material.webhook is not None and not await self._webhook(material, may_write):
@@ -158,10 +128,9 @@ class Tls:
     async def _webhook(self, material: auto.ClientMaterial, may_write: bool) -> bool:
         """The injection webhook's certificate and caBundle. Its trouble is logged, not reported: the pushes (and
         readiness) do not depend on it, and the webhook's failurePolicy decides what a pod misses meanwhile."""
-        assert self.api is not None and material.webhook is not None
+        assert material.webhook is not None
         try:
-            await webhook.publish(self.api, self.settings, material.webhook, material.bundle_pem, self.logger,
-                                  cert_file=self.webhook_files[0], key_file=self.webhook_files[1], may_write=may_write)
+            await webhook.publish(self.kube, self.settings, material.webhook, material.bundle_pem, self.logger, may_write=may_write)
         except checks.TlsProblem as problem:
             self.logger.warning("TLS: the injection webhook: %s: %s (will retry)", problem.reason, problem.message)
         except (kube_exceptions.ApiException, aiohttp.ClientError, asyncio.TimeoutError) as error:
@@ -170,18 +139,17 @@ class Tls:
             return True
         return False
 
-    async def run(self, is_active: Callable[[], bool] | None = None) -> None:
-        """Check, renew and rotate until cancelled. ``is_active``: may this replica renew (kopf peering)?"""
+    async def run(self, is_active: Callable[[], bool] | None = None,
+                  after_pass: Callable[[report.Status], None] | None = None) -> None:
+        """Check, renew and rotate until cancelled. ``is_active``: may this replica renew (kopf peering)?
+        ``after_pass``: told the status after every pass."""
         while True:
             may_write = True if is_active is None else is_active()
             due = await self.check_once(may_write=may_write)
+            if after_pass is not None:
+                after_pass(self.status())
             delay = (due - self.clock()).total_seconds()
-            await asyncio.sleep(min(max(delay, 0.5), self.settings.check_interval.total_seconds()))
-
-    async def close(self) -> None:
-        if self.api is not None:
-            await self.api.close()
-
+            await asyncio.sleep(min(max(delay, 0.5), self.settings.tls_check_interval.total_seconds()))
 
 def _short(error: BaseException) -> str:
     if isinstance(error, kube_exceptions.ApiException):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -49,8 +49,8 @@ def _encode(data: Mapping[str, bytes]) -> dict[str, str]:
 
 
 class SecretStore:
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.core = client.CoreV1Api(api)
+    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+        self.core = core
         self.namespace = namespace
 
     def _forbidden(self, verb: str, name: str, error: kube_exceptions.ApiException) -> checks.TlsProblem:
@@ -60,15 +60,19 @@ class SecretStore:
             "secrets get, create, update and patch in its own namespace (the chart grants them)",
         )
 
-    async def read(self, name: str) -> Stored | None:
+    async def _call(self, verb: str, name: str, call: Awaitable[Any], absent: tuple[int, ...]) -> Stored | None:
+        """The Secret the call returns; None for the ``absent`` statuses (what each verb expects to lose)."""
         try:
-            return _decode(await self.core.read_namespaced_secret(name, self.namespace))
+            return _decode(await call)
         except kube_exceptions.ApiException as error:
-            if error.status == 404:
+            if error.status in absent:
                 return None
             if error.status in (401, 403):
-                raise self._forbidden("get", name, error) from None
+                raise self._forbidden(verb, name, error) from None
             raise
+
+    async def read(self, name: str) -> Stored | None:
+        return await self._call("get", name, self.core.read_namespaced_secret(name, self.namespace), (404,))
 
     async def create(self, name: str, data: Mapping[str, bytes], annotations: Mapping[str, str], component: str) -> Stored | None:
         """The new Secret, or None when one of that name exists already (another replica won)."""
@@ -84,14 +88,7 @@ class SecretStore:
             type=TLS_TYPE,
             data=_encode(data),
         )
-        try:
-            return _decode(await self.core.create_namespaced_secret(self.namespace, body))
-        except kube_exceptions.ApiException as error:
-            if error.status == 409:
-                return None
-            if error.status in (401, 403):
-                raise self._forbidden("create", name, error) from None
-            raise
+        return await self._call("create", name, self.core.create_namespaced_secret(self.namespace, body), (409,))
 
     async def replace(self, stored: Stored, data: Mapping[str, bytes], annotations: Mapping[str, str]) -> Stored | None:
         """Replace data and our annotations if nobody wrote since ``stored`` was read; else None."""
@@ -109,20 +106,10 @@ class SecretStore:
             type=stored.type,
             data=_encode(data),
         )
-        try:
-            return _decode(await self.core.replace_namespaced_secret(stored.name, self.namespace, body))
-        except kube_exceptions.ApiException as error:
-            if error.status in (404, 409):
-                return None
-            if error.status in (401, 403):
-                raise self._forbidden("update", stored.name, error) from None
-            raise
+        call = self.core.replace_namespaced_secret(stored.name, self.namespace, body)
+        return await self._call("update", stored.name, call, (404, 409))
 
     async def annotate(self, name: str, annotations: Mapping[str, str]) -> None:
         """Merge-patch annotations only (bookkeeping that needs no guard)."""
-        try:
-            await self.core.patch_namespaced_secret(name, self.namespace, {"metadata": {"annotations": dict(annotations)}})
-        except kube_exceptions.ApiException as error:
-            if error.status in (401, 403):
-                raise self._forbidden("patch", name, error) from None
-            raise
+        patch = {"metadata": {"annotations": dict(annotations)}}
+        await self._call("patch", name, self.core.patch_namespaced_secret(name, self.namespace, patch), ())

@@ -15,31 +15,33 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from podiam_operator.tls import _settings, checks, files, pki
+from podiam_operator import _settings
+from podiam_operator._kits import kube as kubes
+from podiam_operator.tls import checks, files, pki
 
 _JSON_PATCH = "application/json-patch+json"
 
 
-async def publish(api: client.ApiClient, settings: _settings.TlsSettings, pair: pki.KeyPair, bundle_pem: bytes,
-                  logger: logging.Logger | logging.LoggerAdapter[Any], *, cert_file: Path, key_file: Path, may_write: bool) -> None:
-    """The pair to the files, then (active replica only) the caBundle; raises TlsProblem or the API's errors."""
-    if files.write_server_pair(cert_file, key_file, cert=pair.cert_pem(), key=pair.key_pem()):
+async def publish(kube: kubes.Kube, settings: _settings.OperatorSettings, pair: pki.KeyPair, bundle_pem: bytes,
+                  logger: logging.Logger | logging.LoggerAdapter[Any], *, may_write: bool) -> None:
+    """The pair to ``--webhook-cert-file`` and ``--webhook-key-file``, then (active replica only) the caBundle;
+    raises TlsProblem or the API's errors."""
+    cert_file = settings.webhook_cert_file
+    if files.write_server_pair(cert_file, settings.webhook_key_file, cert=pair.cert_pem(), key=pair.key_pem()):
         logger.info("TLS: wrote the injection webhook's certificate %s (serial %x) to %s",
                     pki.describe(pair.cert), pair.cert.serial_number, cert_file)
-    if may_write and settings.webhook_configuration:
-        await _ca_bundle(api, settings.webhook_configuration, bundle_pem, logger)
+    if may_write and settings.tls_webhook_configuration:
+        await _ca_bundle(client.AdmissionregistrationV1Api(kube.api), settings.tls_webhook_configuration, bundle_pem, logger)
 
 
-async def _ca_bundle(api: client.ApiClient, name: str, bundle_pem: bytes,
+async def _ca_bundle(registrations: client.AdmissionregistrationV1Api, name: str, bundle_pem: bytes,
                      logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     wanted = base64.b64encode(bundle_pem).decode()
-    registrations = client.AdmissionregistrationV1Api(api)
     try:
         current: Any = await registrations.read_mutating_webhook_configuration(name, _preload_content=False)
         try:

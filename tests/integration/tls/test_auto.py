@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
 
-from podiam_operator.tls import _settings, auto, pki, report, store
+from podiam_operator import _settings
+from podiam_operator.tls import auto, pki, report, store
 from tests.controlplane import controlplane as _cp
 from tests.integration.tls import secret_volume, support
 from tests.integration.tls.conftest import events, secret
@@ -84,8 +86,8 @@ class _BarrierStore(store.SecretStore):
     """The real Secret calls; each replica's first read of each Secret waits until every replica has read it,
     so all of them see it absent and all try to create it: the race, made certain."""
 
-    def __init__(self, api: object, namespace: str, barriers: dict[str, asyncio.Barrier]) -> None:
-        super().__init__(api, namespace)  # type: ignore[arg-type]
+    def __init__(self, api: client.ApiClient, namespace: str, barriers: dict[str, asyncio.Barrier]) -> None:
+        super().__init__(client.CoreV1Api(api), namespace)
         self.barriers = barriers
         self.seen: set[str] = set()
 
@@ -104,7 +106,7 @@ async def test_concurrent_creators_lose_to_the_first_and_adopt_its_secrets(
     caplog.set_level(logging.INFO)
     api = await kube_config.new_client_from_config(config_file=str(controlplane.kubeconfig))
     try:
-        settings = _settings.TlsSettings(namespace=namespace)
+        settings = _settings.OperatorSettings(tls_namespace=namespace)
         logger = logging.getLogger("test.tls.race")
         barriers = {name: asyncio.Barrier(4) for name in SECRETS}
         replicas = [auto.AutoTls(_BarrierStore(api, namespace, barriers), settings, report.Reporter(logger, None)) for _ in range(4)]

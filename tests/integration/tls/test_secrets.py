@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from podiam_operator.tls import _settings, pki
+from podiam_operator import _settings
+from podiam_operator.tls import pki
 from tests.controlplane import controlplane as _cp
 from tests.integration.tls import cfssl, secret_volume, support
 from tests.integration.tls.conftest import events

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from aiohttp import test_utils
 
-from podiam_operator import _health, _metrics, tls
+from podiam_operator import _health, _metrics
+from podiam_operator.tls import report
 
 pytestmark = pytest.mark.unit
 
-TLS_OK = tls.Status(ok=True, message="TLS mode secrets: client certificate CN=podiam-operator valid until 2030-01-01T00:00:00Z")
+TLS_OK = report.Status(ok=True, message="TLS mode secrets: client certificate CN=podiam-operator valid until 2030-01-01T00:00:00Z")
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ class Clock:
         return self.now
 
 
-def probe(status: tls.Status = TLS_OK, engine: Engine | None = None, clock: Clock | None = None) -> _health.Probe:
+def probe(status: report.Status = TLS_OK, engine: Engine | None = None, clock: Clock | None = None) -> _health.Probe:
     made = _health.Probe(lambda: status, clock=clock or Clock())
     made.engine = engine  # type: ignore[assignment]
     return made
@@ -93,7 +94,7 @@ async def test_readyz_shows_a_status_word_and_logs_the_details_when_they_change(
         logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("readiness: ")]
         assert len(logged) == 1  # once per change
         assert "pushes failing to node-a" in logged[0] and "NodeRole" in logged[0] and "CN=podiam-operator" in logged[0]
-        made.tls_status = lambda: tls.Status(ok=False, message="client certificate CN=podiam-operator expired")
+        made.tls_status = lambda: report.Status(ok=False, message="client certificate CN=podiam-operator expired")
         response = await client.get("/readyz")
         assert (response.status, await response.text()) == (503, "not ready: TLS\n")
         assert caplog.records[-1].levelname == "WARNING" and "expired" in caplog.records[-1].getMessage()
@@ -117,7 +118,7 @@ async def test_failing_pushes_are_named_but_do_not_make_an_active_replica_unread
 
 
 async def test_broken_tls_is_not_ready_and_the_body_is_the_tls_message() -> None:
-    broken = tls.Status(ok=False, message="the CA file /tls/ca.crt does not exist")
+    broken = report.Status(ok=False, message="the CA file /tls/ca.crt does not exist")
     status, text, headers = await get(probe(broken, Engine(started=True, phase="active")))
     assert status == 503
     assert text.splitlines()[0] == "not ready: TLS: the CA file /tls/ca.crt does not exist"
@@ -125,7 +126,7 @@ async def test_broken_tls_is_not_ready_and_the_body_is_the_tls_message() -> None
 
 
 async def test_before_the_engine_exists_the_stage_is_reported() -> None:
-    made = probe(tls.Status(ok=False, message="TLS not prepared yet"))
+    made = probe(report.Status(ok=False, message="TLS not prepared yet"))
     made.stage = "preparing TLS"
     status, text, _ = await get(made)
     assert status == 503
@@ -157,7 +158,7 @@ async def test_a_standby_is_ready_and_names_the_active_replica() -> None:
 
 
 async def test_a_standby_with_broken_tls_is_not_ready() -> None:
-    broken = tls.Status(ok=False, message="client certificate expired")
+    broken = report.Status(ok=False, message="client certificate expired")
     status, text, headers = await get(probe(broken, Engine(leadership=Leadership(["operator-1"]))))
     assert status == 503
     assert "client certificate expired" in text

@@ -94,3 +94,9 @@ def test_bad_source_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: s
     monkeypatch.setenv(env, value)
     with pytest.raises(pydantic.ValidationError):
         _settings.OperatorSettings()
+
+
+def test_log_format_plain_and_the_proxys_former_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PODIAM_LOG_FORMAT", raising=False)
+    assert _settings.from_argv(["--log-format", "plain"]).log_format == "plain"
+    assert _settings.from_argv(["--log-format", "text"]).log_format == "plain"

@@ -16,7 +16,8 @@ import pytest
 from cryptography import x509
 
 from podiam_operator._kits import webhook_server
-from podiam_operator.tls import _settings, leaves, pki
+from podiam_operator import _settings
+from podiam_operator.tls import leaves, pki
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +30,7 @@ def _ca() -> pki.KeyPair:
 
 
 def _leaf(ca: pki.KeyPair) -> pki.KeyPair:
-    settings = _settings.TlsSettings(namespace="podiam-system", webhook_service="podiam-webhook", webhook_hosts="127.0.0.1,webhook.local")
+    settings = _settings.OperatorSettings(tls_namespace="podiam-system", tls_webhook_service="podiam-webhook", tls_webhook_hosts="127.0.0.1,webhook.local")
     spec = leaves.webhook_spec(settings, "podiam-system")
     key = pki.generate_key(_settings.KeyType.ECDSA_P256)
     cert = pki.issue_leaf(ca, key, common_name=spec.common_name, dns_names=spec.dns_names, server=True,
@@ -133,7 +134,7 @@ def test_port_zero_is_a_server_that_never_listens() -> None:
 
 
 def test_the_webhook_certificate_names_the_service_and_the_extra_hosts() -> None:
-    settings = _settings.TlsSettings(namespace="ns", webhook_service="podiam-webhook", webhook_hosts=" 127.0.0.1 , ::1,hook.example")
+    settings = _settings.OperatorSettings(tls_namespace="ns", tls_webhook_service="podiam-webhook", tls_webhook_hosts=" 127.0.0.1 , ::1,hook.example")
     spec = leaves.webhook_spec(settings, "ns")
     assert spec.dns_names == ("podiam-webhook.ns.svc", "podiam-webhook.ns.svc.cluster.local", "hook.example")
     assert spec.ip_addresses == ("127.0.0.1", "::1") and spec.server
@@ -146,7 +147,7 @@ def test_a_long_release_name_still_gets_a_webhook_certificate() -> None:
     """X.509 caps a common name at 64 characters; <service>.<namespace>.svc of a long release passes it (a chart test's
     release did, and the operator's whole TLS set-up failed with it). The full name is in the SANs, which clients check."""
     service, namespace = "rbac-no-create-events-podiam-operator-webhook", "rbac-no-create-events-system"
-    spec = leaves.webhook_spec(_settings.TlsSettings(namespace=namespace, webhook_service=service), namespace)
+    spec = leaves.webhook_spec(_settings.OperatorSettings(tls_namespace=namespace, tls_webhook_service=service), namespace)
     assert len(f"{service}.{namespace}.svc") > 64 and spec.common_name == service
     key = pki.generate_key(_settings.KeyType.ECDSA_P256)
     cert = pki.issue_leaf(_ca(), key, common_name=spec.common_name, dns_names=spec.dns_names, server=True,

@@ -64,9 +64,15 @@ def test_env_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not settings.require_imdsv2 and settings.allow_route == ["a", "b"]
 
 
-@pytest.mark.parametrize("text,seconds", [("800ms", 0.8), ("1s", 1.0), ("2", 2.0), ("0.5", 0.5), ("5m", 300.0)])
+@pytest.mark.parametrize("text,seconds", [("800ms", 0.8), ("1s", 1.0), ("2", 2.0), ("0.5", 0.5), ("5m", 300.0), ("800 ms", 0.8),
+                                          ("1m30s", 90.0)])
 def test_durations_as_kiam_writes_them(text: str, seconds: float) -> None:
     assert _settings.parse(["--credential-wait", text])[0].credential_wait == pytest.approx(seconds)
+
+
+def test_log_format_plain_as_the_operator_says_it_and_text_as_before() -> None:
+    assert _settings.parse(["--log-format", "plain"])[0].log_format == "plain"
+    assert _settings.parse(["--log-format", "text"])[0].log_format == "plain"
 
 
 def test_iptables_settings() -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from podiam_operator.tls import _settings, pki
+from podiam_operator import _settings
+from podiam_operator.tls import pki
 
 UTC = datetime.timezone.utc
 
@@ -26,8 +27,8 @@ def now() -> datetime.datetime:
 
 
 @pytest.fixture
-def settings() -> _settings.TlsSettings:
-    return _settings.TlsSettings(namespace="podiam-system", ca_overlap=datetime.timedelta(minutes=1))
+def settings() -> _settings.OperatorSettings:
+    return _settings.OperatorSettings(tls_namespace="podiam-system", tls_ca_overlap=datetime.timedelta(minutes=1))
 
 
 def make_ca(*, at: datetime.datetime | None = None, lifetime: datetime.timedelta = datetime.timedelta(days=3650),

@@ -9,7 +9,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from podiam_operator.tls import _settings, checks, pki
+from podiam_operator import _settings
+from podiam_operator.tls import checks, pki
 from tests.unit.tls.conftest import make_ca, make_leaf, now
 
 pytestmark = pytest.mark.unit
@@ -155,7 +156,7 @@ def test_guides_agent_certificate_has_no_name_for_the_operator_to_verify() -> No
     assert problem.reason == checks.WRONG_NAME
     assert "does not carry the DNS name 'podiam-proxy'" in problem.message
     assert "it carries no DNS names at all" in problem.message
-    assert 'the "hosts" list of agent.json' in problem.message and "PODIAM_TLS_PROXY_SERVER_NAME" in problem.message
+    assert 'the "hosts" list of agent.json' in problem.message and "PODIAM_PROXY_SERVER_NAME" in problem.message
 
 
 def test_server_name_ignores_the_common_name_as_tls_does() -> None:

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from podiam_operator.tls import _settings, pki
+from podiam_operator import _settings
+from podiam_operator.tls import pki
 from tests.unit.tls.conftest import handshake, make_ca, make_leaf, now
 
 pytestmark = pytest.mark.unit
