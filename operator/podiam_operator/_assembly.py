@@ -13,11 +13,11 @@ import os
 
 from podiam_operator import _metrics, _settings
 from podiam_operator._core import decide, facts, policy, published, roles, world
+from podiam_operator._engine import Engine, publisher
 from podiam_operator._kits import clock as clocks
-from podiam_operator._kits import engine as engines
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
-from podiam_operator._kits import publisher, push, sa_keys, sts, tlsfiles
+from podiam_operator._kits import push, sa_keys, sts, tlsfiles
 
 
 def region(settings: _settings.OperatorSettings) -> str | None:
@@ -54,7 +54,7 @@ def own_pods(settings: _settings.OperatorSettings) -> world.OwnPods | None:
 
 async def build(
     settings: _settings.OperatorSettings, stack: contextlib.AsyncExitStack, *, identity: str, priority: int
-) -> engines.Engine:
+) -> Engine:
     kube = await stack.enter_async_context(kubes.Kube())
     if not settings.standalone:
         await kube.ensure_peering(settings.peering_name)
@@ -106,7 +106,7 @@ async def build(
         leadership = leaderships.Leadership(
             kube, name=settings.peering_name, identity=identity, priority=priority, interval=max(1.0, settings.peering_lifetime / 3)
         )
-    engine = engines.Engine(
+    engine = Engine(
         config=config(settings),
         reader=reader(settings),
         base=base,
@@ -122,6 +122,7 @@ async def build(
         sa_keys=keys,
     )
     _metrics.ACTIVE.set_function(lambda: 1 if engine.started else 0)
+    _metrics.observe_proxies(engine.proxy_states)
     stack.push_async_callback(engine.close)
     if settings.status_configmap:
         _publish(settings, engine, kube, identity, stack)
@@ -137,7 +138,7 @@ def _tls_status() -> tuple[bool, str]:
     return status.ok, status.message
 
 
-def _publish(settings: _settings.OperatorSettings, engine: engines.Engine, kube: kubes.Kube, identity: str,
+def _publish(settings: _settings.OperatorSettings, engine: Engine, kube: kubes.Kube, identity: str,
              stack: contextlib.AsyncExitStack) -> None:
     """The active replica's state for ``kubectl podiam``, in a ConfigMap of the operator's namespace."""
     own = own_pods(settings)

@@ -10,6 +10,7 @@ import pydantic
 import pytest
 
 from podiam_operator._kits import clock as clocks
+from tests.support.clock import FakeClock
 from podiam_operator._kits import sts
 
 pytestmark = pytest.mark.unit
@@ -69,7 +70,7 @@ def cache_for(clock: clocks.Clock, source: FakeSource, **kwargs: object) -> sts.
 
 
 async def test_concurrent_demands_make_one_call() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.gate = asyncio.Event()
     cache = cache_for(clock, source)
@@ -84,7 +85,7 @@ async def test_concurrent_demands_make_one_call() -> None:
 
 
 async def test_concurrency_is_bounded() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.gate = asyncio.Event()
     cache = cache_for(clock, source, concurrency=3)
@@ -98,7 +99,7 @@ async def test_concurrency_is_bounded() -> None:
 
 
 async def test_throttling_is_retried_with_backoff_and_jitter() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.failures = [throttled(), throttled(), throttled()]
     cache = cache_for(clock, source, attempts=5, retry_base=0.2, retry_cap=10.0)
@@ -111,7 +112,7 @@ async def test_throttling_is_retried_with_backoff_and_jitter() -> None:
 
 
 async def test_retries_give_up_after_the_attempts() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.failures = [throttled() for _ in range(10)]
     cache = cache_for(clock, source, attempts=3)
@@ -121,7 +122,7 @@ async def test_retries_give_up_after_the_attempts() -> None:
 
 
 async def test_access_denied_fails_at_once_and_is_retried_later_only() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.failures = [denied()]
     cache = cache_for(clock, source, failure_retry_base=5.0)
@@ -142,12 +143,12 @@ async def test_access_denied_fails_at_once_and_is_retried_later_only() -> None:
 
 
 async def test_secrets_stay_out_of_reprs() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     credentials = await cache_for(clock, FakeSource(clock)).get("k", REQUEST)
     assert "secret-" not in repr(credentials) and "token-" not in repr(credentials)
 
 
-async def refresher_run(clock: clocks.FakeClock, cache: sts.CredentialCache, hours: float, pushed: list[tuple[datetime.datetime, sts.Credentials]]) -> None:
+async def refresher_run(clock: FakeClock, cache: sts.CredentialCache, hours: float, pushed: list[tuple[datetime.datetime, sts.Credentials]]) -> None:
     async def on_result(key: str, credentials: sts.Credentials | None, error: sts.StsError | None) -> None:
         usable = cache.usable(key)
         if usable is not None:
@@ -166,7 +167,7 @@ async def refresher_run(clock: clocks.FakeClock, cache: sts.CredentialCache, hou
 
 
 async def test_refresh_at_half_life_keeps_more_than_20_minutes() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, refresh_point=0.5, min_remaining=20 * 60)
     first = await cache.get("k", REQUEST)
@@ -180,7 +181,7 @@ async def test_refresh_at_half_life_keeps_more_than_20_minutes() -> None:
 
 
 async def test_sts_outage_never_pushes_credentials_below_the_floor() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, refresh_point=0.5, min_remaining=20 * 60, failure_retry_base=30, failure_retry_max=120)
     await cache.get("k", REQUEST)
@@ -195,7 +196,7 @@ async def test_sts_outage_never_pushes_credentials_below_the_floor() -> None:
 
 
 async def test_unused_keys_are_not_renewed() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source)
     await cache.get("k", REQUEST)
@@ -220,7 +221,7 @@ async def settle() -> None:
 
 
 async def test_a_namespace_past_its_budget_waits_and_others_do_not() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, namespace_burst=2, namespace_rate=0.5)
     greedy = [asyncio.ensure_future(cache.get(f"g{i}", request_for(f"g{i}"), frozenset({"greedy"}))) for i in range(5)]
@@ -242,7 +243,7 @@ async def test_a_namespace_past_its_budget_waits_and_others_do_not() -> None:
 
 
 async def test_renewals_go_before_first_fetches() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, concurrency=1)
     await cache.get("renewed", request_for("renewed"), frozenset({"a"}))
@@ -259,7 +260,7 @@ async def test_renewals_go_before_first_fetches() -> None:
 
 
 async def test_a_forgotten_key_leaves_the_queue() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, namespace_burst=1, namespace_rate=0.01)
     await cache.get("first", request_for("first"), frozenset({"a"}))
