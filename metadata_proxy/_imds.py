@@ -44,7 +44,7 @@ def _text(status: int, body: str | bytes, headers: dict[str, str] | None = None)
     return web.Response(status=status, body=body if isinstance(body, bytes) else body.encode(), content_type=_TEXT, headers=headers)
 
 
-def _route_of(method: str, path: str) -> str:
+def _route_of(path: str) -> str:
     if path == TOKEN_PATH:
         return "token"
     if path == CREDENTIALS:
@@ -237,7 +237,7 @@ async def _dispatch(request: web.Request, route: str) -> web.Response:
 
 async def handle(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    route = _route_of(request.method, request.path)
+    route = _route_of(request.path)
     response = await _dispatch(request, route)
     request.app[COUNTERS].record(route, response.status, time.perf_counter() - started)
     return response

@@ -15,11 +15,11 @@ from typing import Any
 
 from podiam_operator import _metrics, _settings
 from podiam_operator._core import decide, facts, policy, published, roles, world
+from podiam_operator._engine import Engine, publisher
 from podiam_operator._kits import clock as clocks
-from podiam_operator._kits import engine as engines
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
-from podiam_operator._kits import publisher, push, sa_keys, sts, tlsfiles
+from podiam_operator._kits import push, sa_keys, sts, tlsfiles
 from podiam_operator.tls import report as tlsreport
 from podiam_operator.tls import runtime as tlsruntime
 
@@ -72,7 +72,7 @@ async def tls(settings: _settings.OperatorSettings, kube: kubes.Kube, logger: tl
 async def build(
     settings: _settings.OperatorSettings, stack: contextlib.AsyncExitStack, kube: kubes.Kube, tls: tlsruntime.Tls, *,
     identity: str, priority: int,
-) -> engines.Engine:
+) -> Engine:
     if not settings.standalone:
         await kube.ensure_peering(settings.peering_name)
     source = await stack.enter_async_context(
@@ -124,7 +124,7 @@ async def build(
         leadership = leaderships.Leadership(
             kube, name=settings.peering_name, identity=identity, priority=priority, interval=max(1.0, settings.peering_lifetime / 3)
         )
-    engine = engines.Engine(
+    engine = Engine(
         config=config(settings),
         reader=reader(settings),
         base=base,
@@ -140,6 +140,7 @@ async def build(
         sa_keys=keys,
     )
     _metrics.ACTIVE.set_function(lambda: 1 if engine.started else 0)
+    _metrics.observe_proxies(engine.proxy_states)
     stack.push_async_callback(engine.close)
     # Renewals, rotations and re-checks; only the active replica renews or rotates (standbys follow the Secrets).
     _background(tls.run(is_active=lambda: bool(engine.started)), stack)
@@ -159,7 +160,7 @@ def _background(work: Coroutine[Any, Any, None], stack: contextlib.AsyncExitStac
     stack.push_async_callback(stop)
 
 
-def _publish(settings: _settings.OperatorSettings, engine: engines.Engine, kube: kubes.Kube, tls: tlsruntime.Tls,
+def _publish(settings: _settings.OperatorSettings, engine: Engine, kube: kubes.Kube, tls: tlsruntime.Tls,
              identity: str, stack: contextlib.AsyncExitStack) -> None:
     """The active replica's state for ``kubectl podiam``, in a ConfigMap of the operator's namespace."""
     own = own_pods(settings)

@@ -37,8 +37,8 @@ from typing import Literal
 import prometheus_client
 from aiohttp import web
 
+from podiam_operator._engine import Engine
 from podiam_operator.tls import report
-from podiam_operator._kits import engine as engines
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Probe:
         self.tls_status = tls_status or _tls_not_built
         self.clock = clock
         self.stage = "starting"
-        self.engine: engines.Engine | None = None
+        self.engine: Engine | None = None
         self._peers: tuple[float, list[str] | str] | None = None  # (when, higher peers or the error)
 
     async def _higher_peers(self) -> list[str] | str:
@@ -91,10 +91,9 @@ class Probe:
         if engine is None:
             return "starting", f"starting: {self.stage}"
         if engine.started:
-            workers = engine.pusher.workers.values()
-            known = [w for w in workers if w.proxy is not None]
-            synced = [w for w in known if w.synced_once and not w.need_snapshot]
-            failing = sorted(w.node for w in known if w.last_error is not None)
+            known = [s for s in engine.proxy_states().values() if s.known]
+            synced = [s for s in known if s.synced]
+            failing = sorted(s.node for s in known if s.last_error is not None)
             text = f"active: {len(known)} proxies known, {len(synced)} in sync"
             if failing:
                 text += f"; pushes failing to {', '.join(failing[:5])}{' ...' if len(failing) > 5 else ''} (see the log)"

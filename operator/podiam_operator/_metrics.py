@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import prometheus_client
 from cryptography import x509
@@ -59,6 +60,26 @@ def configure(*, name_labels: bool, tls_files: dict[str, Path] | None = None) ->
     _name_labels = name_labels
     if tls_files is not None:
         _TLS_EXPIRY.files = dict(tls_files)
+
+
+class ProxyCounts(Protocol):
+    """What the proxies' gauges count of one proxy (``_kits.push.ProxyState``)."""
+
+    @property
+    def known(self) -> bool: ...
+
+    @property
+    def synced(self) -> bool: ...
+
+    @property
+    def entries(self) -> int: ...
+
+
+def observe_proxies(states: Callable[[], Mapping[str, ProxyCounts]]) -> None:
+    """Once, at start-up: the proxies by state, and the pod entries they hold, read from the pushers at each scrape."""
+    PROXIES.labels("synced").set_function(lambda: sum(1 for s in states().values() if s.synced))
+    PROXIES.labels("pending").set_function(lambda: sum(1 for s in states().values() if s.known and not s.synced))
+    PODS_SERVED.set_function(lambda: sum(s.entries for s in states().values()))
 
 
 def sts_error(action: str, code: str, role_arn: str) -> None:

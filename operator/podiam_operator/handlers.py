@@ -16,7 +16,7 @@ import kopf
 
 from podiam_operator import _assembly, _health, _settings
 from podiam_operator._core import facts, injection
-from podiam_operator._kits import engine as engines
+from podiam_operator._engine import Engine, Indexes
 from podiam_operator._kits import webhook_server
 
 logger = logging.getLogger(__name__)
@@ -122,11 +122,11 @@ def _values(index: kopf.Index[Any, Any]) -> list[Any]:
     return [value for key in list(index) for value in index.get(key, [])]
 
 
-async def _engine(memo: Any, kwargs: dict[str, Any]) -> engines.Engine:
-    engine: engines.Engine = memo.engine
+async def _engine(memo: Any, kwargs: dict[str, Any]) -> Engine:
+    engine: Engine = memo.engine
     if not engine.started:
         await engine.start(
-            engines.Indexes(
+            Indexes(
                 pods=_values(kwargs["podiam_pods"]),
                 namespaces=_values(kwargs["podiam_namespaces"]),
                 bindings=_values(kwargs["podiam_bindings"]),
@@ -176,7 +176,7 @@ async def pod_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any)
     if proxy:
         engine.proxy_event(type, raw)
     if type is None:  # kopf (re)listed pods: deletions meanwhile sent no event
-        engine.relisted("pods")
+        engine.relisted()
 
 
 @kopf.on.event("namespaces")
@@ -189,7 +189,7 @@ async def service_account_event(type: str | None, body: kopf.Body, memo: Any, **
     engine = await _engine(memo, kwargs)
     engine.service_account_event(type, dict(body))
     if type is None:  # kopf (re)listed ServiceAccounts: deletions meanwhile sent no event
-        engine.relisted("serviceaccounts")
+        engine.relisted()
 
 
 @kopf.on.event(facts.GROUP, facts.VERSION, facts.PLURAL)
@@ -197,7 +197,7 @@ async def binding_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: 
     engine = await _engine(memo, kwargs)
     engine.binding_event(type, dict(body))
     if type is None:  # kopf (re)listed bindings: deletions meanwhile sent no event
-        engine.relisted("bindings")
+        engine.relisted()
 
 
 @kopf.on.event("nodes")

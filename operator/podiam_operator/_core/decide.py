@@ -27,10 +27,12 @@ not start holding a namespace's role by surprise).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Literal
 
 from podiam_operator._core import facts, policy, roles, selectors, tags
+from podiam_operator._core.reasons import Reason
 
 Outcome = Literal["none", "granted", "denied", "conflict", "error"]
 Source = Literal["", "explicit", "serviceaccount", "namespace-default", "cluster-default"]
@@ -74,7 +76,7 @@ class BindingEval:
     role: roles.RoleRef | None = None
     selector: selectors.Selector | None = None
     error: str | None = None  # the spec is unusable (phase Error)
-    error_reason: str = "InvalidSpec"
+    error_reason: Reason = Reason.INVALID_SPEC
     verdict: policy.Verdict | None = None  # None when error is set
     intermediate: roles.RoleRef | None = None
     tags: tuple[tuple[str, str], ...] = ()  # spec.sessionTags, checked
@@ -109,13 +111,13 @@ def evaluate_binding(binding: facts.BindingFacts, namespace: policy.NamespacePol
     try:
         role = roles.resolve(binding.role, base)
     except roles.RoleError as error:
-        return BindingEval(binding, error=f"spec.role: {error}", error_reason="InvalidRole")
+        return BindingEval(binding, error=f"spec.role: {error}", error_reason=Reason.INVALID_ROLE)
     intermediate = None
     if binding.intermediate_role is not None:
         try:
             intermediate = roles.resolve(binding.intermediate_role, base)
         except roles.RoleError as error:
-            return BindingEval(binding, error=f"spec.intermediateRole: {error}", error_reason="InvalidRole")
+            return BindingEval(binding, error=f"spec.intermediateRole: {error}", error_reason=Reason.INVALID_ROLE)
         if binding.session_duration is not None and binding.session_duration > CHAINED_MAX_DURATION:
             return BindingEval(binding, error=f"spec.sessionDuration {binding.session_duration} is longer than STS allows a "
                                f"session assumed through spec.intermediateRole (role chaining: {CHAINED_MAX_DURATION} seconds)")
@@ -144,7 +146,7 @@ class PodDecision:
     outcome: Outcome
     grant: Grant | None = None
     bindings: tuple[str, ...] = ()  # names of every binding that applies to the pod
-    reason: str = ""
+    reason: Reason | Literal[""] = ""
     message: str = ""
     source: Source = ""  # the level the role came from (when one did)
 
@@ -236,13 +238,13 @@ def _explicit(pod: facts.PodFacts, bindings: list[BindingEval], base: roles.Base
         try:
             role = roles.resolve(pod.role, base)
         except roles.RoleError as error:
-            return PodDecision("error", bindings=(pod.name,), reason="InvalidRole", message=f"{facts.ROLE_ANNOTATION}: {error}",
+            return PodDecision("error", bindings=(pod.name,), reason=Reason.INVALID_ROLE, message=f"{facts.ROLE_ANNOTATION}: {error}",
                                source="explicit")
         if pod.external_id is not None:
             try:
                 roles.check_external_id(pod.external_id)
             except roles.RoleError as error:
-                return PodDecision("error", bindings=(pod.name,), reason="InvalidExternalId",
+                return PodDecision("error", bindings=(pod.name,), reason=Reason.INVALID_EXTERNAL_ID,
                                    message=f"{facts.EXTERNAL_ID_ANNOTATION}: {error}", source="explicit")
         candidates.append(_Candidate(pod.name, role, pod.external_id, None))  # the pod-owned binding is named after the pod
     for evaluation in bindings:
@@ -260,7 +262,7 @@ def _unservable(pod: facts.PodFacts, config: Config, names: tuple[str, ...], sou
         return PodDecision(
             "denied",
             bindings=names,
-            reason="MirrorPod",
+            reason=Reason.MIRROR_POD,
             message=f"pod {pod.name} is a mirror pod ({facts.MIRROR_ANNOTATION}): the kubelet of node {pod.node} made it from "
             "a static manifest, not a user through the API, so a compromised node could give it any role; no role is served "
             "(the operator's --allow-mirror-pods changes that)",
@@ -270,7 +272,7 @@ def _unservable(pod: facts.PodFacts, config: Config, names: tuple[str, ...], sou
         return PodDecision(
             "denied",
             bindings=names,
-            reason="HostNetwork",
+            reason=Reason.HOST_NETWORK,
             message=f"pod {pod.name} uses hostNetwork: it shares the node's IP, so the proxy cannot tell it apart; no role is served",
             source=source,
         )
@@ -282,7 +284,7 @@ def _decide_explicit(pod: facts.PodFacts, candidates: list[_Candidate], namespac
     names = tuple(c.binding for c in candidates)
     if len({c.settings for c in candidates}) > 1:
         described = "; ".join(c.describe() for c in candidates)
-        return PodDecision("conflict", bindings=names, reason="ConflictingBindings",
+        return PodDecision("conflict", bindings=names, reason=Reason.CONFLICTING_BINDINGS,
                            message=f"pod {pod.name} is bound to different roles, so it gets none: {described}", source="explicit")
     refused = _unservable(pod, config, names, "explicit")
     if refused is not None:
@@ -321,7 +323,7 @@ def _decide_fallback(pod: facts.PodFacts, namespace: policy.NamespacePolicy, bas
     except roles.RoleError as error:
         if source == "cluster-default":
             return NONE  # a name, before the operator's account is known (the settings checked the rest)
-        return PodDecision("error", reason="InvalidRole", message=f"{where}: {error}", source=source)
+        return PodDecision("error", reason=Reason.INVALID_ROLE, message=f"{where}: {error}", source=source)
     refused = _unservable(pod, config, (), source)
     if refused is not None:
         return dataclasses.replace(refused, message=f"{refused.message} ({where} names {role.arn})")
@@ -343,13 +345,15 @@ def _granted(pod: facts.PodFacts, chosen: _Candidate, duration: int | None, conf
                          via=chosen.via.arn if chosen.via else None, tags=session_tags)
     grant = Grant(key, chosen.role, chosen.external_id, duration, session_name, session_tags, chosen.via)
     via = f" through {chosen.via.arn}" if chosen.via else ""
-    return PodDecision("granted", grant=grant, bindings=names, reason="Granted", message=f"role {chosen.role.arn}{via}",
+    return PodDecision("granted", grant=grant, bindings=names, reason=Reason.GRANTED, message=f"role {chosen.role.arn}{via}",
                        source=source)
 
 
 # --- binding status ---------------------------------------------------------
 
 Phase = Literal["Pending", "Bound", "Denied", "Conflict", "Error"]
+PHASES: tuple[Phase, ...] = typing.get_args(Phase)  # as the CRD's status.phase enum lists them
+FAILED: frozenset[Phase] = frozenset({"Denied", "Conflict", "Error"})  # a Warning Event on the binding each
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,14 +362,14 @@ class KeyState:
 
     state: Literal["ok", "pending", "failed"]
     expiration: str | None = None  # RFC 3339, when ok
-    reason: str = ""
+    reason: str = ""  # a Reason, or STS's error code when failed
     message: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class BindingStatus:
     phase: Phase
-    reason: str
+    reason: str  # a Reason, or STS's error code (phase Error)
     message: str
     role_arn: str | None = None
     pods: int = 0
@@ -400,13 +404,13 @@ def binding_status(
     granted = [(p, d) for p, d in decisions if d.outcome == "granted" and d.grant is not None]
     if not granted:
         what = "its pod has finished" if owned else f"no running pod matches its {_selection(evaluation)}"
-        return BindingStatus("Pending", "NoPods", what, role_arn)
+        return BindingStatus("Pending", Reason.NO_PODS, what, role_arn)
     if role_arn is None:
         role_arn = granted[0][1].grant.role.arn  # type: ignore[union-attr]
     unserved = [contested[p.key] for p, _ in granted if p.key in contested]
     served = [(p, d) for p, d in granted if p.key not in contested]
     if not served:
-        return BindingStatus("Conflict", "IPConflict", unserved[0] + _more(len(unserved)), role_arn)
+        return BindingStatus("Conflict", Reason.IP_CONFLICT, unserved[0] + _more(len(unserved)), role_arn)
     not_served = f"; not served: {unserved[0]}{_more(len(unserved))}" if unserved else ""
     states = [key_states.get(d.grant.key, KeyState("pending")) for _, d in served]  # type: ignore[union-attr]
     failed = [s for s in states if s.state == "failed"]
@@ -414,12 +418,12 @@ def binding_status(
         return BindingStatus("Error", failed[0].reason, failed[0].message, role_arn)
     ok = [s for s in states if s.state == "ok"]
     if len(ok) < len(states):
-        default = KeyState("pending", reason="AssumingRole", message=f"assuming {role_arn}")
+        default = KeyState("pending", reason=Reason.ASSUMING_ROLE, message=f"assuming {role_arn}")
         waiting = next((s for s in states if s.state == "pending" and s.reason), default)
         return BindingStatus("Pending", waiting.reason, waiting.message + not_served, role_arn, pods=len(ok))
     expirations = sorted(s.expiration for s in ok if s.expiration)
     return BindingStatus(
-        "Bound", "CredentialsIssued", f"{len(ok)} pod(s) served {role_arn}{not_served}", role_arn, pods=len(ok),
+        "Bound", Reason.CREDENTIALS_ISSUED, f"{len(ok)} pod(s) served {role_arn}{not_served}", role_arn, pods=len(ok),
         expiration=expirations[0] if expirations else None,
     )
 

@@ -160,7 +160,6 @@ class BindingFacts:
     session_tags: Any  # raw spec.sessionTags; None when absent
     disable_session_tags: bool
     owner_pod_uid: str | None  # set on the bindings the operator made for annotated pods
-    owner_pod_name: str | None
     deleting: bool
 
     @property
@@ -174,10 +173,10 @@ class BindingFacts:
 
 def binding_facts(body: Mapping[str, Any]) -> BindingFacts:
     meta, spec = _mapping(body.get("metadata")), _mapping(body.get("spec"))
-    owner_uid = owner_name = None
+    owner_uid = None
     for ref in meta.get("ownerReferences") or []:
         if isinstance(ref, Mapping) and ref.get("kind") == "Pod" and ref.get("apiVersion") == "v1" and ref.get("controller"):
-            owner_uid, owner_name = str(ref.get("uid")), str(ref.get("name"))
+            owner_uid = str(ref.get("uid"))
     duration = spec.get("sessionDuration")
     role = spec.get("role")
     external_id = spec.get("externalId")
@@ -196,7 +195,6 @@ def binding_facts(body: Mapping[str, Any]) -> BindingFacts:
         session_tags=spec.get("sessionTags"),
         disable_session_tags=spec.get("disableSessionTags") is True,
         owner_pod_uid=owner_uid,
-        owner_pod_name=owner_name,
         deleting=meta.get("deletionTimestamp") is not None,
     )
 

@@ -21,10 +21,10 @@ TOKEN_FILE = "eks-pod-identity-token"
 VOLUME = "eks-pod-identity-token"
 URI_VARIABLE = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
 TOKEN_VARIABLE = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
-# The opt-in: this label on a namespace (every pod created there) or on a pod; "disabled" on a pod opts it out.
+# The opt-in: this label, "enabled", on a namespace (every pod created there) or on a pod; "disabled" on a pod opts it out.
 # The MutatingWebhookConfiguration's selectors decide which pods the API server sends; the label is checked again here.
 LABEL = "podiam.io/container-credentials"
-ENABLED, DISABLED = "enabled", "disabled"
+DISABLED = "disabled"
 # The kopf handler's id: the webhook's URL path is /container-credentials.
 WEBHOOK_ID = "container-credentials"
 

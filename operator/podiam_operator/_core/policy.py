@@ -32,6 +32,7 @@ import functools
 import regex as re  # type: ignore[import-untyped]
 
 from podiam_operator._core import allowed_roles, roles
+from podiam_operator._core.reasons import Reason
 
 PERMITTED_ANNOTATION = "iam.amazonaws.com/permitted"
 # A regex longer than this is refused rather than compiled (it comes from users).
@@ -45,7 +46,7 @@ _PROBE_PREFIX = "arn:aws:iam::000000000000:role/"  # to compile name entries bef
 @dataclasses.dataclass(frozen=True, slots=True)
 class Verdict:
     allowed: bool
-    reason: str  # CamelCase, for conditions and Events
+    reason: Reason  # for conditions and Events
     message: str
 
 
@@ -105,18 +106,18 @@ class NamespacePolicy:
     def check(self, role: roles.RoleRef, base: roles.BaseArn | None) -> Verdict:
         """Does every policy annotation present permit ``role``? Each matches one form of the role only."""
         if self.permitted is None and self.allowed_roles is None:
-            return Verdict(False, "NamespaceNotPermitted",
+            return Verdict(False, Reason.NAMESPACE_NOT_PERMITTED,
                            f"namespace {self.namespace!r} has no {PERMITTED_ANNOTATION} or {self.rules.allowed_roles_key} "
                            "annotation: no role is allowed there")
         if self.permitted is not None and isinstance(self.compiled, str):
-            return Verdict(False, "InvalidPermittedRegex",
+            return Verdict(False, Reason.INVALID_PERMITTED_REGEX,
                            f"namespace {self.namespace!r}: {PERMITTED_ANNOTATION} {self.permitted!r} is not a valid regex "
                            f"({self.compiled}): every role is denied")
         if self.allowed_roles is not None and isinstance(self.entries, str):
-            return Verdict(False, "InvalidAllowedRoles",
+            return Verdict(False, Reason.INVALID_ALLOWED_ROLES,
                            f"namespace {self.namespace!r}: {self.entries}: every role is denied")
         if base is None:
-            return Verdict(False, "AccountNotKnown", f"role {role.arn} cannot be checked against namespace {self.namespace!r}'s "
+            return Verdict(False, Reason.ACCOUNT_NOT_KNOWN, f"role {role.arn} cannot be checked against namespace {self.namespace!r}'s "
                                                      "policy yet: the operator's own account is not known (GetCallerIdentity)")
         granted = []
         if self.permitted is not None:
@@ -133,7 +134,7 @@ class NamespacePolicy:
             if not verdict.allowed:
                 return verdict
             granted.append(verdict.message)
-        return Verdict(True, "Permitted", "permitted by " + " and ".join(granted))
+        return Verdict(True, Reason.PERMITTED, "permitted by " + " and ".join(granted))
 
     def _matches(self, pattern: re.Pattern[str], text: str, role: roles.RoleRef, base: roles.BaseArn, *, regex: bool) -> bool:
         """Anchored at both ends (as Kiam does): "foo" must not permit "foo-admin". Non-strict: within this account only."""
@@ -154,8 +155,8 @@ class NamespacePolicy:
                                          "(catastrophic backtracking, e.g. nested quantifiers)")
             return None
         if matched:
-            return Verdict(True, "Permitted", "")
-        return Verdict(False, "RoleNotPermitted",
+            return Verdict(True, Reason.PERMITTED, "")
+        return Verdict(False, Reason.ROLE_NOT_PERMITTED,
                        f"role {role.arn} is not permitted in namespace {self.namespace!r}: {PERMITTED_ANNOTATION} "
                        f"{self.permitted!r} does not match {text!r}{self._hint(compiled, role, base)}")
 
@@ -184,12 +185,12 @@ class NamespacePolicy:
             assert not isinstance(pattern, str)  # every entry compiled in ``entries``
             try:
                 if self._matches(pattern, role.arn, role, base, regex=regex):
-                    return Verdict(True, "Permitted", f"{key} entry {entry!r}")
+                    return Verdict(True, Reason.PERMITTED, f"{key} entry {entry!r}")
             except TimeoutError:
                 self.__dict__["entries"] = (f"{key}: matching entry {entry!r} took longer than {MATCH_TIME_LIMIT:g}s "
                                             "(catastrophic backtracking, e.g. nested quantifiers)")
                 return None
-        return Verdict(False, "RoleNotPermitted",
+        return Verdict(False, Reason.ROLE_NOT_PERMITTED,
                        f"role {role.arn} is not permitted in namespace {self.namespace!r}: no entry of {key} "
                        f"{self.allowed_roles!r} ({fmt}) matches it{self._list_hint(entries, role, base)}")
 

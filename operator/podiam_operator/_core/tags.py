@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from podiam_operator._core.reasons import Reason
+
 NAMESPACE = "kubernetes-namespace"
 POD_NAME = "kubernetes-pod-name"
 POD_UID = "kubernetes-pod-uid"
@@ -33,7 +35,7 @@ VALUE = re.compile(r"[\w .:/=+@-]{0,256}")
 class TagError(ValueError):
     """A binding's spec.sessionTags cannot be used; ``reason`` for the status."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -43,25 +45,25 @@ def binding_tags(raw: Any) -> tuple[tuple[str, str], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
-        raise TagError("InvalidSessionTags", "spec.sessionTags must map tag keys to string values")
+        raise TagError(Reason.INVALID_SESSION_TAGS, "spec.sessionTags must map tag keys to string values")
     if len(raw) > MAX_EXTRA:
-        raise TagError("InvalidSessionTags", f"spec.sessionTags has {len(raw)} tags (at most {MAX_EXTRA})")
+        raise TagError(Reason.INVALID_SESSION_TAGS, f"spec.sessionTags has {len(raw)} tags (at most {MAX_EXTRA})")
     seen: dict[str, str] = {}
     for key, value in raw.items():
         folded = key.lower()
         if folded in RESERVED:
-            raise TagError("ReservedSessionTag", f"spec.sessionTags: {key!r} is set by the operator and no binding may set it "
+            raise TagError(Reason.RESERVED_SESSION_TAG, f"spec.sessionTags: {key!r} is set by the operator and no binding may set it "
                                                  f"(reserved, in any case: {', '.join(sorted(RESERVED))})")
         if folded.startswith("aws:"):
-            raise TagError("ReservedSessionTag", f"spec.sessionTags: {key!r}: keys starting with 'aws:' are AWS's own")
+            raise TagError(Reason.RESERVED_SESSION_TAG, f"spec.sessionTags: {key!r}: keys starting with 'aws:' are AWS's own")
         if not KEY.fullmatch(key):
-            raise TagError("InvalidSessionTags", f"spec.sessionTags: key {key[:140]!r} must be 1-128 letters, digits, spaces "
+            raise TagError(Reason.INVALID_SESSION_TAGS, f"spec.sessionTags: key {key[:140]!r} must be 1-128 letters, digits, spaces "
                                                  "and _.:/=+-@")
         if not VALUE.fullmatch(value):
-            raise TagError("InvalidSessionTags", f"spec.sessionTags[{key!r}]: the value must be at most 256 letters, digits, "
+            raise TagError(Reason.INVALID_SESSION_TAGS, f"spec.sessionTags[{key!r}]: the value must be at most 256 letters, digits, "
                                                  "spaces and _.:/=+-@")
         if folded in seen:
-            raise TagError("InvalidSessionTags", f"spec.sessionTags: {seen[folded]!r} and {key!r} are the same key to STS "
+            raise TagError(Reason.INVALID_SESSION_TAGS, f"spec.sessionTags: {seen[folded]!r} and {key!r} are the same key to STS "
                                                  "(tag keys are case-insensitive)")
         seen[folded] = key
     return tuple(sorted((str(k), str(v)) for k, v in raw.items()))

@@ -4,8 +4,9 @@ Fed with facts (pods, namespaces, bindings, ServiceAccounts, proxies), it
 keeps each pod's decision up to date incrementally and answers, per node,
 which pod entries and which credential keys that node's proxy must hold.
 Every mutation returns a :class:`Delta`: the nodes whose desired state
-changed, the bindings whose status may have changed, the keys that gained or
-lost their last user.
+changed, the bindings whose status may have changed, the pods whose decision
+changed, the keys that gained their first user (a key that lost its last
+one is dropped by the credential cache's refresher, which asks who uses it).
 """
 
 from __future__ import annotations
@@ -25,18 +26,16 @@ class Delta:
     bindings: set[BindingKey] = dataclasses.field(default_factory=set)
     pods: set[PodKey] = dataclasses.field(default_factory=set)  # decision changed (Events, pod-owned bindings)
     keys_used: set[str] = dataclasses.field(default_factory=set)  # gained a user
-    keys_unused: set[str] = dataclasses.field(default_factory=set)  # lost the last one
 
     def __ior__(self, other: Delta) -> Delta:
         self.nodes |= other.nodes
         self.bindings |= other.bindings
         self.pods |= other.pods
         self.keys_used |= other.keys_used
-        self.keys_unused |= other.keys_unused
         return self
 
     def __bool__(self) -> bool:
-        return bool(self.nodes or self.bindings or self.pods or self.keys_used or self.keys_unused)
+        return bool(self.nodes or self.bindings or self.pods or self.keys_used)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -387,7 +386,6 @@ class World:
             self.grants[grant.key] = grant
             if not self.key_users[grant.key]:
                 delta.keys_used.add(grant.key)
-                delta.keys_unused.discard(grant.key)
             self.key_users[grant.key].add(key)
             if pod.node:
                 self.node_pods[pod.node][key] = grant
@@ -407,5 +405,4 @@ class World:
                 if not users:
                     del self.key_users[grant_key]
                     self.grants.pop(grant_key, None)
-                    delta.keys_unused.add(grant_key)
         return delta

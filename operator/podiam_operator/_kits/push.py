@@ -43,6 +43,22 @@ class PushFailed(Exception):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class ProxyState:
+    """What one node's worker knows of its proxy: for readiness, metrics and ``kubectl podiam``."""
+
+    node: str
+    known: bool  # a proxy pod runs there (the operator saw it)
+    synced: bool  # known, and it holds what the operator last sent (acknowledged, no resync pending)
+    generation: int  # of the last snapshot it acknowledged
+    entries: int  # pod entries it acknowledged
+    token_only: int  # hostNetwork pods it acknowledged (container-credentials path only)
+    roles: int
+    last_push: float | None
+    last_contact: float | None
+    last_error: str | None
+
+
 @dataclasses.dataclass
 class _Sent:
     pods: dict[str, world.PodEntryPlan] = dataclasses.field(default_factory=dict)  # by uid
@@ -193,6 +209,15 @@ class NodeWorker:
         assert self.proxy is not None and self.proxy.host_ip is not None
         host = self.proxy.host_ip
         return f"https://[{host}]:{self.port}" if ":" in host else f"https://{host}:{self.port}"
+
+    @property
+    def in_sync(self) -> bool:
+        """Its proxy holds what was sent to it: acknowledged, and no resync pending."""
+        return self.proxy is not None and self.synced_once and not self.need_snapshot
+
+    def state(self) -> ProxyState:
+        return ProxyState(self.node, self.proxy is not None, self.in_sync, self.generation, len(self.sent.pods),
+                          len(self.sent.token_only), len(self.sent.roles), self.last_push, self.last_contact, self.last_error)
 
     def set_proxy(self, proxy: facts.ProxyFacts | None) -> None:
         old = self.proxy
@@ -459,7 +484,14 @@ class Pusher:
 
     def set_proxy(self, node: str, proxy: facts.ProxyFacts | None) -> None:
         self._worker(node).set_proxy(proxy)
-        self._gauge()
+
+    def synced_once(self, node: str) -> bool:
+        """Has the node's proxy acknowledged a snapshot since the operator started?"""
+        worker = self.workers.get(node)
+        return worker is not None and worker.synced_once
+
+    def states(self) -> dict[str, ProxyState]:
+        return {node: worker.state() for node, worker in self.workers.items()}
 
     def poke_all(self) -> None:
         for worker in self.workers.values():
@@ -470,16 +502,6 @@ class Pusher:
             worker = self.workers.get(node)
             if worker is not None:
                 worker.poke()
-
-    def resync_all(self) -> None:
-        for worker in self.workers.values():
-            worker.resync()
-
-    def _gauge(self) -> None:
-        synced = sum(1 for w in self.workers.values() if w.proxy is not None and w.synced_once and not w.need_snapshot)
-        known = sum(1 for w in self.workers.values() if w.proxy is not None)
-        _metrics.PROXIES.labels("synced").set(synced)
-        _metrics.PROXIES.labels("pending").set(known - synced)
 
     async def close(self) -> None:
         for worker in self.workers.values():

@@ -27,14 +27,14 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import pydantic
 
 from metadata_proxy import wire
 from podiam_operator import _metrics
-from podiam_operator._core import decide, fairshare
+from podiam_operator._core import decide, fairshare, reasons
 from podiam_operator._kits import clock as clocks
 
 logger = logging.getLogger(__name__)
@@ -278,13 +278,10 @@ class CredentialCache:
             return decide.KeyState("failed", reason=entry.failure.code, message=f"AssumeRole {entry.request.role_arn}: {entry.failure.message}{retry}")
         if entry.queued and self.dispatcher.over_budget(entry.payers):
             share = self.dispatcher.share
-            return decide.KeyState("pending", reason="StsBudget", message=(
+            return decide.KeyState("pending", reason=reasons.Reason.STS_BUDGET, message=(
                 f"AssumeRole {entry.request.role_arn} waits: namespace {', '.join(sorted(entry.payers))} has spent its STS budget "
                 f"({share.burst:g} calls, then {share.rate:g} a second); other namespaces' calls go ahead"))
         return decide.KeyState("pending")
-
-    def keys(self) -> list[str]:
-        return list(self._entries)
 
     # --- obtaining ---------------------------------------------------------------
 
@@ -467,6 +464,33 @@ async def region_from_metadata() -> str | None:
     return found if isinstance(found, str) and _REGION.fullmatch(found) else None
 
 
+def client_error(response: Mapping[str, Any], fallback: str) -> StsError:
+    """STS's error answer (botocore's ``ClientError.response``) as an StsError, whichever the action.
+
+    Retryable: a code worth another attempt (throttling, STS's own failures),
+    any 5xx, and HTTP 429 whatever its code says.
+    """
+    error = response.get("Error") or {}
+    code = str(error.get("Code", "Unknown"))
+    status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+    return StsError(code, str(error.get("Message", fallback)),
+                    retryable=code in RETRYABLE_CODES or status >= 500 or status == 429, status=status)
+
+
+class _Client:
+    """One STS client, the calls in flight on it, and whether a newer client replaced it."""
+
+    def __init__(self, creator: Any, client: Any) -> None:
+        self.creator = creator  # aiobotocore's context manager: leaving it closes the client
+        self.client = client
+        self.calls = 0
+        self.replaced = False
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.creator.__aexit__(None, None, None)
+
+
 class AioBotocoreSource:
     """STS through aiobotocore; with ``assume_role_arn``, pod roles are assumed from that role's session.
 
@@ -477,6 +501,10 @@ class AioBotocoreSource:
     them forever (the operator pod may ask its node's proxy before the
     operator has pushed its own entry there), so a call that finds none drops
     the client and the next one resolves the chain again.
+
+    A client that is replaced (the assumeRoleArn session renewed, or the
+    chain resolved again) closes at once, or as soon as the calls in flight
+    on it are done.
     """
 
     def __init__(
@@ -493,22 +521,21 @@ class AioBotocoreSource:
         self.timeout = timeout
         self.assume_role_arn = assume_role_arn
         self.max_connections = max_connections
-        self._open: dict[str, Any] = {}  # "base" / "chained" -> its client's context manager
-        self._retired: set[Any] = set()
-        self._base: Any = None
-        self._chained: Any = None
+        self._base: _Client | None = None
+        self._chained: _Client | None = None  # the assumeRoleArn session's
         self._chained_credentials: Credentials | None = None
+        self._draining: set[_Client] = set()  # replaced, with calls still in flight on them
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> AioBotocoreSource:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for creator in [*self._open.values(), *self._retired]:
-            with contextlib.suppress(Exception):
-                await creator.__aexit__(None, None, None)
-        self._open.clear()
-        self._retired.clear()
+        for held in [self._base, self._chained, *self._draining]:
+            if held is not None:
+                await held.close()
+        self._base = self._chained = None
+        self._draining.clear()
 
     async def _region(self) -> str:
         """The configured region; else the node's metadata's (looked up again next time if it had none), else us-east-1."""
@@ -547,51 +574,81 @@ class AioBotocoreSource:
             )
         return session.create_client("sts", **kwargs)
 
-    async def _client(self, slot: str, credentials: Credentials | None = None) -> Any:
-        """A new client in ``slot``; the one it replaces closes once calls in flight on it are done."""
+    async def _new_client(self, credentials: Credentials | None = None) -> _Client:
         creator = self._creator(await self._region(), credentials)
-        client = await creator.__aenter__()
-        self._retire(slot)
-        self._open[slot] = creator
-        return client
+        return _Client(creator, await creator.__aenter__())
 
-    def _retire(self, slot: str) -> None:
-        creator = self._open.pop(slot, None)
-        if creator is None:
+    async def _replaced(self, old: _Client | None) -> None:
+        """A newer client took ``old``'s place: close it now, or once its last call in flight is done."""
+        if old is None:
             return
-        self._retired.add(creator)
+        old.replaced = True
+        if old.calls == 0:
+            await old.close()
+        else:
+            self._draining.add(old)
 
-        async def close() -> None:
-            await asyncio.sleep(self.timeout * 2)
-            self._retired.discard(creator)
-            with contextlib.suppress(Exception):
-                await creator.__aexit__(None, None, None)
+    @contextlib.asynccontextmanager
+    async def _holding(self, held: _Client) -> AsyncIterator[Any]:
+        """``held``'s client for one call: not closed under it."""
+        held.calls += 1
+        try:
+            yield held.client
+        finally:
+            held.calls -= 1
+            if held.replaced and held.calls == 0:
+                self._draining.discard(held)
+                await held.close()
 
-        asyncio.ensure_future(close())
-
-    def _forget_credentials(self) -> None:
+    async def _forget_credentials(self) -> None:
         """No usable credentials were found: resolve the chain again on the next call."""
+        base, chained = self._base, self._chained
         self._base = self._chained = self._chained_credentials = None
+        await self._replaced(base)
+        await self._replaced(chained)
 
-    async def _caller(self) -> Any:
-        """The client pod roles are assumed with: the base one, or the assumeRoleArn session's."""
+    @contextlib.asynccontextmanager
+    async def _caller(self) -> AsyncIterator[Any]:
+        """The client pod roles are assumed with (the base one, or the assumeRoleArn session's), for one call."""
         async with self._lock:
             if self._base is None:
-                self._base = await self._client("base")
-            if self.assume_role_arn is None:
-                return self._base
-            now = datetime.datetime.now(datetime.timezone.utc)
-            if self._chained is None or self._chained_credentials is None or self._chained_credentials.remaining(now) < 900:
-                credentials = await self._call(
-                    self._base, AssumeRequest(self.assume_role_arn, "podiam-operator", 3600), "AssumeRole"
-                )
-                self._chained = await self._client("chained", credentials)
-                self._chained_credentials = credentials
-            return self._chained
+                self._base = await self._new_client()
+            held = self._base
+            if self.assume_role_arn is not None:
+                now = datetime.datetime.now(datetime.timezone.utc)
+                if self._chained is None or self._chained_credentials is None or self._chained_credentials.remaining(now) < 900:
+                    async with self._holding(held) as base:
+                        credentials = await self._assume(base, AssumeRequest(self.assume_role_arn, "podiam-operator", 3600))
+                    old, self._chained = self._chained, await self._new_client(credentials)
+                    self._chained_credentials = credentials
+                    await self._replaced(old)
+                assert self._chained is not None
+                held = self._chained
+        async with self._holding(held) as client:
+            yield client
 
-    async def _call(self, client: Any, request: AssumeRequest, action: str) -> Credentials:
+    async def _request(self, action: str, role_arn: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """One STS call, counted and timed; any failure as an StsError (:func:`client_error` for STS's answers)."""
         import botocore.exceptions  # type: ignore[import-untyped]
 
+        started = time.monotonic()
+        result = "ok"
+        try:
+            return await call()
+        except botocore.exceptions.ClientError as error:
+            failure = client_error(error.response, str(error))
+            result = failure.code
+            raise failure from None
+        except (botocore.exceptions.BotoCoreError, OSError, asyncio.TimeoutError) as error:
+            result = type(error).__name__
+            raise await self._explained(error) from None
+        finally:
+            _metrics.STS_CALLS.labels(action, result).inc()
+            _metrics.STS_LATENCY.labels(action, result).observe(time.monotonic() - started)
+            if result != "ok":
+                _metrics.sts_error(action, result, role_arn)
+
+    async def _assume(self, client: Any, request: AssumeRequest) -> Credentials:
         params: dict[str, Any] = {
             "RoleArn": request.role_arn,
             "RoleSessionName": request.session_name,
@@ -603,25 +660,7 @@ class AioBotocoreSource:
             params["Tags"] = [{"Key": k, "Value": v} for k, v in request.tags]
             # As EKS Pod Identity's: they follow the session into any role it assumes (role chaining).
             params["TransitiveTagKeys"] = [k for k, _ in request.tags]
-        started = time.monotonic()
-        result = "ok"
-        try:
-            response = await client.assume_role(**params)
-        except botocore.exceptions.ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", "Unknown"))
-            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            result = code
-            raise StsError(code, str(error.response.get("Error", {}).get("Message", error)),
-                           retryable=code in RETRYABLE_CODES or status >= 500 or status == 429, status=status) from None
-        except (botocore.exceptions.BotoCoreError, OSError, asyncio.TimeoutError) as error:
-            result = type(error).__name__
-            raise self._explained(error) from None
-        finally:
-            elapsed = time.monotonic() - started
-            _metrics.STS_CALLS.labels(action, result).inc()
-            _metrics.STS_LATENCY.labels(action, result).observe(elapsed)
-            if result != "ok":
-                _metrics.sts_error(action, result, request.role_arn)
+        response = await self._request("AssumeRole", request.role_arn, lambda: client.assume_role(**params))
         raw = response["Credentials"]
         return Credentials(
             access_key_id=raw["AccessKeyId"],
@@ -631,47 +670,27 @@ class AioBotocoreSource:
             issued=datetime.datetime.now(datetime.timezone.utc),
         )
 
-    def _explained(self, error: BaseException) -> StsError:
+    async def _explained(self, error: BaseException) -> StsError:
         """A network or credential error as a retryable StsError; no credentials: look again next time."""
         import botocore.exceptions
 
         if isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
                               botocore.exceptions.CredentialRetrievalError)):
-            self._forget_credentials()
+            await self._forget_credentials()
             return StsError(type(error).__name__, f"{error} ({NO_CREDENTIALS_HINT})", retryable=True)
         return StsError(type(error).__name__, str(error), retryable=True)
 
     async def assume_role(self, request: AssumeRequest) -> Credentials:
-        caller = await self._caller()
-        if request.via is None:
-            return await self._call(caller, request, "AssumeRole")
-        # The binding's intermediate role first, with the session's tags; its session then assumes the role.
-        hop = await self._call(caller, AssumeRequest(request.via, request.session_name, HOP_DURATION, tags=request.tags),
-                               "AssumeRole")
+        async with self._caller() as caller:
+            if request.via is None:
+                return await self._assume(caller, request)
+            # The binding's intermediate role first, with the session's tags; its session then assumes the role.
+            hop = await self._assume(caller, AssumeRequest(request.via, request.session_name, HOP_DURATION, tags=request.tags))
         async with self._creator(await self._region(), hop) as client:
             # The tags came along, transitive: STS refuses them a second time.
-            return await self._call(client, dataclasses.replace(request, tags=(), via=None), "AssumeRole")
+            return await self._assume(client, dataclasses.replace(request, tags=(), via=None))
 
     async def caller_identity(self) -> tuple[str, str]:
-        import botocore.exceptions
-
-        client = await self._caller()
-        started = time.monotonic()
-        result = "ok"
-        try:
-            response = await client.get_caller_identity()
-        except botocore.exceptions.ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", "Unknown"))
-            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            result = code
-            raise StsError(code, str(error.response.get("Error", {}).get("Message", error)),
-                           retryable=code in RETRYABLE_CODES or status >= 500, status=status) from None
-        except (botocore.exceptions.BotoCoreError, OSError, asyncio.TimeoutError) as error:
-            result = type(error).__name__
-            raise self._explained(error) from None
-        finally:
-            _metrics.STS_CALLS.labels("GetCallerIdentity", result).inc()
-            _metrics.STS_LATENCY.labels("GetCallerIdentity", result).observe(time.monotonic() - started)
-            if result != "ok":
-                _metrics.sts_error("GetCallerIdentity", result, "")
+        async with self._caller() as client:
+            response = await self._request("GetCallerIdentity", "", client.get_caller_identity)
         return str(response["Arn"]), str(response["Account"])

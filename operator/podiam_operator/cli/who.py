@@ -64,7 +64,7 @@ def explain(inputs: Inputs, role: str) -> dict[str, Any]:
             row["note"] = conflict or ("not scheduled" if pod.node is None else "no IP yet" if pod.ip is None and not pod.host_network
                                        else "container-credentials path only" if pod.host_network else "")
             holds.append(row)
-        elif decision.outcome in ("denied", "conflict", "error") and _names(decision.message, wanted, pod, pub.reader):
+        elif decision.outcome in ("denied", "conflict", "error") and _names(decision.message, wanted, pod):
             row["reason"], row["message"] = decision.reason, decision.message
             refused.append(row)
     permitted = sorted(name for name, namespace in world.namespaces.items() if namespace.check(wanted, pub.base).allowed)
@@ -73,7 +73,7 @@ def explain(inputs: Inputs, role: str) -> dict[str, Any]:
             "credentials": dict(summary) if summary else None, "notShown": not_shown}
 
 
-def _names(message: str, wanted: roles.RoleRef, pod: facts.PodFacts, reader: facts.Reader) -> bool:
+def _names(message: str, wanted: roles.RoleRef, pod: facts.PodFacts) -> bool:
     """Does a refused pod ask for this role (its annotation, or the refusal's message, names it)?"""
     return wanted.arn in message or (pod.role is not None and (pod.role == wanted.arn or pod.role.lstrip("/") == wanted.path_and_name))
 

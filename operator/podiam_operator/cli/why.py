@@ -15,11 +15,11 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from podiam_operator._core import decide, facts, policy, roles
+from podiam_operator._core import decide, facts, policy, reasons, roles
+from podiam_operator._core.reasons import Reason
 from podiam_operator.cli import api, model
 
 LEVELS = {"explicit": 1, "serviceaccount": 2, "namespace-default": 3, "cluster-default": 4}
-_DECISION_ERRORS = {"InvalidRole", "InvalidExternalId", "InvalidSpec", "InvalidSessionTags"}
 _PHASE_OF = {"granted": ("Bound", "Pending"), "denied": ("Denied",), "conflict": ("Conflict",), "error": ("Error",)}
 
 
@@ -122,7 +122,7 @@ def explain(inputs: Inputs, now: datetime.datetime) -> dict[str, Any]:
 
     sources = _sources(pod, namespace, account, world, decision)
     role_arn = decision.grant.role.arn if decision.grant else None
-    policy_report = _policy(namespace, sources, pub, decision)
+    policy_report = _policy(namespace, sources, pub)
     binding_rows = _bindings(pod, bindings, world)
     node_report = _node(pod, inputs, pub, now, not_shown)
     sts = _sts(role_arn, pub, binding_rows)
@@ -218,8 +218,7 @@ def _sources(pod: facts.PodFacts, namespace: policy.NamespacePolicy, account: fa
     return rows
 
 
-def _policy(namespace: policy.NamespacePolicy, sources: list[dict[str, Any]], pub: model.Published,
-            decision: decide.PodDecision) -> dict[str, Any]:
+def _policy(namespace: policy.NamespacePolicy, sources: list[dict[str, Any]], pub: model.Published) -> dict[str, Any]:
     report: dict[str, Any] = {"permitted": namespace.permitted, "allowedRoles": namespace.allowed_roles,
                               "allowedRolesAnnotation": namespace.rules.allowed_roles_key,
                               "format": namespace.rules.allowed_roles_format, "strict": namespace.rules.strict,
@@ -307,11 +306,6 @@ def _sts(role_arn: str | None, pub: model.Published, bindings: list[dict[str, An
     return report
 
 
-_OPERATOR_REASONS = {"HostNetwork", "MirrorPod", "NamespaceNotPermitted", "RoleNotPermitted", "InvalidPermittedRegex",
-                     "InvalidAllowedRoles", "ConflictingBindings", "InvalidRole", "InvalidExternalId", "AccountNotKnown",
-                     "IPConflict", "AssumeRoleFailed", "SessionNameIgnored", "ContainerCredentialsOnly", "BindingNameTaken"}
-
-
 def _events(events: list[api.Body] | api.Hidden, not_shown: list[str]) -> list[dict[str, Any]]:
     if isinstance(events, api.Hidden):
         not_shown.append(events.text)
@@ -319,7 +313,7 @@ def _events(events: list[api.Body] | api.Hidden, not_shown: list[str]) -> list[d
     rows = []
     for event in events:
         source = _mapping(event.get("source")).get("component") or event.get("reportingComponent")
-        if source != "podiam-operator" and event.get("reason") not in _OPERATOR_REASONS:
+        if source != "podiam-operator" and event.get("reason") not in reasons.POD_EVENTS:
             continue
         rows.append({"type": event.get("type"), "reason": event.get("reason"), "message": event.get("message"),
                      "count": event.get("count") or 1, "last": event.get("lastTimestamp") or event.get("eventTime")})
@@ -343,10 +337,10 @@ def _operator_says(pod: facts.PodFacts, decision: decide.PodDecision, bindings: 
     first = next((b for b in rows if b["ownedByPod"]), rows[0])
     expected = _PHASE_OF.get(decision.outcome, ())
     # A granted pod's binding also says what happened next: STS refused (Error), its IP is contested (Conflict).
-    after = decision.outcome == "granted" and (first["phase"] == "Error" and first["reason"] not in _DECISION_ERRORS
-                                               or first["reason"] == "IPConflict")
+    after = decision.outcome == "granted" and (first["phase"] == "Error" and first["reason"] not in reasons.WRITTEN_ERRORS
+                                               or first["reason"] == Reason.IP_CONFLICT)
     return {"binding": first["name"], "phase": first["phase"], "reason": first["reason"],
-            "agrees": first["phase"] in expected or after or first["phase"] == "Pending" and first["reason"] == "NoPods" and not pod.node}
+            "agrees": first["phase"] in expected or after or first["phase"] == "Pending" and first["reason"] == Reason.NO_PODS and not pod.node}
 
 
 def _verdict(pod: facts.PodFacts, decision: decide.PodDecision, ip_conflict: str | None, node: Mapping[str, Any],
@@ -387,28 +381,28 @@ def _next(report: Mapping[str, Any], pod: facts.PodFacts, namespace: policy.Name
     if verdict == "no-role":
         steps.append(f"name a role: kubectl annotate pod -n {ns} {pod.name} {pub.reader.role_key}=ROLE, or apply a "
                      "PodRoleBinding whose podSelector or serviceAccountName selects it")
-    elif reason == "NamespaceNotPermitted":
+    elif reason == Reason.NAMESPACE_NOT_PERMITTED:
         steps.append(f"permit the role in the namespace (deny by default): kubectl annotate namespace {ns} "
                      f"{policy.PERMITTED_ANNOTATION}='REGEX' (anchored; matched against "
                      f"{checked.get('matchedAgainst') or 'the role name'!r})")
-    elif reason == "RoleNotPermitted":
+    elif reason == Reason.ROLE_NOT_PERMITTED:
         steps.append(f"the namespace policy does not permit it; it was matched against {checked.get('matchedAgainst')!r}: "
                      f"widen {policy.PERMITTED_ANNOTATION} (or {namespace.rules.allowed_roles_key}) on namespace {ns}, "
                      "or use a permitted role")
-    elif reason in ("InvalidPermittedRegex", "InvalidAllowedRoles"):
+    elif reason in (Reason.INVALID_PERMITTED_REGEX, Reason.INVALID_ALLOWED_ROLES):
         steps.append(f"fix the namespace annotation on {ns}: {namespace.problem}")
-    elif reason in ("InvalidRole", "InvalidExternalId"):
+    elif reason in (Reason.INVALID_ROLE, Reason.INVALID_EXTERNAL_ID):
         steps.append("fix the role as written (IAM's rules: a name, path/name or arn:aws:iam::<12 digits>:role/...); "
                      "it never reaches STS as it is")
-    elif reason == "ConflictingBindings":
+    elif reason == Reason.CONFLICTING_BINDINGS:
         steps.append("keep one role for the pod: remove the annotation or a binding, or make the bindings' selectors "
                      "disjoint: " + ", ".join(decision["bindings"]))
-    elif reason == "HostNetwork":
+    elif reason == Reason.HOST_NETWORK:
         steps.append("hostNetwork pods share the node's IP: run it without hostNetwork, or let the operator serve it on "
                      "the container-credentials path (it runs with --no-container-credentials)")
-    elif reason == "MirrorPod":
+    elif reason == Reason.MIRROR_POD:
         steps.append("a static pod: run it as a normal pod, or start the operator with --allow-mirror-pods")
-    elif reason == "AccountNotKnown":
+    elif reason == Reason.ACCOUNT_NOT_KNOWN:
         steps.append("the operator does not know its AWS account yet: see `kubectl podiam status` (identity error), or set "
                      "--base-role-arn")
     if verdict == "ip-conflict":

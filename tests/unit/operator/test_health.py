@@ -10,6 +10,7 @@ import pytest
 from aiohttp import test_utils
 
 from podiam_operator import _health, _metrics
+from podiam_operator._kits import push
 from podiam_operator.tls import report
 
 pytestmark = pytest.mark.unit
@@ -17,18 +18,9 @@ pytestmark = pytest.mark.unit
 TLS_OK = report.Status(ok=True, message="TLS mode secrets: client certificate CN=podiam-operator valid until 2030-01-01T00:00:00Z")
 
 
-@dataclasses.dataclass
-class Worker:
-    node: str
-    proxy: object | None = "proxy"
-    synced_once: bool = True
-    need_snapshot: bool = False
-    last_error: str | None = None
-
-
-@dataclasses.dataclass
-class Pusher:
-    workers: dict[str, Worker] = dataclasses.field(default_factory=dict)
+def proxy(node: str, *, synced: bool = True, last_error: str | None = None) -> push.ProxyState:
+    return push.ProxyState(node, known=True, synced=synced, generation=1, entries=0, token_only=0, roles=0,
+                           last_push=None, last_contact=None, last_error=last_error)
 
 
 class Leadership:
@@ -48,9 +40,12 @@ class Engine:
     started: bool = False
     phase: str = "listing"
     leadership: Leadership | None = None
-    pusher: Pusher = dataclasses.field(default_factory=Pusher)
+    proxies: dict[str, push.ProxyState] = dataclasses.field(default_factory=dict)
     identity_error: str | None = None
     caller_arn: str | None = None
+
+    def proxy_states(self) -> dict[str, push.ProxyState]:
+        return self.proxies
 
 
 class Clock:
@@ -83,7 +78,7 @@ async def get(made: _health.Probe, path: str = "/readyz") -> tuple[int, str, Any
 
 
 async def test_readyz_shows_a_status_word_and_logs_the_details_when_they_change(caplog: pytest.LogCaptureFixture) -> None:
-    engine = Engine(started=True, phase="active", pusher=Pusher({"node-a": Worker("node-a", last_error="refused")}),
+    engine = Engine(started=True, phase="active", proxies={"node-a": proxy("node-a", last_error="refused")},
                     caller_arn="arn:aws:sts::123456789012:assumed-role/NodeRole/i-0abc")
     made = probe(engine=engine)
     caplog.set_level(logging.INFO, logger=_health.__name__)
@@ -101,7 +96,7 @@ async def test_readyz_shows_a_status_word_and_logs_the_details_when_they_change(
 
 
 async def test_active_with_good_tls_is_ready_and_says_so() -> None:
-    engine = Engine(started=True, phase="active", pusher=Pusher({"n1": Worker("n1"), "n2": Worker("n2", need_snapshot=True)}))
+    engine = Engine(started=True, phase="active", proxies={"n1": proxy("n1"), "n2": proxy("n2", synced=False)})
     status, text, headers = await get(probe(engine=engine))
     assert status == 200
     assert text.startswith("ready: active: 2 proxies known, 1 in sync")
@@ -111,7 +106,7 @@ async def test_active_with_good_tls_is_ready_and_says_so() -> None:
 
 async def test_failing_pushes_are_named_but_do_not_make_an_active_replica_unready() -> None:
     # One dead node must not take the operator out of its Service: the others still get pushes.
-    engine = Engine(started=True, phase="active", pusher=Pusher({"n1": Worker("n1", last_error="refused"), "n2": Worker("n2")}))
+    engine = Engine(started=True, phase="active", proxies={"n1": proxy("n1", last_error="refused"), "n2": proxy("n2")})
     status, text, _ = await get(probe(engine=engine))
     assert status == 200
     assert "pushes failing to n1" in text

@@ -7,10 +7,12 @@ import datetime
 import json
 from typing import Any
 
+import prometheus_client
 import pydantic
 import pytest
 
 from metadata_proxy import wire
+from podiam_operator import _metrics
 from podiam_operator._core import decide, facts, roles, world
 from podiam_operator._kits import push
 from tests.unit.operator.conftest import namespace, pod
@@ -236,3 +238,36 @@ async def test_the_worker_loop_waits_between_rounds_past_its_anti_entropy_time(f
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert 3 <= calls <= 20, calls
+
+
+def gauge(name: str, labels: dict[str, str] | None = None) -> float | None:
+    return prometheus_client.REGISTRY.get_sample_value(name, labels or {})
+
+
+async def test_the_proxies_state_and_its_gauges_come_from_one_place() -> None:
+    """Readiness, ``kubectl podiam`` and the gauges read the pushers' ProxyState, the gauges at each scrape."""
+    w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"))
+    w.set_namespace(namespace("team", ".*"))
+    client = FakeClient()
+
+    async def on_synced(node: str) -> None:
+        pass
+
+    pusher = push.Pusher(client, w.desired_for_node, credentials_for(w), on_synced, port=8182, anti_entropy=3600)  # type: ignore[arg-type]
+    _metrics.observe_proxies(pusher.states)
+    pusher.set_proxy("n1", proxy("n1"))
+    pusher.set_proxy("n2", proxy("n2", uid="other"))
+    w.set_pod(pod(name="a", node="n1", ip="10.0.0.1", role="RoleA"))
+    w.set_pod(pod(name="b", node="n1", ip="10.0.0.2", role="RoleA"))
+    assert {n: (s.known, s.synced) for n, s in pusher.states().items()} == {"n1": (True, False), "n2": (True, False)}
+    assert (gauge("podiam_proxies", {"state": "synced"}), gauge("podiam_proxies", {"state": "pending"})) == (0, 2)
+    await pusher.workers["n1"]._snapshot()
+    state = pusher.states()["n1"]
+    assert state.synced and pusher.synced_once("n1") and not pusher.synced_once("n2")
+    assert (state.entries, state.roles, state.generation) == (2, 1, pusher.workers["n1"].generation)
+    assert (gauge("podiam_proxies", {"state": "synced"}), gauge("podiam_proxies", {"state": "pending"})) == (1, 1)
+    assert gauge("podiam_pod_entries") == 2  # what the proxies acknowledged, all nodes
+    pusher.workers["n1"].resync()
+    assert not pusher.states()["n1"].synced and gauge("podiam_proxies", {"state": "synced"}) == 0
+    pusher.set_proxy("n2", None)
+    assert not pusher.states()["n2"].known and gauge("podiam_proxies", {"state": "pending"}) == 1

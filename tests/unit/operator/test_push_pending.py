@@ -12,7 +12,8 @@ import pytest
 
 from metadata_proxy import wire
 from podiam_operator._core import facts, world
-from podiam_operator._kits import engine, push
+from podiam_operator._engine import supply
+from podiam_operator._kits import push
 from tests.unit.operator.conftest import pod
 
 pytestmark = pytest.mark.unit
@@ -119,8 +120,9 @@ def test_which_pods_are_pending() -> None:
     host = pod(name="host", node="n1", ip=None, role="RoleA", host_network=True)
     own = pod(name="own", node="n1", ip=None)
     grants = {p.key: types.SimpleNamespace(key="RoleA") for p in (starting, with_ip, host, own)}
-    stand_in = types.SimpleNamespace(world=types.SimpleNamespace(
-        node_pods={"n1": grants}, pods={p.key: p for p in (starting, with_ip, host, own)}, own_pods={"n1": {own.key}}))
-    assert engine.Engine._pending(stand_in, "n1") == {  # type: ignore[arg-type]
+    stand_in = types.SimpleNamespace(node_pods={"n1": grants}, pods={p.key: p for p in (starting, with_ip, host, own)},
+                                     own_pods={"n1": {own.key}})
+    views = supply.NodeViews(stand_in, cache=None)  # type: ignore[arg-type]
+    assert views.pending("n1") == {
         starting.uid: wire.PendingPod(uid=starting.uid, namespace=starting.namespace, name="starting", role_key="RoleA")}
-    assert engine.Engine._pending(stand_in, "n2") == {}  # type: ignore[arg-type]
+    assert views.pending("n2") == {}

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
 import json
 import random
-import types
 from typing import Any
 
 import pydantic
@@ -16,7 +14,9 @@ import pytest
 from metadata_proxy import wire
 from podiam_operator._core import decide, facts, roles, world
 from podiam_operator._kits import clock as clocks
-from podiam_operator._kits import engine, push, sts
+from podiam_operator._engine import supply
+from podiam_operator._kits import push, sts
+from tests.support.clock import FakeClock
 from tests.unit.operator.conftest import namespace, pod
 
 pytestmark = pytest.mark.unit
@@ -76,7 +76,7 @@ def cache_for(clock: clocks.Clock, source: FakeSource, **kwargs: object) -> sts.
 
 
 async def test_concurrent_demands_make_one_call() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.gate = asyncio.Event()
     cache = cache_for(clock, source)
@@ -91,7 +91,7 @@ async def test_concurrent_demands_make_one_call() -> None:
 
 
 async def test_concurrency_is_bounded() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.gate = asyncio.Event()
     cache = cache_for(clock, source, concurrency=3)
@@ -105,7 +105,7 @@ async def test_concurrency_is_bounded() -> None:
 
 
 async def test_throttling_is_retried_with_backoff_and_jitter() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.failures = [throttled(), throttled(), throttled()]
     cache = cache_for(clock, source, attempts=5, retry_base=0.2, retry_cap=10.0)
@@ -118,7 +118,7 @@ async def test_throttling_is_retried_with_backoff_and_jitter() -> None:
 
 
 async def test_retries_give_up_after_the_attempts() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.failures = [throttled() for _ in range(10)]
     cache = cache_for(clock, source, attempts=3)
@@ -128,7 +128,7 @@ async def test_retries_give_up_after_the_attempts() -> None:
 
 
 async def test_access_denied_fails_at_once_and_is_retried_later_only() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     source = FakeSource(clock)
     source.failures = [denied()]
     cache = cache_for(clock, source, failure_retry_base=5.0)
@@ -149,7 +149,7 @@ async def test_access_denied_fails_at_once_and_is_retried_later_only() -> None:
 
 
 async def test_secrets_stay_out_of_reprs() -> None:
-    clock = clocks.FakeClock(autoadvance=True)
+    clock = FakeClock(autoadvance=True)
     credentials = await cache_for(clock, FakeSource(clock)).get("k", REQUEST)
     assert "secret-" not in repr(credentials) and "token-" not in repr(credentials)
 
@@ -157,7 +157,7 @@ async def test_secrets_stay_out_of_reprs() -> None:
 class Proxy:
     """The proxy's end of the push wire: every snapshot and changes body a node worker sends, with the fake time it went."""
 
-    def __init__(self, clock: clocks.FakeClock) -> None:
+    def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.bodies: list[tuple[datetime.datetime, str, dict[str, Any]]] = []  # (sent at, "snapshot" or "changes", body)
 
@@ -175,19 +175,19 @@ def remaining_on_the_wire(sent_at: datetime.datetime, role: dict[str, Any]) -> f
     return (datetime.datetime.fromisoformat(role["expiration"].replace("Z", "+00:00")) - sent_at).total_seconds()
 
 
-async def pushing_run(cache: sts.CredentialCache, source: FakeSource, clock: clocks.FakeClock, hours: float, *,
+async def pushing_run(cache: sts.CredentialCache, source: FakeSource, clock: FakeClock, hours: float, *,
                       failing: int = 0) -> Proxy:
     """One pod on node n1 using role R, its credentials fetched; then STS fails the next ``failing`` calls (503)
     while the refresher runs and, every 30 s, the node's worker sends what it would: a snapshot (as to a
     restarting proxy) and, 30 s later, changes. The credentials reach the worker as the operator hands them to
-    it (Engine._credentials, from the cache). Returns what went out."""
+    it (NodeViews.credentials, from the cache). Returns what went out."""
     w = world.World(decide.Config(), roles.BaseArn("aws", "123456789012"))
     w.set_namespace(namespace("team", ".*"))
     w.set_pod(pod(name="a", node="n1", ip="10.0.0.1", role="R"))
     (key,) = w.desired_for_node("n1").keys
     await cache.get(key, sts.AssumeRequest.for_grant(w.grants[key]))
     source.failures = [sts.StsError("ServiceUnavailable", "down", retryable=True, status=503) for _ in range(failing)]
-    credentials = functools.partial(engine.Engine._credentials, types.SimpleNamespace(cache=cache, world=w))  # type: ignore[arg-type]
+    credentials = supply.NodeViews(w, cache).credentials
     proxy = Proxy(clock)
 
     async def synced(node: str) -> None:
@@ -217,7 +217,7 @@ async def pushing_run(cache: sts.CredentialCache, source: FakeSource, clock: clo
 
 
 async def test_refresh_at_half_life_keeps_more_than_20_minutes() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, refresh_point=0.5, min_remaining=20 * 60)
     proxy = await pushing_run(cache, source, clock, 6)
@@ -234,7 +234,7 @@ async def test_refresh_at_half_life_keeps_more_than_20_minutes() -> None:
 
 
 async def test_sts_outage_never_pushes_credentials_below_the_floor() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, refresh_point=0.5, min_remaining=20 * 60, failure_retry_base=30, failure_retry_max=120)
     # After the first call STS answers nothing but 503s, for longer than the 1.5 hours run.
@@ -254,7 +254,7 @@ async def test_sts_outage_never_pushes_credentials_below_the_floor() -> None:
 
 
 async def test_unused_keys_are_not_renewed() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source)
     await cache.get("k", REQUEST)
@@ -279,7 +279,7 @@ async def settle() -> None:
 
 
 async def test_a_namespace_past_its_budget_waits_and_others_do_not() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, namespace_burst=2, namespace_rate=0.5)
     greedy = [asyncio.ensure_future(cache.get(f"g{i}", request_for(f"g{i}"), frozenset({"greedy"}))) for i in range(5)]
@@ -301,7 +301,7 @@ async def test_a_namespace_past_its_budget_waits_and_others_do_not() -> None:
 
 
 async def test_renewals_go_before_first_fetches() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, concurrency=1)
     await cache.get("renewed", request_for("renewed"), frozenset({"a"}))
@@ -318,7 +318,7 @@ async def test_renewals_go_before_first_fetches() -> None:
 
 
 async def test_a_forgotten_key_leaves_the_queue() -> None:
-    clock = clocks.FakeClock()
+    clock = FakeClock()
     source = FakeSource(clock)
     cache = cache_for(clock, source, namespace_burst=1, namespace_rate=0.01)
     await cache.get("first", request_for("first"), frozenset({"a"}))

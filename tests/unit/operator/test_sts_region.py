@@ -29,8 +29,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def endpoint(region: str | None) -> str:
     async with sts.AioBotocoreSource(region=region, endpoint_url=None, timeout=1) as source:
-        client = await source._caller()
-        return str(client.meta.endpoint_url)
+        async with source._caller() as client:
+            return str(client.meta.endpoint_url)
 
 
 @pytest.mark.parametrize(("region", "url"), [

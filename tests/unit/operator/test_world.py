@@ -50,7 +50,7 @@ def test_revocation(change: dict[str, object]) -> None:
     p = pod(name="a", node="n1", ip="10.0.0.1")
     w.set_pod(p)
     delta = w.set_pod(dataclasses.replace(p, **change))  # type: ignore[arg-type]
-    assert delta.nodes == {"n1"} and delta.keys_unused
+    assert delta.nodes == {"n1"} and not w.used_keys()  # the key lost its last user
     assert w.desired_for_node("n1").pods == {} and not w.desired_for_node("n1").keys
 
 

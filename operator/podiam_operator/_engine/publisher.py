@@ -25,7 +25,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from metadata_proxy import wire
 from podiam_operator._core import published
-from podiam_operator._kits import engine as engines
+from podiam_operator._engine.engine import Engine
 from podiam_operator._kits import kube as kubes
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def certificate_expiry(path: Path) -> str | None:
 
 
 class Publisher:
-    def __init__(self, engine: engines.Engine, kube: kubes.Kube, *, namespace: str, name: str, identity: str,
+    def __init__(self, engine: Engine, kube: kubes.Kube, *, namespace: str, name: str, identity: str,
                  decisions: dict[str, Any], node_taint: str, tls_status: TlsStatus, client_cert: Path, ca_file: Path,
                  interval: float = 2.0) -> None:
         self.engine = engine
@@ -74,25 +74,27 @@ class Publisher:
         engine = self.engine
         world = engine.world
         proxies: dict[str, Any] = {}
-        for node in sorted(set(engine.pusher.workers) | set(world.proxies)):
-            worker = engine.pusher.workers.get(node)
+        states = engine.proxy_states()
+        tainted = engine.tainted
+        for node in sorted(set(states) | set(world.proxies)):
+            state = states.get(node)
             proxy = world.proxies.get(node)
             proxies[node] = {
                 "pod": proxy.pod_name if proxy else None,
-                "synced": bool(worker and worker.proxy is not None and worker.synced_once and not worker.need_snapshot),
-                "generation": worker.generation if worker else 0,
-                "pods": (len(worker.sent.pods) + len(worker.sent.token_only)) if worker else 0,
-                "roles": len(worker.sent.roles) if worker else 0,
-                "lastPush": _time(worker.last_push) if worker else None,
-                "lastContact": _time(worker.last_contact) if worker else None,
-                "lastError": worker.last_error if worker else None,
-                "tainted": node in engine.tainted,
+                "synced": bool(state and state.synced),
+                "generation": state.generation if state else 0,
+                "pods": (state.entries + state.token_only) if state else 0,
+                "roles": state.roles if state else 0,
+                "lastPush": _time(state.last_push) if state else None,
+                "lastContact": _time(state.last_contact) if state else None,
+                "lastError": state.last_error if state else None,
+                "tainted": node in tainted,
             }
-        states = []
-        for key in engine.world.used_keys():
+        roles = []
+        for key in world.used_keys():
             grant = world.grants.get(key)
             if grant is not None:
-                states.append((grant.role.arn, engine.cache.state(key), len(world.key_users.get(key, ()))))
+                roles.append((grant.role.arn, engine.cache.state(key), len(world.key_users.get(key, ()))))
         ok, message = self.tls_status()
         return {
             "version": published.VERSION,
@@ -110,7 +112,7 @@ class Publisher:
             "tls": {"ok": ok, "message": message, "clientCertificateExpires": certificate_expiry(self.client_cert),
                     "caExpires": certificate_expiry(self.ca_file)},
             "proxies": proxies,
-            "roles": published.role_summary(states),
+            "roles": published.role_summary(roles),
         }
 
     async def publish_once(self) -> None:

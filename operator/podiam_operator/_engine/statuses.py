@@ -1,0 +1,125 @@
+"""PodRoleBindings' status: written in the background when it changes, a Warning Event for a failed phase."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from kubernetes_asyncio.client.rest import ApiException
+
+from metadata_proxy import wire
+from podiam_operator import _metrics
+from podiam_operator._core import decide, facts, world
+from podiam_operator._engine import ports
+from podiam_operator._engine.events import Events, ref
+from podiam_operator._engine.tasks import WRITE_CONCURRENCY
+from podiam_operator._kits import clock as clocks
+from podiam_operator._kits import sts
+
+logger = logging.getLogger(__name__)
+
+
+class BindingStatuses:
+    def __init__(self, model: world.World, cache: sts.CredentialCache, writer: ports.StatusWriter, clock: clocks.Clock,
+                 events: Events) -> None:
+        self._world = model
+        self._cache = cache
+        self._writer = writer
+        self._clock = clock
+        self._events = events
+        self._dirty: set[world.BindingKey] = set()
+        self._wakeup = asyncio.Event()
+        self._written: dict[world.BindingKey, dict[str, Any]] = {}
+        self._conditions: dict[world.BindingKey, dict[str, Any]] = {}
+        self._phases: dict[world.BindingKey, str] = {}
+
+    def mark(self, keys: Iterable[world.BindingKey]) -> None:
+        """These bindings' status may have changed: compute it again, write it if it did."""
+        self._dirty.update(keys)
+        self._wakeup.set()
+
+    def forget(self, key: world.BindingKey) -> None:
+        """The binding is gone."""
+        self._written.pop(key, None)
+        self._conditions.pop(key, None)
+        if self._phases.pop(key, None) is not None:
+            self._gauge()
+
+    def _status_of(self, key: world.BindingKey) -> tuple[decide.BindingStatus, facts.BindingFacts] | None:
+        binding = self._world.bindings.get(key)
+        if binding is None:
+            return None
+        decisions = self._world.binding_decisions(key)
+        if binding.pod_owned:
+            # A pod-owned binding speaks for its owner pod only.
+            decisions = [(p, d) for p, d in decisions if p.uid == binding.owner_pod_uid]
+        states = {d.grant.key: self._cache.state(d.grant.key) for _, d in decisions if d.grant is not None}
+        contested = {p.key: why for p, _ in decisions if (why := self._world.ip_conflict(p.key)) is not None}
+        return decide.binding_status(self._world.evals.get(key), decisions, states, contested), binding
+
+    async def run(self) -> None:
+        semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await asyncio.sleep(0.05)  # coalesce bursts
+            batch, self._dirty = self._dirty, set()
+
+            async def write(key: world.BindingKey) -> None:
+                async with semaphore:
+                    await self._write(key)
+
+            await asyncio.gather(*(write(key) for key in batch))
+
+    async def _write(self, key: world.BindingKey) -> None:
+        computed = self._status_of(key)
+        if computed is None:
+            return
+        status, binding = computed
+        ready = "True" if status.phase == "Bound" else "False"
+        previous = self._conditions.get(key)
+        transition = previous["lastTransitionTime"] if previous and previous["status"] == ready else wire.rfc3339(self._clock.now())
+        condition = {
+            "type": "Ready", "status": ready, "reason": status.reason, "message": status.message,
+            "lastTransitionTime": transition, "observedGeneration": binding.generation,
+        }
+        body: dict[str, Any] = {
+            "phase": status.phase,
+            "roleArn": status.role_arn,
+            "pods": status.pods,
+            "expiration": status.expiration,
+            "message": status.message,
+            "observedGeneration": binding.generation,
+            "conditions": [condition],
+        }
+        comparable = {k: v for k, v in body.items() if k != "conditions"} | {"reason": status.reason}
+        if self._written.get(key) == comparable:
+            return
+        try:
+            await self._writer.patch_binding_status(binding.namespace, binding.name, body)
+        except ApiException as error:
+            if error.status != 404:
+                logger.warning("status of binding %s/%s not written: HTTP %s", *key, error.status)
+                self.mark([key])
+                await asyncio.sleep(1.0)
+            return
+        old_phase = self._phases.get(key)
+        self._written[key] = comparable
+        self._conditions[key] = condition
+        self._phases[key] = status.phase
+        self._gauge()
+        on = ref(facts.API_VERSION, facts.KIND, binding.namespace, binding.name, binding.uid)
+        if status.phase in decide.FAILED:
+            self._events.post(on, "Warning", status.reason, status.message)
+        elif status.phase == "Bound" and old_phase != "Bound":
+            # No Event for success (5,000 pods would mean 5,000 Events); a
+            # failure after a recovery is news again.
+            self._events.forget(binding.uid)
+
+    def _gauge(self) -> None:
+        counts = collections.Counter(self._phases.values())
+        for phase in decide.PHASES:
+            _metrics.BINDINGS.labels(phase).set(counts.get(phase, 0))
