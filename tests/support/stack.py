@@ -45,6 +45,8 @@ from tests.support import certs, moto, ports, processes, proxy
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = (REPO / "crds" / "podrolebindings.podiam.io.yaml", REPO / "crds" / "kopf-peering.yaml")
+# The Secrets TLS auto mode creates in the operator's namespace (the CA, the proxies', the operator's, the webhook's).
+AUTO_SECRETS = ("podiam-ca", "podiam-proxy-tls", "podiam-operator-tls", "podiam-webhook-tls")
 PROXY_NAMESPACE = "podiam-system"
 PROXY_LABELS = {"app.kubernetes.io/name": "podiam-proxy"}
 TAINT = "podiam.io/agent-not-ready"
@@ -176,6 +178,13 @@ class Stack:
             process.stop()
         for node in self.nodes:
             node.proxy.stop()
+        if self.tls == "auto":  # what the operator issued: the next stack in auto mode makes its own CA
+            for name in AUTO_SECRETS:
+                try:
+                    self.cp.api("DELETE", f"/api/v1/namespaces/{PROXY_NAMESPACE}/secrets/{name}")
+                except ApiError as error:
+                    if error.status != 404:
+                        raise
 
     def add_node(self, index: int) -> Node:
         name = f"node-{index}"

@@ -27,6 +27,11 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
 ]
 
+NAMESPACE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["podiam-status"], "verbs": ["get", "update"]},
+]
+
 
 @pytest.fixture(scope="module")
 def stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: pytest.TempPathFactory) -> Iterator[stacks.Stack]:
@@ -44,6 +49,15 @@ def stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: pyte
             "metadata": {"name": "podiam-operator-test"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "podiam-operator-test"},
             "subjects": [{"kind": "ServiceAccount", "name": "podiam-operator-test", "namespace": stacks.PROXY_NAMESPACE}]})
+        # The chart's namespaced Role: the status ConfigMap kubectl podiam reads, in the operator's namespace only.
+        cp.api("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{stacks.PROXY_NAMESPACE}/roles", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "podiam-operator-test"}, "rules": NAMESPACE_RULES})
+        cp.api("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{stacks.PROXY_NAMESPACE}/rolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "podiam-operator-test"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "podiam-operator-test"},
+            "subjects": [{"kind": "ServiceAccount", "name": "podiam-operator-test", "namespace": stacks.PROXY_NAMESPACE}]})
         kubeconfig = cp.kubeconfig_for_service_account(stacks.PROXY_NAMESPACE, "podiam-operator-test")
         running.start_operator(env={"KUBECONFIG": str(kubeconfig), "PODIAM_PEERING_NAME": "podiam-rbac-test"})
         running.wait_proxies_ready()
@@ -51,7 +65,9 @@ def stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: pyte
     finally:
         running.stop()
         for path in ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/podiam-operator-test",
-                     "/apis/rbac.authorization.k8s.io/v1/clusterroles/podiam-operator-test"):
+                     "/apis/rbac.authorization.k8s.io/v1/clusterroles/podiam-operator-test",
+                     f"/apis/rbac.authorization.k8s.io/v1/namespaces/{stacks.PROXY_NAMESPACE}/rolebindings/podiam-operator-test",
+                     f"/apis/rbac.authorization.k8s.io/v1/namespaces/{stacks.PROXY_NAMESPACE}/roles/podiam-operator-test"):
             try:
                 controlplane.api("DELETE", path)
             except Exception:
