@@ -24,13 +24,13 @@ system-deps:
 # Builds (once, then cached) kube-apiserver, kube-controller-manager,
 # kube-scheduler, etcd and kubelet (one binary).
 controlplane: venv
-	$(PY) -m tests.controlplane build
+	$(PY) -m localcluster.controlplane build
 
 # Builds (once, then cached) the images real nodes run: a Debian base, the
 # pause image, podiam's two Dockerfiles and the guide's AWS CLI image; as
 # root (buildah), else the real-node tiers cannot run anyway.
 images: venv system-deps controlplane
-	@if [ "$$(id -u)" -eq 0 ]; then $(PY) -m tests.images build; else echo "images: not root, skipped (real nodes need root)"; fi
+	@if [ "$$(id -u)" -eq 0 ]; then $(PY) -m localcluster.images build; else echo "images: not root, skipped (real nodes need root)"; fi
 
 # The proxy never imports the operator, the operator only the proxy's wire
 # models (import-linter); both packages type-check under mypy --strict.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

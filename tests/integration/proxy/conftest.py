@@ -21,8 +21,8 @@ import pydantic
 import pytest
 
 from metadata_proxy import wire
-from tests.support import certs, moto
-from tests.support import proxy as proxy_support
+from localcluster import certs, moto
+from localcluster import proxy as proxy_support
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from podiam_operator.tls import _settings, pki
-from tests.controlplane import controlplane as _cp
+from localcluster.controlplane import controlplane as _cp
 from tests.integration.tls import cfssl, secret_volume, support
 from tests.integration.tls.conftest import events
-from tests.support import proxy as proxy_support
+from localcluster import proxy as proxy_support
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from podiam_operator._kits import sts
-from tests.support import ports
+from localcluster import ports
 
 pytestmark = pytest.mark.unit
 

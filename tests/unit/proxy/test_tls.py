@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from metadata_proxy import _tls, wire
-from tests.support import certs
-from tests.support.proxy import client_tls_context
+from localcluster import certs
+from localcluster.proxy import client_tls_context
 
 pytestmark = pytest.mark.unit
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from tests.controlplane import cluster as clusters
-from tests.e2e import pods
+from localcluster.controlplane import cluster as clusters
+from localcluster import pods
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 GUIDE_DEPLOYMENT = REPO / "demo" / "aws-iam-tester.yaml"
 GUIDE_IMAGE = "garland/aws-cli-docker:latest"
 

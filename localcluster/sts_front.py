@@ -1,6 +1,6 @@
 """A small HTTP front for moto_server: counts STS actions and injects faults.
 
-Run as ``python -m tests.support.sts_front --port P --upstream URL``. Control
+Run as ``python -m localcluster.sts_front --port P --upstream URL``. Control
 endpoints live under ``/_front/``; everything else is forwarded to moto.
 ``/_front/calls`` lists the AssumeRole requests forwarded to moto with their
 role, session name, session tags (``Tags.member.N.Key/Value``), transitive

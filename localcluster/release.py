@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from metadata_proxy import wire
-from tests.chart import helm as _helm
-from tests.controlplane import cluster as clusters
-from tests.controlplane import controlplane, network
-from tests.e2e import guide
-from tests.support import certs
-from tests.support import proxy as proxy_support
+from localcluster import helm as _helm
+from localcluster.controlplane import cluster as clusters
+from localcluster.controlplane import controlplane, network
+from localcluster import guide
+from localcluster import certs
+from localcluster import proxy as proxy_support
 
 OPERATOR_ROLE_ARN = f"arn:aws:iam::{clusters.ACCOUNT_ID}:role/podiam-operator"
 CHAIN = "PODIAM-PROXY"

@@ -2,7 +2,7 @@
 
 Used by the operator's integration tests, the fault tests, the benchmark and
 the demo (a plain script can use it as a context manager). Given a running
-:class:`~tests.controlplane.ControlPlane` and the STS front, :class:`Stack`
+:class:`~localcluster.controlplane.ControlPlane` and the STS front, :class:`Stack`
 
 - installs the CRDs (PodRoleBinding and kopf's peering);
 - creates N fake nodes, node i with InternalIP 127.0.0.(10+i);
@@ -40,10 +40,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from tests.controlplane import ApiError, ControlPlane, kubelet
-from tests.support import certs, moto, ports, processes, proxy
+from localcluster.controlplane import ApiError, ControlPlane, kubelet
+from localcluster import certs, moto, ports, processes, proxy
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CRDS = (REPO / "crds" / "podrolebindings.podiam.io.yaml", REPO / "crds" / "kopf-peering.yaml")
 PROXY_NAMESPACE = "podiam-system"
 PROXY_LABELS = {"app.kubernetes.io/name": "podiam-proxy"}

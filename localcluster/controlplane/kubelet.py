@@ -12,7 +12,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from tests.controlplane import client
+from localcluster.controlplane import client
 
 
 class _Api(Protocol):

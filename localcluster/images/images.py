@@ -45,8 +45,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from tests.controlplane import build as controlplane_build
-from tests.images import context
+from localcluster.controlplane import build as controlplane_build
+from localcluster.images import context
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""``python -m tests.controlplane build | up --dir DIR [--nodes N] | down --dir DIR | status --dir DIR | bump VERSION``."""
+"""``python -m localcluster.controlplane build | up --dir DIR [--nodes N] | down --dir DIR | status --dir DIR | bump VERSION``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from tests.controlplane import build, cluster, controlplane
+from localcluster.controlplane import build, cluster, controlplane
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.controlplane", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localcluster.controlplane", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build the binaries if this version has none yet (cached outside the repo)")
     commands.add_parser("path", help="print the binaries' folder (building them first if needed)")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bump":
             modules = build.bump(args.version)
             print(f"pinned k8s.io/kubernetes {args.version} and {len(modules)} staging modules; "
-                  f"`python -m tests.controlplane build` builds it", file=sys.stderr)
+                  f"`python -m localcluster.controlplane build` builds it", file=sys.stderr)
         elif args.command == "path":
             print(build.ensure_built().parent)
         elif args.command == "up" and args.nodes:

@@ -3,7 +3,7 @@ PID *and* start time, stopped as a group.
 
 Two lifetimes: tied to the Python process that started them (the pytest
 fixture: ``PR_SET_PDEATHSIG`` kills them if it dies, even by SIGKILL), or
-detached (``python -m tests.controlplane up``, whose processes outlive the
+detached (``python -m localcluster.controlplane up``, whose processes outlive the
 command and are stopped by ``down`` from their record). The start time in the
 record makes ``down`` leave alone a process that merely reuses a recorded PID.
 """

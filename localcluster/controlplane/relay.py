@@ -1,6 +1,6 @@
 """TCP relays from a node's network namespace to the root namespace's loopback.
 
-    python -m tests.controlplane.relay --netns /var/run/netns/NODE --listen 10.199.0.1 PORT [PORT ...]
+    python -m localcluster.controlplane.relay --netns /var/run/netns/NODE --listen 10.199.0.1 PORT [PORT ...]
 
 Listens on ``ADDRESS:PORT`` inside the node's namespace for each port and
 copies bytes both ways to ``127.0.0.1:PORT`` of the root namespace (the same
@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.controlplane import netns_socket
+from localcluster.controlplane import netns_socket
 
 _CHUNK = 65536
 
@@ -64,7 +64,7 @@ async def serve(netns: Path, address: str, ports: list[int]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.controlplane.relay", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m localcluster.controlplane.relay", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--netns", type=Path, required=True)
     parser.add_argument("--listen", required=True, help="address inside the namespace")

@@ -245,7 +245,7 @@ CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 def ask(proxy: Any, node: str, ip: str, clock: Callable[[], float] = time.monotonic) -> Answer:
     """What an SDK does, as the pod at ``ip``: list the role, fetch its document (status 0: proxy unreachable).
 
-    ``proxy`` is a :class:`tests.support.proxy.ProxyProcess` (its ``imds_get``).
+    ``proxy`` is a :class:`localcluster.proxy.ProxyProcess` (its ``imds_get``).
     """
     started = clock()
     try:
@@ -263,7 +263,7 @@ class Poller:
     """Threads asking as pods, almost without pause, and judging every answer; ``answers`` keeps the last ``keep``.
 
     ``targets()`` gives the (node, ip) pairs to ask from, re-read every round;
-    a node is a :class:`tests.support.stack.Node` (``.name``, ``.proxy``).
+    a node is a :class:`localcluster.stack.Node` (``.name``, ``.proxy``).
     """
 
     def __init__(self, checker: Checker, targets: Callable[[], list[tuple[Any, str]]], *,

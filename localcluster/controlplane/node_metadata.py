@@ -1,6 +1,6 @@
 """A node's own EC2 instance metadata service, for the local cluster's nodes.
 
-    python -m tests.controlplane.node_metadata --netns /var/run/netns/NODE --node-ip IP \\
+    python -m localcluster.controlplane.node_metadata --netns /var/run/netns/NODE --node-ip IP \\
         --role-arn arn:aws:iam::123456789012:role/NODE-ROLE --sts-endpoint http://127.0.0.1:PORT \\
         --record FILE
 
@@ -32,7 +32,7 @@ from typing import Any
 import boto3
 from aiohttp import web
 
-from tests.controlplane import netns_socket
+from localcluster.controlplane import netns_socket
 
 _TOKEN_HEADER = "X-aws-ec2-metadata-token"
 _TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -152,7 +152,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.controlplane.node_metadata", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m localcluster.controlplane.node_metadata", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--netns", type=Path, required=True)
     parser.add_argument("--listen", default="169.254.169.254")

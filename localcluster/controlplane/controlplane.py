@@ -2,7 +2,7 @@
 kube-controller-manager, as envtest runs them, plus the controllers a test
 cluster needs (garbage collection, namespace deletion, ServiceAccounts).
 
-No scheduler and no kubelet: ``tests.controlplane.kubelet`` plays their parts.
+No scheduler and no kubelet: ``localcluster.controlplane.kubelet`` plays their parts.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from tests.controlplane import build, certs, client, network, processes
+from localcluster.controlplane import build, certs, client, network, processes
 
 # Controllers a test cluster needs. Deliberately absent: node-lifecycle (it
 # would taint the kubelet-less Nodes unreachable after 40 s) and pod-garbage-
@@ -80,7 +80,7 @@ def wait_until(check: Callable[[], T], timeout: float = 30.0, what: str = "condi
 
 
 def _free_port() -> int:
-    from tests.support import ports
+    from localcluster import ports
 
     return ports.free_port("127.0.0.1")
 
@@ -379,7 +379,7 @@ class ControlPlane:
                 # kubernetes Service's endpoint, which validation rejects.
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
-                # Real kubelets (tests/controlplane/node.py): dialled at their InternalIP, both ends verified.
+                # Real kubelets (localcluster/controlplane/node.py): dialled at their InternalIP, both ends verified.
                 "--kubelet-preferred-address-types=InternalIP",
                 f"--kubelet-certificate-authority={ca.cert_path}",
                 f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",

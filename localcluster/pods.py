@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tests.controlplane import controlplane
+from localcluster.controlplane import controlplane
 
 
 def pod(name: str, image: str, command: Sequence[str] = (), *, args: Sequence[str] = (), node: str | None = None,

@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import build, processes
-from tests.controlplane import cluster as _cluster
-from tests.controlplane import controlplane as _cp
-from tests.images import images as _images
+from localcluster.controlplane import build, processes
+from localcluster.controlplane import cluster as _cluster
+from localcluster.controlplane import controlplane as _cp
+from localcluster.images import images as _images
 
 _PREFIX = "podiam-controlplane-"
 _OWNER_FILE = "owner.json"

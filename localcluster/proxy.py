@@ -31,7 +31,7 @@ from pathlib import Path
 import pydantic
 
 from metadata_proxy import wire
-from tests.support import certs, ports, processes
+from localcluster import certs, ports, processes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """moto's real HTTP server (``moto_server``) as STS, behind a counting, fault-injecting front.
 
-The operator talks to :class:`StsFront` (``tests.support.sts_front``, a real
+The operator talks to :class:`StsFront` (``localcluster.sts_front``, a real
 process), which forwards to moto_server. The front counts requests by STS
 action (moto keeps no readable per-call log), and can inject throttling, 5xx,
 latency and per-role AccessDenied, for the fault tests.
@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support import ports, processes
+from localcluster import ports, processes
 
 ACCOUNT_ID = "123456789012"  # moto's default account
 
@@ -48,7 +48,7 @@ class StsFront:
         self.url = f"http://{host}:{self.port}"
         self.process = processes.ManagedProcess(
             "sts_front",
-            [sys.executable, "-m", "tests.support.sts_front", "--host", host, "--port", str(self.port), "--upstream", upstream],
+            [sys.executable, "-m", "localcluster.sts_front", "--host", host, "--port", str(self.port), "--upstream", upstream],
             workdir / "sts_front.log",
         )
 

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane import certs, image_root, network, processes
+from localcluster.controlplane import certs, image_root, network, processes
 
 _REPOSITORY = Path(__file__).resolve().parents[2]
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -169,7 +169,7 @@ def _kubelet_config(record: NodeRecord, ca_file: Path, serving: certs.KeyPair,
         "failSwapOn": False,
         # The kubelet's own iptables chains are kube-proxy's business; none runs here.
         "makeIPTablesUtilChains": False,
-        # The build patches the kubelet to only warn about these (tests/controlplane/build.py PATCHES).
+        # The build patches the kubelet to only warn about these (localcluster/controlplane/build.py PATCHES).
         "protectKernelDefaults": False,
         "podLogsDir": str(base / "pod-logs"),
         "volumePluginDir": str(base / "volume-plugins"),
@@ -403,7 +403,7 @@ class Node:
     def _launch(self, name: str, argv: Sequence[str], *, in_netns: bool) -> processes.Process:
         prefix = ["nsenter", f"--net={network.NETNS_DIR / self.netns}"] if in_netns else []
         self.dir.mkdir(parents=True, exist_ok=True)
-        # From the repository root, so `python -m tests.controlplane.relay` finds its package.
+        # From the repository root, so `python -m localcluster.controlplane.relay` finds its package.
         process = processes.Process(name, [*prefix, *argv], self.dir / f"{name}.log", detached=self.detached,
                                     cwd=_REPOSITORY).start()
         self._procs[name] = process
@@ -452,12 +452,12 @@ class Node:
 
     def start_relay(self, name: str, ports: Iterable[int]) -> None:
         """Relays from this node's HOST_SERVICES_ADDRESS to the same ports on the root namespace's loopback."""
-        self._launch(name, [sys.executable, "-m", "tests.controlplane.relay", f"--netns={network.NETNS_DIR / self.netns}",
+        self._launch(name, [sys.executable, "-m", "localcluster.controlplane.relay", f"--netns={network.NETNS_DIR / self.netns}",
                             f"--listen={network.HOST_SERVICES_ADDRESS}", *map(str, ports)], in_netns=False)
 
     def start_metadata_service(self, role_arn: str, sts_endpoint: str, region: str) -> None:
         self._launch("node-metadata", [
-            sys.executable, "-m", "tests.controlplane.node_metadata",
+            sys.executable, "-m", "localcluster.controlplane.node_metadata",
             f"--netns={network.NETNS_DIR / self.netns}", f"--node-name={self.name}", f"--node-ip={self.ip}",
             f"--role-arn={role_arn}", f"--sts-endpoint={sts_endpoint}", f"--region={region}",
             f"--record={self.metadata_record}",

@@ -1,15 +1,15 @@
-"""``python -m tests.images build | list``."""
+"""``python -m localcluster.images build | list``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from tests.images import images
+from localcluster.images import images
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.images", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localcluster.images", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build the images whose inputs changed (cached outside the repo)")
     commands.add_parser("list", help="show each image's ref and archive, and whether it is built; builds nothing")

@@ -25,8 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.controlplane import build, controlplane, image_root, kubelet, network, node
-from tests.images import images as podiam_images
+from localcluster.controlplane import build, controlplane, image_root, kubelet, network, node
+from localcluster.images import images as podiam_images
 
 STATE_FILE = "cluster.json"
 # With real kubelets, the controllers the kubelet stand-ins could not have:

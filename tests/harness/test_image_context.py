@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import context, images
+from localcluster.images import context, images
 
 pytestmark = pytest.mark.unit
 

@@ -25,8 +25,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.controlplane import processes
-from tests.images import images as podiam_images
+from localcluster.controlplane import processes
+from localcluster.images import images as podiam_images
 
 # The files containerd writes in place; everything else under a root is written once.
 WRITABLE = ("io.containerd.metadata.v1.bolt/meta.db", "io.containerd.snapshotter.v1.overlayfs/metadata.db")
