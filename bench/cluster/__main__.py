@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.controlplane import cluster as clusters
-from localcluster.controlplane import node, processes
+from localcluster import processes
+from localcluster.controlplane import node
 from localcluster import pods
 from localcluster.images import images
 from localcluster import moto

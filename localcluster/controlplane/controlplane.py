@@ -23,7 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from localcluster.controlplane import build, certs, client, network, processes
+from localcluster import processes
+from localcluster.controlplane import build, certs, client, network
 
 # Controllers a test cluster needs. Deliberately absent: node-lifecycle (it
 # would taint the kubelet-less Nodes unreachable after 40 s) and pod-garbage-
@@ -108,7 +109,7 @@ class ControlPlane:
         self.controllers: tuple[str, ...] = DEFAULT_CONTROLLERS
         self.scheduler = False
         self.apiserver_flags: tuple[str, ...] = ()
-        self._procs: dict[str, processes.Process] = {}
+        self._procs: dict[str, processes.ManagedProcess] = {}
         self._records: dict[str, processes.Record] = {}
         self._client: client.Client | None = None
         self._argv: dict[str, list[str]] = {}
@@ -414,7 +415,8 @@ class ControlPlane:
         }
 
     def _launch(self, name: str) -> None:
-        process = processes.Process(name, self._argv[name], self.dir / f"{name}.log", detached=self.detached).start()
+        process = processes.ManagedProcess(name, self._argv[name], self.dir / f"{name}.log", cwd=self.dir,
+                                           detached=self.detached).start()
         self._procs[name] = process
         assert process.record is not None
         self._records[name] = process.record

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from localcluster.controlplane import processes
+from localcluster import processes
 from localcluster.images import images as podiam_images
 
 # The files containerd writes in place; everything else under a root is written once.
@@ -77,8 +77,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
 [ttrpc]
   address = "{sock}.ttrpc"
 ''')
-        daemon = processes.Process("containerd-image-root", ["containerd", "--config", str(config)],
-                                   Path(scratch) / "containerd.log", detached=False).start()
+        daemon = processes.ManagedProcess("containerd-image-root", ["containerd", "--config", str(config)],
+                                          Path(scratch) / "containerd.log", cwd=Path(scratch)).start()
         try:
             deadline = time.monotonic() + 30
             while not _connects(sock):

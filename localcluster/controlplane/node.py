@@ -39,7 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from localcluster.controlplane import certs, image_root, network, processes
+from localcluster import processes
+from localcluster.controlplane import certs, image_root, network
 
 _REPOSITORY = Path(__file__).resolve().parents[2]
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -386,7 +387,7 @@ class Node:
         self.record = record
         self.detached = detached
         self.dir = Path(record.dir)
-        self._procs: dict[str, processes.Process] = {}
+        self._procs: dict[str, processes.ManagedProcess] = {}
 
     @property
     def name(self) -> str:
@@ -400,12 +401,12 @@ class Node:
     def netns(self) -> str:
         return self.record.netns
 
-    def _launch(self, name: str, argv: Sequence[str], *, in_netns: bool) -> processes.Process:
+    def _launch(self, name: str, argv: Sequence[str], *, in_netns: bool) -> processes.ManagedProcess:
         prefix = ["nsenter", f"--net={network.NETNS_DIR / self.netns}"] if in_netns else []
         self.dir.mkdir(parents=True, exist_ok=True)
         # From the repository root, so `python -m localcluster.controlplane.relay` finds its package.
-        process = processes.Process(name, [*prefix, *argv], self.dir / f"{name}.log", detached=self.detached,
-                                    cwd=_REPOSITORY).start()
+        process = processes.ManagedProcess(name, [*prefix, *argv], self.dir / f"{name}.log", cwd=_REPOSITORY,
+                                           detached=self.detached).start()
         self._procs[name] = process
         assert process.record is not None
         # The kubelet first in the record: clean_up stops in this order.
@@ -413,7 +414,7 @@ class Node:
             self._procs.values(), key=lambda p: p.name != "kubelet") if p.record is not None]
         return process
 
-    def process(self, name: str) -> processes.Process:
+    def process(self, name: str) -> processes.ManagedProcess:
         return self._procs[name]
 
     def start_containerd(self, pause_image: str, root_template: Path | None = None) -> None:
@@ -481,7 +482,7 @@ class Node:
                 raise NodeError(f"{self.name}: {process.name} exited with {process.returncode()}; "
                                 f"{process.log_path}:\n{process.log_tail()}")
 
-    def _wait(self, process: processes.Process, what: str, check: Any, timeout: float) -> None:
+    def _wait(self, process: processes.ManagedProcess, what: str, check: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not check():
             if not process.alive():

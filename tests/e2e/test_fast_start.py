@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from localcluster.controlplane import cluster as clusters
-from localcluster.controlplane import controlplane, processes
+from localcluster import processes
+from localcluster.controlplane import controlplane
 from localcluster import guide, pods
 from localcluster import release as releases
 from localcluster import moto

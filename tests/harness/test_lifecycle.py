@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.controlplane import ControlPlane, KubectlError, build, processes, wait_until
+from localcluster import processes
+from localcluster.controlplane import ControlPlane, KubectlError, build, wait_until
 from tests.support import cluster_plugin as pytest_plugin
 
 pytestmark = pytest.mark.integration

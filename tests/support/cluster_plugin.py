@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from localcluster.controlplane import build, processes
+from localcluster import processes
+from localcluster.controlplane import build
 from localcluster.controlplane import cluster as _cluster
 from localcluster.controlplane import controlplane as _cp
 from localcluster.images import images as _images
