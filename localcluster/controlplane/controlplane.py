@@ -23,8 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from localcluster import processes
-from localcluster.controlplane import build, certs, client, network
+from localcluster import certs, processes
+from localcluster.controlplane import build, client, network
 
 # Controllers a test cluster needs. Deliberately absent: node-lifecycle (it
 # would taint the kubelet-less Nodes unreachable after 40 s) and pod-garbage-

@@ -39,8 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from localcluster import processes
-from localcluster.controlplane import certs, image_root, network
+from localcluster import certs, processes
+from localcluster.controlplane import image_root, network
 
 _REPOSITORY = Path(__file__).resolve().parents[2]
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -145,7 +145,7 @@ def _cni_config(record: NodeRecord) -> dict[str, Any]:
     }
 
 
-def _kubelet_config(record: NodeRecord, ca_file: Path, serving: certs.KeyPair,
+def _kubelet_config(record: NodeRecord, ca_file: Path, serving: certs.CertFiles,
                     taints: Sequence[Mapping[str, str]]) -> dict[str, Any]:
     base = Path(record.dir)
     return {
@@ -187,7 +187,7 @@ def _kubelet_config(record: NodeRecord, ca_file: Path, serving: certs.KeyPair,
     }
 
 
-def _kubeconfig(server: str, ca_file: Path, pair: certs.KeyPair, user: str) -> dict[str, Any]:
+def _kubeconfig(server: str, ca_file: Path, pair: certs.CertFiles, user: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
