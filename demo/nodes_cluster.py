@@ -23,7 +23,7 @@ from demo import checks, iam, kubectl, show
 from localcluster import helm as helms
 from localcluster.controlplane import cluster as clusters
 from localcluster.controlplane import network
-from tests.support.cluster_plugin import started_cluster
+from localcluster.controlplane.lifetime import started_cluster
 from localcluster import release as releases
 from localcluster import moto, netns
 from localcluster.stack import TAINT

@@ -24,7 +24,7 @@ import pytest
 from demo import iam
 from localcluster import helm as _helm
 from localcluster.controlplane import cluster as clusters
-from tests.support.cluster_plugin import started_cluster
+from localcluster.controlplane.lifetime import started_cluster
 from localcluster import release as releases
 from localcluster import moto, netns
 

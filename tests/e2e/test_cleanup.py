@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from localcluster.controlplane import network, node
-from tests.support.cluster_plugin import started_cluster
+from localcluster.controlplane.lifetime import started_cluster
 from localcluster import pods
 from localcluster import moto
 

@@ -12,7 +12,7 @@ import pytest
 from localcluster import helm as _helm
 from localcluster.controlplane import cluster as clusters
 from localcluster.controlplane import node as nodes
-from tests.support.cluster_plugin import started_cluster
+from localcluster.controlplane.lifetime import started_cluster
 from localcluster import guide, pods
 from localcluster import release as releases
 from localcluster import moto

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import processes
-from localcluster.controlplane import ControlPlane, KubectlError, build, wait_until
-from tests.support import cluster_plugin as pytest_plugin
+from localcluster.controlplane import ControlPlane, KubectlError, build, lifetime, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +155,7 @@ def test_folders_of_killed_sessions_are_swept(tmp_path: Path) -> None:
     me = processes.start_time(os.getpid())
     (alive / "owner.json").write_text(json.dumps({"name": "pytest", "pid": os.getpid(), "start_time": me}))
     try:
-        pytest_plugin._sweep_orphaned_dirs()
+        lifetime.sweep_orphaned_dirs()
         assert not orphan.exists()
         assert alive.exists()
     finally:

@@ -3,72 +3,23 @@
 ``controlplane`` builds the binaries if they are missing (it never skips),
 starts etcd + kube-apiserver + kube-controller-manager in a fresh temporary
 folder and stops them and removes the folder at the end of the session, also
-when tests fail, on Ctrl-C and on SIGTERM (turned into KeyboardInterrupt so
-pytest tears its fixtures down). If the test runner is killed outright, the
-processes die with it (PR_SET_PDEATHSIG) and the next session removes the
-folder it left.
-
-Set ``PODIAM_KEEP_CONTROLPLANE=1`` to keep the folder (logs, etcd data).
+when tests fail, on Ctrl-C and on SIGTERM (localcluster.controlplane.lifetime,
+which ``make demo`` uses too). Set ``PODIAM_KEEP_CONTROLPLANE=1`` to keep the
+folder (logs, etcd data).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import json
-import os
-import signal
-import sys
-import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
 
-from localcluster import processes
-from localcluster.controlplane import build
-from localcluster.controlplane import cluster as _cluster
+from localcluster.controlplane import build, lifetime
 from localcluster.controlplane import controlplane as _cp
 from localcluster.images import images as _images
-
-_PREFIX = "podiam-controlplane-"
-_OWNER_FILE = "owner.json"
-
-
-def _sweep_orphaned_dirs() -> None:
-    """Remove folders left by sessions that were killed (their owner is gone)."""
-    for directory in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
-        try:
-            owner = processes.Record.from_json(json.loads((directory / _OWNER_FILE).read_text()))
-        except (OSError, ValueError, KeyError):
-            continue  # not ours, or being created right now
-        if not owner.alive():
-            _cluster.stop_directory(directory)  # its nodes, if any, then its control plane
-            _cp.remove_tree(directory)
-
-
-_sigterm_handler_installed = False
-
-
-def _install_sigterm_handler() -> None:
-    global _sigterm_handler_installed
-    if _sigterm_handler_installed:
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        _cp.stop_all()
-        if callable(previous):
-            previous(signum, frame)
-        raise KeyboardInterrupt("SIGTERM")
-
-    try:
-        signal.signal(signal.SIGTERM, on_sigterm)
-        _sigterm_handler_installed = True
-    except ValueError:  # not the main thread (e.g. pytest run in a thread): atexit still applies
-        pass
 
 
 def _build_uncaptured(config: pytest.Config) -> Path:
@@ -112,47 +63,6 @@ def controlplane_binary(request: pytest.FixtureRequest) -> Path:
     return _build_uncaptured(request.config)
 
 
-@contextlib.contextmanager
-def _started(start: Callable[..., Any] = _cp.ControlPlane.start, **options: Any) -> Iterator[Any]:
-    """What ``start(folder, **options)`` starts (a control plane, a cluster), in a fresh temporary folder,
-    stopped and the folder removed on exit."""
-    _sweep_orphaned_dirs()
-    directory = Path(tempfile.mkdtemp(prefix=_PREFIX))
-    keep = os.environ.get("PODIAM_KEEP_CONTROLPLANE") == "1"
-
-    def remove() -> None:
-        if keep:  # and no longer swept as a killed session's leftover
-            (directory / _OWNER_FILE).unlink(missing_ok=True)
-            sys.stderr.write(f"\nkept the control plane's folder: {directory}\n")
-        else:
-            _cp.remove_tree(directory)
-
-    atexit.register(remove)
-    me = processes.start_time(os.getpid())
-    (directory / _OWNER_FILE).write_text(json.dumps({"name": "pytest", "pid": os.getpid(), "start_time": me}))
-    _install_sigterm_handler()
-    try:
-        started = start(directory, **options)
-    except BaseException:
-        remove()
-        atexit.unregister(remove)
-        raise
-    try:
-        yield started
-    finally:
-        started.stop()
-        remove()
-        atexit.unregister(remove)
-
-
-def started_cluster(**options: Any) -> contextlib.AbstractContextManager[_cluster.Cluster]:
-    """A cluster with real nodes (``Cluster.start``'s options) in a fresh temporary folder, removed on exit.
-
-    Needs root; the caller decides whether that is a skip or a failure.
-    """
-    return _started(_cluster.Cluster.start, **options)
-
-
 @pytest.fixture(scope="session")
 def controlplane(controlplane_binary: Path) -> Iterator[_cp.ControlPlane]:
     """The session's control plane: ``.kubeconfig``, ``.server``, ``.api()``, ``.kubectl()``, ...
@@ -160,7 +70,7 @@ def controlplane(controlplane_binary: Path) -> Iterator[_cp.ControlPlane]:
     Shared by every test of the session: make your own namespace, clean up
     cluster-scoped objects you create.
     """
-    with _started() as plane:
+    with lifetime.started() as plane:
         yield plane
 
 
@@ -177,7 +87,7 @@ def make_controlplane(controlplane_binary: Path) -> Iterator[Callable[..., _cp.C
     ``make_controlplane(controllers=...)`` takes ``ControlPlane.start``'s options.
     """
     with contextlib.ExitStack() as stack:
-        yield lambda **options: stack.enter_context(_started(**options))
+        yield lambda **options: stack.enter_context(lifetime.started(**options))
 
 
 @pytest.hookimpl(wrapper=True)
