@@ -22,7 +22,8 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 # Builds (once, then cached) kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd and kubelet (one binary).
+# kube-scheduler, etcd and kubelet (one binary) for the local cluster
+# (localcluster/: what make demo, the benchmarks and the tests run on).
 controlplane: venv
 	$(PY) -m localcluster.controlplane build
 
@@ -33,10 +34,13 @@ images: venv system-deps controlplane
 	@if [ "$$(id -u)" -eq 0 ]; then $(PY) -m localcluster.images build; else echo "images: not root, skipped (real nodes need root)"; fi
 
 # The proxy never imports the operator, the operator only the proxy's wire
-# models (import-linter); both packages type-check under mypy --strict.
+# models; the product never imports the local cluster (localcluster/), which
+# never imports the tests, nor do demo/ and bench/ (import-linter). The two
+# packages and the local cluster type-check under mypy --strict.
 lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy operator/podiam_operator metadata_proxy
+	$(VENV)/bin/mypy localcluster
 
 test: venv system-deps controlplane images lint
 	$(PY) -m pytest $(PYTEST_ARGS)

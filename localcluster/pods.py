@@ -73,7 +73,8 @@ def wait_ready(plane: controlplane.ControlPlane, namespace: str, name: str, time
         conditions = current.get("status", {}).get("conditions", [])
         return current if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
 
-    result: dict[str, Any] = controlplane.wait_until(ready, timeout, f"pod {namespace}/{name} Ready", interval=0.2)
+    result = controlplane.wait_until(ready, timeout, f"pod {namespace}/{name} Ready", interval=0.2)
+    assert result is not None  # wait_until returns only a truthy result
     return result
 
 

@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 NETNS_DIR = Path("/var/run/netns")
-SWITCH_SUBNETS = ipaddress.ip_network("10.200.0.0/16")
-POD_SUBNETS = ipaddress.ip_network("10.244.0.0/16")
+SWITCH_SUBNETS = ipaddress.IPv4Network("10.200.0.0/16")
+POD_SUBNETS = ipaddress.IPv4Network("10.244.0.0/16")
 # Each cluster takes a /20 of it (16 nodes of /24): the root namespace routes every cluster's pod subnets,
 # so two clusters on this machine at once must not share one.
 POD_RANGE_PREFIX = 20

@@ -228,7 +228,7 @@ def _kill_cgroup_tasks(root: str, timeout: float = 10.0) -> None:
     """SIGKILL every process left in the node's cgroups (containers outlive the kubelet)."""
     deadline = time.monotonic() + timeout
     while True:
-        pids = set()
+        pids: set[int] = set()
         for mount in _cgroup_mounts():
             top = mount / root.lstrip("/")
             if top.is_dir():

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
+import boto3  # type: ignore[import-untyped]
 from aiohttp import web
 
 from localcluster.controlplane import netns_socket

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import signal
 import sys
 from pathlib import Path
@@ -52,7 +53,7 @@ async def serve(netns: Path, address: str, ports: list[int]) -> None:
     servers = []
     for port in ports:
         sock = netns_socket.listen_in(netns, address, port)
-        servers.append(await asyncio.start_server(lambda r, w, p=port: _relay(p, r, w), sock=sock))
+        servers.append(await asyncio.start_server(functools.partial(_relay, port), sock=sock))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
