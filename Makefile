@@ -22,23 +22,27 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 # Builds (once, then cached) kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd and kubelet (one binary).
+# kube-scheduler, etcd and kubelet (one binary) for the local cluster
+# (localcluster/: what make demo, the benchmarks and the tests run on).
 controlplane: venv
-	$(PY) -m tests.controlplane build
+	$(PY) -m localcluster.controlplane build
 
 # Builds (once, then cached) the images real nodes run: a Debian base, the
 # pause image, podiam's two Dockerfiles and the guide's AWS CLI image; as
 # root (buildah), else the real-node tiers cannot run anyway.
 images: venv system-deps controlplane
-	@if [ "$$(id -u)" -eq 0 ]; then $(PY) -m tests.images build; else echo "images: not root, skipped (real nodes need root)"; fi
+	@if [ "$$(id -u)" -eq 0 ]; then $(PY) -m localcluster.images build; else echo "images: not root, skipped (real nodes need root)"; fi
 
 # The proxy never imports the operator, the operator only the proxy's wire
 # models, and the operator's layers (handlers, assembly, engine, toolkits,
-# core) import only downwards (import-linter); both packages type-check under
-# mypy --strict; no dead code in either (vulture, [tool.vulture] in pyproject.toml).
+# core) import only downwards; the product never imports the local cluster
+# (localcluster/), which never imports the tests, nor do demo/ and bench/
+# (import-linter). Both packages and the local cluster type-check under mypy
+# --strict; no dead code in the product (vulture, [tool.vulture] in pyproject.toml).
 lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy operator/podiam_operator metadata_proxy
+	$(VENV)/bin/mypy localcluster
 	$(VENV)/bin/vulture
 
 test: venv system-deps controlplane images lint

@@ -1,6 +1,6 @@
 """``make demo``: podiam's main job on this machine, following the Kiam guide's test chapter.
 
-Real-node mode (the default as root): two real nodes (tests/controlplane:
+Real-node mode (the default as root): two real nodes (localcluster/controlplane:
 kubelet, containerd, runc, CNI, each in a network namespace), moto's IAM and
 STS, ``helm install`` of charts/podiam, then the guide's steps with kubectl
 and, through ``kubectl exec``, the AWS CLI in the guide's pod. Stand-in mode

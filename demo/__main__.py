@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     signal.signal(signal.SIGTERM, _interrupt)
-    if args.keep:  # the real nodes' cluster folder too (tests/controlplane's switch)
+    if args.keep:  # the real nodes' cluster folder too (localcluster/controlplane's switch)
         os.environ["PODIAM_KEEP_CONTROLPLANE"] = "1"
     workdir = Path(tempfile.mkdtemp(prefix="podiam-demo-"))
     cleanup = contextlib.ExitStack()

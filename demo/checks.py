@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from tests.controlplane import controlplane
-from tests.support import moto
+from localcluster.controlplane import controlplane
+from localcluster import moto
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import boto3  # type: ignore[import-untyped]
 
-from tests.support import moto
+from localcluster import moto
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "iam"
 EXAMPLE_ACCOUNT = "111122223333"

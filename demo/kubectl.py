@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from demo import checks, show
-from tests.controlplane import ControlPlane
+from localcluster.controlplane import ControlPlane
 
 NAMESPACE = "default"  # where the guide runs its test
 ROLE_ANNOTATION = "iam.amazonaws.com/role"

@@ -1,12 +1,12 @@
 """Real-node mode: two real nodes, moto's IAM and STS, then podiam installed with ``helm install``.
 
-The nodes come from tests/controlplane (``Cluster``): each a kubelet,
+The nodes come from localcluster/controlplane (``Cluster``): each a kubelet,
 containerd, runc and the CNI bridge plugin in a network namespace of its own,
-running podiam's images built here (tests/images). ``Cluster`` keeps them on
+running podiam's images built here (localcluster/images). ``Cluster`` keeps them on
 this machine: IP forwarding stays off in the root namespace, no node has a
 route off it, and each node's 169.254.169.254 is a stand-in EC2 metadata
 service inside that node's namespace only. The chart gets a user's values
-only (tests/e2e/release.py), passed as the ``--set`` flags shown on screen.
+only (localcluster/release.py), passed as the ``--set`` flags shown on screen.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from demo import checks, iam, kubectl, show
-from tests.chart import helm as helms
-from tests.controlplane import cluster as clusters
-from tests.controlplane import network
-from tests.controlplane.pytest_plugin import started_cluster
-from tests.e2e import release as releases
-from tests.support import moto, netns
-from tests.support.stack import TAINT
+from localcluster import helm as helms
+from localcluster.controlplane import cluster as clusters
+from localcluster.controlplane import network
+from localcluster.controlplane.lifetime import started_cluster
+from localcluster import release as releases
+from localcluster import moto, netns
+from localcluster.stack import TAINT
 
 NODES = 2
 POD_NETWORK = ipaddress.ip_network(network.POD_SUBNETS)
@@ -61,7 +61,7 @@ def unavailable() -> str | None:
 def start_nodes(workdir: Path, cleanup: contextlib.ExitStack) -> Nodes:
     """The control plane and two Ready nodes; :class:`NodesFailed` if they cannot start (having removed
     whatever of them had started)."""
-    show.step("A cluster with two real nodes (tests/controlplane): control plane, kube-scheduler, kubelets")
+    show.step("A cluster with two real nodes (localcluster/controlplane): control plane, kube-scheduler, kubelets")
     guard = netns.RejectGuard("podiam-demo-nodes-guard")
     cleanup.callback(guard.remove)
     guard.install()

@@ -25,8 +25,8 @@ import yaml  # type: ignore[import-untyped]
 
 from demo import checks, kubectl, show
 from demo.nodes_cluster import POD_NETWORK, Nodes
-from tests.controlplane import cluster as clusters
-from tests.e2e import guide as e2e_guide
+from localcluster.controlplane import cluster as clusters
+from localcluster import guide as e2e_guide
 
 PROBE = Path(__file__).resolve().parent / "imds_probe.py"
 METADATA = "169.254.169.254"
@@ -40,7 +40,7 @@ def deploy_tester(nodes: Nodes, workdir: Path) -> str:
     applied = yaml.safe_dump(e2e_guide.deployment(nodes.cluster, nodes.sts.url), sort_keys=False)
     path = workdir / "aws-iam-tester.yaml"
     path.write_text(applied)
-    show.say("No registry and no route to AWS here, so the demo applies a copy (tests/e2e/guide.py) with the AWS CLI")
+    show.say("No registry and no route to AWS here, so the demo applies a copy (localcluster/guide.py) with the AWS CLI")
     show.say("image built here (the guide's garland/aws-cli-docker cannot be pulled) and AWS_ENDPOINT_URL_STS set to")
     show.say("moto through the nodes' relay. Every difference from the guide's Deployment:")
     diff = difflib.unified_diff(yaml.safe_dump(guide_manifest, sort_keys=False).splitlines(), applied.splitlines(),

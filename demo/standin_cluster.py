@@ -1,7 +1,7 @@
 """Stand-in mode: start every component the demo needs as local processes, registering their clean-up.
 
-The real control plane (tests/controlplane), moto's IAM and STS, then
-podiam itself through :class:`tests.support.stack.Stack`: the operator as a
+The real control plane (localcluster/controlplane), moto's IAM and STS, then
+podiam itself through :class:`localcluster.stack.Stack`: the operator as a
 real process in TLS ``auto`` mode (it creates the CA and certificates in
 Secrets of podiam-system), and one real proxy process per node, started with
 the files of the ``podiam-proxy-tls`` Secret as the DaemonSet's Secret volume
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from demo import iam, kubectl, show
 from demo import standin_pods as pods
-from tests.controlplane import ControlPlane, build
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane, build
+from localcluster import moto
+from localcluster import stack as stacks
 
 NODE_0_ADDRESS = "127.0.0.10"
 
@@ -37,7 +37,7 @@ class Cluster:
 
 
 def start(place: pods.Place, workdir: Path, cleanup: contextlib.ExitStack) -> Cluster:
-    show.step("Control plane: etcd, kube-apiserver, kube-controller-manager (tests/controlplane)")
+    show.step("Control plane: etcd, kube-apiserver, kube-controller-manager (localcluster/controlplane)")
     build.ensure_built()  # shows its progress when it has to build
     cp = ControlPlane.start(workdir / "controlplane")
     cleanup.callback(cp.stop)

@@ -21,8 +21,8 @@ from typing import Any
 from demo import checks, kubectl, show
 from demo import standin_cluster as cluster
 from demo import standin_pods as pods
-from tests.controlplane import kubelet
-from tests.support import stack as stacks
+from localcluster.controlplane import kubelet
+from localcluster import stack as stacks
 
 NAMESPACE = kubectl.NAMESPACE
 MANIFEST = Path(__file__).resolve().parent / "aws-iam-tester.yaml"

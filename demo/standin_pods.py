@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from demo import checks
-from tests.support import netns
+from localcluster import netns
 
 REPO = Path(__file__).resolve().parents[1]
 # Records the pid of a demo in netns mode, so that the next run can clean up

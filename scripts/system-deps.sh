@@ -11,9 +11,9 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
 # tests/chart/test_alerts.py and the Prometheus integration test: promtool and a real Prometheus server.
 { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need+=(prometheus)
-# Real nodes (tests/controlplane, tests/e2e): a container runtime and CNI
+# Real nodes (localcluster/controlplane, tests/e2e): a container runtime and CNI
 # plugins in each node's network namespace, and daemonless image builds
-# (tests/images: debootstrap for the base image, buildah for the Dockerfiles,
+# (localcluster/images: debootstrap for the base image, buildah for the Dockerfiles,
 # gcc for the pause image's static binary).
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)

@@ -2,7 +2,7 @@
 its own conftest.py for what only it needs."""
 
 pytest_plugins = [
-    "tests.controlplane.pytest_plugin",
+    "tests.support.cluster_plugin",
     "tests.support.pytest_plugin",
     "tests.tiers",
 ]

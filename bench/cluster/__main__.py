@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane import cluster as clusters
-from tests.controlplane import node, processes
-from tests.e2e import pods
-from tests.images import images
-from tests.support import moto
+from localcluster.controlplane import cluster as clusters
+from localcluster import processes
+from localcluster.controlplane import node
+from localcluster import pods
+from localcluster.images import images
+from localcluster import moto
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,9 +56,9 @@ def cold_builds() -> dict[str, Any]:
                "PODIAM_IMAGES_CACHE": f"{scratch}/images", "GOCACHE": f"{scratch}/go-build"}
         results: dict[str, Any] = {}
         for name, argv in (("binary (kube-apiserver, controller-manager, scheduler, etcd, kubelet)",
-                            [sys.executable, "-m", "tests.controlplane", "build"]),
+                            [sys.executable, "-m", "localcluster.controlplane", "build"]),
                            ("images (python-base, pause, podiam-proxy, podiam-operator, aws-cli)",
-                            [sys.executable, "-m", "tests.images", "build"])):
+                            [sys.executable, "-m", "localcluster.images", "build"])):
             began = time.monotonic()
             done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
             if done.returncode != 0:

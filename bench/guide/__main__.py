@@ -2,8 +2,8 @@
 
     sudo .venv/bin/python -m bench.guide [--pods 50] [--wave 10] [--no-pod-ips] [--raw FILE]
 
-As root (real nodes: tests/controlplane). A two-node cluster, podiam
-installed with helm and the user's values (tests/e2e/release.py), then:
+As root (real nodes: localcluster/controlplane). A two-node cluster, podiam
+installed with helm and the user's values (localcluster/release.py), then:
 
 1. the guide's Deployment, scaled to ``--pods`` in waves of ``--wave`` (the
    scheduler spreads them), its entrypoint running ``aws sts
@@ -45,13 +45,13 @@ from typing import Any, NoReturn
 
 from bench.guide import image, kube, pods
 from demo import iam
-from tests.chart import helm as helms
-from tests.controlplane import cluster as clusters
-from tests.controlplane import controlplane
-from tests.e2e import guide
-from tests.e2e import release as releases
-from tests.images import images
-from tests.support import moto, netns
+from localcluster import helm as helms
+from localcluster.controlplane import cluster as clusters
+from localcluster.controlplane import controlplane
+from localcluster import guide
+from localcluster import release as releases
+from localcluster.images import images
+from localcluster import moto, netns
 
 GUARD_COMMENT = "podiam-bench-guide-guard"
 WAVE_TIMEOUT = 240.0  # seconds for one wave of pods to start and log their results

@@ -1,6 +1,6 @@
 """The fast-start image: fast_start/main.go (the AWS SDK for Go v2) built here, on python-base.
 
-Built once and cached outside the repository, like tests/images (whose
+Built once and cached outside the repository, like localcluster/images (whose
 python-base archive it starts from): the static binary from the Go toolchain
 and the module proxy, then buildah (storage of its own) copies it into an
 image written as an OCI archive that ``ctr images import`` names in full.
@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.images import images
+from localcluster.images import images
 
 SOURCE = Path(__file__).resolve().parent / "fast_start"
 NAME = "bench-fast-start"

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from typing import Any
 
-from tests.controlplane import controlplane
+from localcluster.controlplane import controlplane
 
 ROLE_ANNOTATION = "iam.amazonaws.com/role"
 

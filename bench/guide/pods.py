@@ -10,8 +10,8 @@ import copy
 import textwrap
 from typing import Any
 
-from tests.controlplane import cluster as clusters
-from tests.e2e import guide
+from localcluster.controlplane import cluster as clusters
+from localcluster import guide
 
 POD_ROLE = "KiamTesterRole"
 

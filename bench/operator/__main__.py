@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.operator [--pods 500] [--nodes 10] [--roles 5] [--rss-pods 5000]
 
-Starts its own control plane (tests/controlplane), moto STS behind the
+Starts its own control plane (localcluster/controlplane), moto STS behind the
 counting front, one real proxy per fake node and the operator, then:
 
 1. creates ``--pods`` pods carrying ``iam.amazonaws.com/role`` (``--roles``
@@ -52,9 +52,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane import ControlPlane, kubelet
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane, kubelet
+from localcluster import moto
+from localcluster import stack as stacks
 
 CRED_PATH = "/latest/meta-data/iam/security-credentials/"
 

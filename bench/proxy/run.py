@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from metadata_proxy import wire
-from tests.support import certs, ports, processes, proxy
+from localcluster import certs, ports, processes, proxy
 
 HOST = "127.0.0.1"  # wrk connects from here, so the proxy sees this pod's IP
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/"

@@ -14,7 +14,7 @@ then for ``--minutes``:
   SIGKILL of a random node's proxy (restarted after up to 2 s); STS answers
   ``--sts-error-rate`` of all calls with 503 or Throttling throughout;
 - requests: ``--threads`` threads ask as every IP of every pool (held or not)
-  without pause; :mod:`tests.support.invariants` judges each answer (another
+  without pause; :mod:`localcluster.invariants` judges each answer (another
   pod's credentials, credentials for a role-less or released IP, expired or
   unknown credentials, a revocation later than its bound, any 5xx);
 - after each recovery (and at the end) every bound running pod must get its
@@ -43,9 +43,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane import ControlPlane
-from tests.support import invariants, moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import invariants, moto
+from localcluster import stack as stacks
 
 ACCOUNT = "123456789012"
 NAMESPACE = "soak"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 
 
 @pytest.fixture(scope="session")

@@ -36,11 +36,11 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from tests.chart import helm as _helm
-from tests.controlplane import ApiError, ControlPlane, kubelet
-from tests.support import moto, processes
-from tests.support import proxy as proxy_support
-from tests.support.stack import wait_for
+from localcluster import helm as _helm
+from localcluster.controlplane import ApiError, ControlPlane, kubelet
+from localcluster import moto, processes
+from localcluster import proxy as proxy_support
+from localcluster.stack import wait_for
 
 REPO = _helm.REPO
 TLS_MOUNT = "/var/run/podiam/tls"

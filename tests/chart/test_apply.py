@@ -1,4 +1,4 @@
-"""The rendered chart, server-side applied to the real API server from tests/controlplane.
+"""The rendered chart, server-side applied to the real API server from localcluster/controlplane.
 
 Server-side apply with strict field validation: the API server itself checks
 every object (schemas, unknown fields, RBAC rules, CRs against their CRDs).
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 from tests.chart import release as releases
-from tests.controlplane import ControlPlane
+from localcluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.chart
 

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 
 pytestmark = pytest.mark.chart
 

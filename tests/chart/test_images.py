@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.chart import dockerfile
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 
 pytestmark = pytest.mark.chart
 

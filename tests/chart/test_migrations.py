@@ -19,12 +19,12 @@ import boto3
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 from tests.chart import release as releases
-from tests.controlplane import ControlPlane, kubelet
-from tests.support import moto
-from tests.support import proxy as proxy_support
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane, kubelet
+from localcluster import moto
+from localcluster import proxy as proxy_support
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.chart
 

@@ -31,11 +31,11 @@ from typing import Any
 
 import pytest
 
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 from tests.chart import release as releases
-from tests.controlplane import ApiError, ControlPlane, kubelet
-from tests.support import certs, moto
-from tests.support import proxy as proxy_support
+from localcluster.controlplane import ApiError, ControlPlane, kubelet
+from localcluster import certs, moto
+from localcluster import proxy as proxy_support
 
 pytestmark = pytest.mark.chart
 

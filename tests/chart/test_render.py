@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 
 pytestmark = pytest.mark.chart
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 
 pytestmark = pytest.mark.chart
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 from demo import standin_pods
-from tests.support import netns
+from localcluster import netns
 
 REPO = Path(__file__).resolve().parents[2]
 # The stack strips PODIAM_* and AWS_* from its children's environments, so the marker has another prefix.
@@ -47,7 +47,7 @@ class DemoRun:
 
     @property
     def cluster_dirs(self) -> list[Path]:
-        """The real nodes' cluster folder (tests/controlplane), as the demo printed it."""
+        """The real nodes' cluster folder (localcluster/controlplane), as the demo printed it."""
         return self._paths(r"cluster folder (\S+);")
 
     @property
@@ -114,7 +114,7 @@ def _namespaces() -> set[str]:
 
 
 def _cgroups_of(namespace: str) -> list[Path]:
-    """The node's cgroup folders (tests/controlplane names them /podiam-TAG-NODE, its namespace pdm-TAG-NODE)."""
+    """The node's cgroup folders (localcluster/controlplane names them /podiam-TAG-NODE, its namespace pdm-TAG-NODE)."""
     name = "podiam-" + namespace.removeprefix("pdm-")
     root = Path("/sys/fs/cgroup")  # cgroup v2 at the top, v1 under each controller
     return [path for path in (*root.glob(name), *root.glob(f"*/{name}")) if path.is_dir()]

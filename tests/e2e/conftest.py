@@ -1,6 +1,6 @@
 """End to end on real nodes (marker ``e2e``): the local cluster's kubelets,
 containerd, runc and CNI, each node in its own network namespace, running
-podiam's images built here (tests/controlplane, tests/images).
+podiam's images built here (localcluster/controlplane, localcluster/images).
 
 Needs root. Not root: the tier skips and says so. Root (as CI is): it runs,
 and anything missing is a failure, never a skip.
@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from demo import iam
-from tests.chart import helm as _helm
-from tests.controlplane import cluster as clusters
-from tests.controlplane.pytest_plugin import started_cluster
-from tests.e2e import release as releases
-from tests.support import moto, netns
+from localcluster import helm as _helm
+from localcluster.controlplane import cluster as clusters
+from localcluster.controlplane.lifetime import started_cluster
+from localcluster import release as releases
+from localcluster import moto, netns
 
 GUARD_COMMENT = "podiam-e2e-guard"
 _names = itertools.count()
@@ -77,7 +77,7 @@ def helm() -> _helm.Helm:
 
 @pytest.fixture(scope="module")
 def release(real_cluster: clusters.Cluster, helm: _helm.Helm, sts: moto.StsFront) -> Iterator[releases.Release]:
-    """``helm install`` with the user's values only (tests/e2e/release.py), uninstalled after the module."""
+    """``helm install`` with the user's values only (localcluster/release.py), uninstalled after the module."""
     installed = releases.Release(real_cluster, helm, sts.url)
     installed.install()
     try:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import network, node
-from tests.controlplane.pytest_plugin import started_cluster
-from tests.e2e import pods
-from tests.support import moto
+from localcluster.controlplane import network, node
+from localcluster.controlplane.lifetime import started_cluster
+from localcluster import pods
+from localcluster import moto
 
 pytestmark = pytest.mark.e2e
 

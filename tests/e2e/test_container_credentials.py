@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import cluster as clusters
-from tests.controlplane import controlplane, network
-from tests.controlplane import node as nodes
-from tests.e2e import guide, pods
-from tests.e2e import release as releases
-from tests.support import moto
+from localcluster.controlplane import cluster as clusters
+from localcluster.controlplane import controlplane, network
+from localcluster.controlplane import node as nodes
+from localcluster import guide, pods
+from localcluster import release as releases
+from localcluster import moto
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ FULL_URI = "http://169.254.170.23/v1/credentials"
 CC_PORT = 8186  # the proxy's default --container-credentials-port (the chart sets none)
 HOST_UID = 4242  # the hostNetwork pod's uid: node-1 rejects its packets to 169.254.169.254
 BLOCK_COMMENT = "podiam-e2e-cc: hostNetwork test pod may not reach 169.254.169.254"
-AWS_CLI_PYTHON = "/opt/aws-cli/bin/python"  # the AWS CLI's venv (tests/images/aws-cli.Dockerfile)
+AWS_CLI_PYTHON = "/opt/aws-cli/bin/python"  # the AWS CLI's venv (localcluster/images/aws-cli.Dockerfile)
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 # A request to 169.254.169.254 (IMDSv2's token PUT), as an SDK makes it: what happened, one word.

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import cluster as clusters
-from tests.controlplane import network
-from tests.e2e import guide, pods
-from tests.e2e import release as releases
-from tests.support import moto
+from localcluster.controlplane import cluster as clusters
+from localcluster.controlplane import network
+from localcluster import guide, pods
+from localcluster import release as releases
+from localcluster import moto
 
 pytestmark = pytest.mark.e2e
 

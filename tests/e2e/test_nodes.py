@@ -14,9 +14,9 @@ import urllib.request
 
 import pytest
 
-from tests.controlplane import cluster as clusters
-from tests.controlplane import network
-from tests.e2e import pods
+from localcluster.controlplane import cluster as clusters
+from localcluster.controlplane import network
+from localcluster import pods
 
 pytestmark = pytest.mark.e2e
 

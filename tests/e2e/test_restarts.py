@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import cluster as clusters
-from tests.e2e import conftest, guide, pods
-from tests.e2e import release as releases
+from localcluster.controlplane import cluster as clusters
+from tests.e2e import conftest
+from localcluster import guide, pods
+from localcluster import release as releases
 
 pytestmark = pytest.mark.e2e
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart import helm as _helm
-from tests.controlplane import cluster as clusters
-from tests.controlplane import node as nodes
-from tests.controlplane.pytest_plugin import started_cluster
-from tests.e2e import guide, pods
-from tests.e2e import release as releases
-from tests.support import moto
+from localcluster import helm as _helm
+from localcluster.controlplane import cluster as clusters
+from localcluster.controlplane import node as nodes
+from localcluster.controlplane.lifetime import started_cluster
+from localcluster import guide, pods
+from localcluster import release as releases
+from localcluster import moto
 
 pytestmark = pytest.mark.e2e
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart import helm as _helm
-from tests.controlplane import cluster as clusters
-from tests.e2e import guide, pods
-from tests.e2e import release as releases
-from tests.support import moto
+from localcluster import helm as _helm
+from localcluster.controlplane import cluster as clusters
+from localcluster import guide, pods
+from localcluster import release as releases
+from localcluster import moto
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import boto3
 import botocore.exceptions
 import pytest
 
-from tests.support import moto
+from localcluster import moto
 
 pytestmark = pytest.mark.integration
 

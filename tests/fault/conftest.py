@@ -1,9 +1,9 @@
 """Fault injection and hostile input on the real stack (marker ``fault``).
 
-Each module gets its own :class:`tests.support.stack.Stack` (``stack``) since
+Each module gets its own :class:`localcluster.stack.Stack` (``stack``) since
 these tests kill operators, proxies and API servers; each test uses its own
 namespace (``ns``). The security invariants are judged by one checker
-(:mod:`tests.support.invariants`), shared with the soak (``bench/soak``).
+(:mod:`localcluster.invariants`), shared with the soak (``bench/soak``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.controlplane import ControlPlane
-from tests.support import invariants, moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import invariants, moto
+from localcluster import stack as stacks
 
 _names = itertools.count()
 

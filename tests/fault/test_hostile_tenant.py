@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.controlplane import ApiError, ControlPlane
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ApiError, ControlPlane
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.fault
 OWN = moto.ACCOUNT_ID

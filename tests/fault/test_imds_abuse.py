@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metadata_proxy import wire
-from tests.support import certs, ports
-from tests.support.proxy import ProxyProcess, pod_entry, role_credentials
+from localcluster import certs, ports
+from localcluster.proxy import ProxyProcess, pod_entry, role_credentials
 
 pytestmark = pytest.mark.fault
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.support import invariants
-from tests.support import stack as stacks
+from localcluster import invariants
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.fault
 ACCOUNT = "123456789012"

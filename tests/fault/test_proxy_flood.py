@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import wire
-from tests.support import certs, ports
-from tests.support.proxy import ProxyProcess, http_request, pod_entry, role_credentials
+from localcluster import certs, ports
+from localcluster.proxy import ProxyProcess, http_request, pod_entry, role_credentials
 
 pytestmark = pytest.mark.fault
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from metadata_proxy import wire
-from tests.support import certs
-from tests.support.proxy import ProxyProcess, http_request, pod_entry, role_credentials
+from localcluster import certs
+from localcluster.proxy import ProxyProcess, http_request, pod_entry, role_credentials
 
 pytestmark = pytest.mark.fault
 

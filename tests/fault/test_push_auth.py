@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import wire
-from tests.support import certs
-from tests.support.proxy import ProxyProcess, pod_entry, role_credentials
+from localcluster import certs
+from localcluster.proxy import ProxyProcess, pod_entry, role_credentials
 
 pytestmark = pytest.mark.fault
 

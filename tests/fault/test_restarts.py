@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import _iptables, wire
-from tests.support import certs, invariants, netns
-from tests.support import stack as stacks
-from tests.support.proxy import ProxyProcess, pod_entry, role_credentials
+from localcluster import certs, invariants, netns
+from localcluster import stack as stacks
+from localcluster.proxy import ProxyProcess, pod_entry, role_credentials
 
 pytestmark = pytest.mark.fault
 ACCOUNT = "123456789012"

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.controlplane import ControlPlane, kubelet
-from tests.support import invariants, moto, tcpgate
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane, kubelet
+from localcluster import invariants, moto
+from tests.support import tcpgate
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.fault
 OWN = f"arn:aws:iam::{moto.ACCOUNT_ID}:role/"

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.controlplane import ControlPlane
-from tests.support import invariants, moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import invariants, moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.fault
 ACCOUNT = "123456789012"

@@ -1,4 +1,4 @@
-"""Tests of the control plane harness itself (tests/controlplane): that it is
+"""Tests of the control plane harness itself (localcluster/controlplane): that it is
 a real cluster as far as podiam cares — kubectl, OpenAPI, garbage collection,
 namespace deletion, CRD validation, RBAC, pod status — and that it cleans up."""
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.controlplane import ControlPlane
+from localcluster.controlplane import ControlPlane
 
 
 @pytest.fixture

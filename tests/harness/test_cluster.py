@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.controlplane import ApiError, ControlPlane, KubectlError, kubelet, wait_until
+from localcluster.controlplane import ApiError, ControlPlane, KubectlError, kubelet, wait_until
 
 pytestmark = pytest.mark.integration
 

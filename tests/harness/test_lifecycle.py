@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import ControlPlane, KubectlError, build, processes, pytest_plugin, wait_until
+from localcluster import processes
+from localcluster.controlplane import ControlPlane, KubectlError, build, lifetime, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_up_status_down(tmp_path: Path, controlplane_binary: Path) -> None:
     directory = tmp_path / "cp"
     began = time.monotonic()
-    up = _python("-m", "tests.controlplane", "up", "--dir", str(directory))
+    up = _python("-m", "localcluster.controlplane", "up", "--dir", str(directory))
     elapsed = time.monotonic() - began
     assert up.returncode == 0, up.stderr
     records = _records(directory)
@@ -49,22 +50,22 @@ def test_cli_up_status_down(tmp_path: Path, controlplane_binary: Path) -> None:
         result = subprocess.run(["kubectl", f"--kubeconfig={directory / 'kubeconfig'}", "get", "ns", "default", "-o", "name"],
                                 capture_output=True, text=True, timeout=60)
         assert result.stdout.strip() == "namespace/default", result.stderr
-        status = _python("-m", "tests.controlplane", "status", "--dir", str(directory))
+        status = _python("-m", "localcluster.controlplane", "status", "--dir", str(directory))
         assert status.returncode == 0 and json.loads(status.stdout)["running"] == {
             "etcd": True, "kube-apiserver": True, "kube-controller-manager": True}
         # A second `up` in the same folder refuses rather than orphaning the first.
-        again = _python("-m", "tests.controlplane", "up", "--dir", str(directory))
+        again = _python("-m", "localcluster.controlplane", "up", "--dir", str(directory))
         assert again.returncode == 1 and "already running" in again.stderr
         attached = ControlPlane.attach(directory)
         assert attached.api("GET", "/api/v1/namespaces/default")["metadata"]["name"] == "default"
     finally:
-        down = _python("-m", "tests.controlplane", "down", "--dir", str(directory))
+        down = _python("-m", "localcluster.controlplane", "down", "--dir", str(directory))
     assert down.returncode == 0, down.stderr
     assert not any(r.alive() for r in records)
     assert "stopped: kube-controller-manager, kube-apiserver, etcd" in down.stderr
     assert not (directory / "controlplane.json").exists()
     # `down` again is harmless.
-    assert _python("-m", "tests.controlplane", "down", "--dir", str(directory)).returncode == 0
+    assert _python("-m", "localcluster.controlplane", "down", "--dir", str(directory)).returncode == 0
 
 
 def test_down_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_down_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
         # A record with this PID but another start time is someone else's process.
         (tmp_path / "controlplane.json").write_text(json.dumps({"processes": [
             {"name": "etcd", "pid": bystander.pid, "start_time": started - 1}]}))
-        down = _python("-m", "tests.controlplane", "down", "--dir", str(tmp_path))
+        down = _python("-m", "localcluster.controlplane", "down", "--dir", str(tmp_path))
         assert down.returncode == 0 and "nothing was running" in down.stderr
         assert bystander.poll() is None
     finally:
@@ -90,7 +91,7 @@ def test_killed_owner_leaves_no_processes(tmp_path: Path, controlplane_binary: P
         [sys.executable, "-c", textwrap.dedent(f"""\
             import sys, time
             from pathlib import Path
-            from tests.controlplane import ControlPlane
+            from localcluster.controlplane import ControlPlane
             ControlPlane.start(Path({str(directory)!r}))
             print("ready", flush=True)
             time.sleep(600)
@@ -123,7 +124,7 @@ def test_sigterm_to_pytest_cleans_up(tmp_path: Path, controlplane_binary: Path) 
             time.sleep(300)
         """))
     session = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.controlplane.pytest_plugin", "--rootdir", str(REPO),
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.support.cluster_plugin", "--rootdir", str(REPO),
          "-c", str(REPO / "pyproject.toml"), str(test_file)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -154,7 +155,7 @@ def test_folders_of_killed_sessions_are_swept(tmp_path: Path) -> None:
     me = processes.start_time(os.getpid())
     (alive / "owner.json").write_text(json.dumps({"name": "pytest", "pid": os.getpid(), "start_time": me}))
     try:
-        pytest_plugin._sweep_orphaned_dirs()
+        lifetime.sweep_orphaned_dirs()
         assert not orphan.exists()
         assert alive.exists()
     finally:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import _iptables
-from tests.support import certs, netns
-from tests.support.netns import Pod, forwarding
+from localcluster import certs, netns
+from localcluster.netns import Pod, forwarding
 
 GUARD_COMMENT = "podiam-node-test-guard"
 

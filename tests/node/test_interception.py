@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import _iptables, wire
-from tests.support import certs
-from tests.support.netns import BridgePod, Pod
-from tests.support.proxy import ProxyProcess, pod_entry, role_credentials
-from tests.support.stack import wait_for
+from localcluster import certs
+from localcluster.netns import BridgePod, Pod
+from localcluster.proxy import ProxyProcess, pod_entry, role_credentials
+from localcluster.stack import wait_for
 
 pytestmark = pytest.mark.node
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from metadata_proxy import _iptables, wire
-from tests.support import certs
-from tests.support.netns import Pod, run
-from tests.support.proxy import ProxyProcess, pod_entry, role_credentials
+from localcluster import certs
+from localcluster.netns import Pod, run
+from localcluster.proxy import ProxyProcess, pod_entry, role_credentials
 
 pytestmark = pytest.mark.node
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support import ports, processes
+from localcluster import ports, processes
 
 CREDENTIALS = "/latest/meta-data/iam/security-credentials/"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tests.chart import helm as _helm
+from localcluster import helm as _helm
 
 RELEASE, NAMESPACE = "podiam", "podiam-system"
 OPERATOR_JOB, PROXY_JOB = f"{RELEASE}-operator-metrics", f"{RELEASE}-proxy-metrics"

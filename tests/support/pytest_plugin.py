@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster import moto
+from localcluster import stack as stacks
 
 
 @pytest.fixture(scope="session")

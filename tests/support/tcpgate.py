@@ -16,7 +16,7 @@ import socket
 import struct
 import threading
 
-from tests.support import ports
+from localcluster import ports
 
 
 def _reset(sock: socket.socket) -> None:

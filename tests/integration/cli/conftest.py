@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import ControlPlane
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import moto
+from localcluster import stack as stacks
 
 PLUGIN = Path(sys.executable).parent / "kubectl-podiam"
 POLICY = "(?!cluster-default$)[^:]*"  # this account's roles, the cluster's default excepted

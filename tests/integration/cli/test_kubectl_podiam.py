@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import kubelet
+from localcluster.controlplane import kubelet
 from tests.integration.cli.conftest import report, run, wait_report
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 OWN = f"arn:aws:iam::{moto.ACCOUNT_ID}:role/"

@@ -1,6 +1,6 @@
 """Integration tests of the operator: real control plane, moto STS, real proxies and operator processes.
 
-One :class:`tests.support.stack.Stack` per module (``stack``); each test uses
+One :class:`localcluster.stack.Stack` per module (``stack``); each test uses
 its own namespace so tests do not see each other's pods.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.controlplane import ControlPlane
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import moto
+from localcluster import stack as stacks
 
 _names = itertools.count()
 

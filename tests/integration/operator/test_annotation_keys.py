@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import ControlPlane
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 OWN = f"arn:aws:iam::{moto.ACCOUNT_ID}:role/"

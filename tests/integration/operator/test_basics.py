@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import KubectlError
-from tests.support import stack as stacks
+from localcluster.controlplane import KubectlError
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 ACCOUNT = "123456789012"

@@ -24,9 +24,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.controlplane import ControlPlane
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

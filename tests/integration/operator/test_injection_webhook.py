@@ -24,9 +24,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.controlplane import ApiError, ControlPlane, kubelet
-from tests.support import moto, ports
-from tests.support import stack as stacks
+from localcluster.controlplane import ApiError, ControlPlane, kubelet
+from localcluster import moto, ports
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

@@ -26,10 +26,11 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from metadata_proxy import wire
-from tests.chart import helm as _helm
-from tests.controlplane import ControlPlane
-from tests.support import moto, ports, processes, prometheus
-from tests.support import stack as stacks
+from localcluster import helm as _helm
+from localcluster.controlplane import ControlPlane
+from localcluster import moto, ports, processes
+from tests.support import prometheus
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from metadata_proxy import wire
-from tests.controlplane import ControlPlane
-from tests.support import moto, processes
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import moto, processes
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import ControlPlane
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ControlPlane
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

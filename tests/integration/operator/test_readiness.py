@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from tests.support import ports, processes
-from tests.support import stack as stacks
+from localcluster import ports, processes
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

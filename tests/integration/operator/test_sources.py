@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import ApiError, ControlPlane, kubelet
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster.controlplane import ApiError, ControlPlane, kubelet
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 OWN = f"arn:aws:iam::{moto.ACCOUNT_ID}:role/"

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import ControlPlane
+from localcluster.controlplane import ControlPlane
 from tests.integration.operator.test_readiness import wait_readyz
-from tests.support import moto, node_imds
-from tests.support import stack as stacks
+from localcluster import moto
+from tests.support import node_imds
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 NODE_ROLE = f"arn:aws:iam::{moto.ACCOUNT_ID}:role/NodeRole"

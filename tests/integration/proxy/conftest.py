@@ -21,8 +21,8 @@ import pydantic
 import pytest
 
 from metadata_proxy import wire
-from tests.support import certs, moto
-from tests.support import proxy as proxy_support
+from localcluster import certs, moto
+from localcluster import proxy as proxy_support
 
 POD_IP = "127.0.0.1"
 _hosts = itertools.count(40)

@@ -16,8 +16,8 @@ from metadata_proxy import wire
 from tests.integration.proxy.conftest import (
     BOTOCORE_SCRIPT, POD_IP, ProxyFactory, assumed_role, aws_cli, botocore_credentials, client_env,
 )
-from tests.support import moto
-from tests.support.proxy import pod_entry, role_credentials
+from localcluster import moto
+from localcluster.proxy import pod_entry, role_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -188,8 +188,8 @@ def test_rotated_certificates_are_picked_up_without_a_restart(tmp_path: Path) ->
     import datetime
     import socket
 
-    from tests.support import certs as certs_support
-    from tests.support.proxy import ProxyProcess, client_tls_context
+    from localcluster import certs as certs_support
+    from localcluster.proxy import ProxyProcess, client_tls_context
 
     pki = certs_support.make_pki(tmp_path / "pki")
     proxy = ProxyProcess(tmp_path, pki, "127.0.0.38", args=["--tls-reload-interval", "0.1"]).start()

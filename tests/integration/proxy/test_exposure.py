@@ -18,8 +18,8 @@ import pytest
 
 from metadata_proxy import wire
 from tests.integration.proxy.conftest import ProxyFactory
-from tests.support import certs, ports
-from tests.support.proxy import ProxyProcess, http_request, pod_entry, role_credentials
+from localcluster import certs, ports
+from localcluster.proxy import ProxyProcess, http_request, pod_entry, role_credentials
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Integration tests of the operator-side TLS: the real API server (tests/controlplane), the operator's
+"""Integration tests of the operator-side TLS: the real API server (localcluster/controlplane), the operator's
 TLS code in real processes, real proxies mounting the Secrets through a kubelet-style volume."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import controlplane as _cp
+from localcluster.controlplane import controlplane as _cp
 from tests.integration.tls import cfssl, secret_volume, support
-from tests.support import certs
-from tests.support import proxy as proxy_support
+from localcluster import certs
+from localcluster import proxy as proxy_support
 
 _hosts = itertools.count(20)
 

@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane import client
+from localcluster.controlplane import client
 
 
 class SecretVolume:

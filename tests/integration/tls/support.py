@@ -27,8 +27,8 @@ from pathlib import Path
 from cryptography import x509
 
 from metadata_proxy import wire
-from tests.support import processes
-from tests.support import proxy as proxy_support
+from localcluster import processes
+from localcluster import proxy as proxy_support
 
 
 @dataclasses.dataclass(frozen=True)

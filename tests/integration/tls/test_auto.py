@@ -19,10 +19,10 @@ from kubernetes_asyncio import config as kube_config
 
 from podiam_operator import _settings
 from podiam_operator.tls import auto, pki, report, store
-from tests.controlplane import controlplane as _cp
+from localcluster.controlplane import controlplane as _cp
 from tests.integration.tls import secret_volume, support
 from tests.integration.tls.conftest import events, secret
-from tests.support import proxy as proxy_support
+from localcluster import proxy as proxy_support
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane import ControlPlane
+from localcluster.controlplane import ControlPlane
 from tests.integration.tls import secret_volume, support
-from tests.support import moto
-from tests.support import stack as stacks
+from localcluster import moto
+from localcluster import stack as stacks
 
 pytestmark = pytest.mark.integration
 

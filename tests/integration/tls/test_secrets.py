@@ -18,10 +18,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from podiam_operator import _settings
 from podiam_operator.tls import pki
-from tests.controlplane import controlplane as _cp
+from localcluster.controlplane import controlplane as _cp
 from tests.integration.tls import cfssl, secret_volume, support
 from tests.integration.tls.conftest import events
-from tests.support import proxy as proxy_support
+from localcluster import proxy as proxy_support
 
 pytestmark = pytest.mark.integration
 

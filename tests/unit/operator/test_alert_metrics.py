@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 
 from podiam_operator import _metrics
-from tests.support import certs
+from localcluster import certs
 
 pytestmark = pytest.mark.unit
 

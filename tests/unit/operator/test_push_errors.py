@@ -12,7 +12,7 @@ from aiohttp import web
 
 from metadata_proxy import wire
 from podiam_operator._kits import push, tlsfiles
-from tests.support import ports
+from localcluster import ports
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from podiam_operator._kits import sts
-from tests.support import ports
+from localcluster import ports
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from metadata_proxy import _control, _health, _imds, _metrics, _ratelog, _settings, _store, _tls, _tokens
-from tests.support import certs, proxy
+from localcluster import certs, proxy
 
 POD_IP = "127.0.0.1"  # where the aiohttp test client connects from
 

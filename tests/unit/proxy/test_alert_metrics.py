@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from metadata_proxy import _metrics, _store, wire
-from tests.support import certs
-from tests.support.proxy import pod_entry, role_credentials
+from localcluster import certs
+from localcluster.proxy import pod_entry, role_credentials
 from tests.unit.proxy.test_control import call
 
 pytestmark = pytest.mark.unit

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from metadata_proxy import _container_credentials, _metrics, _ratelog, _store, wire
-from tests.support.proxy import pod_entry, role_credentials
+from localcluster.proxy import pod_entry, role_credentials
 from tests.unit.proxy.conftest import Clock
 
 pytestmark = pytest.mark.unit

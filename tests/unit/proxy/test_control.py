@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from metadata_proxy import _metrics, _store, wire
-from tests.support import certs
-from tests.support.proxy import client_tls_context, pod_entry, role_credentials
+from localcluster import certs
+from localcluster.proxy import client_tls_context, pod_entry, role_credentials
 from tests.unit.proxy.conftest import control_url, operator_session, ssl_error_types
 
 pytestmark = pytest.mark.unit

@@ -15,8 +15,8 @@ import uvloop
 from aiohttp import web
 
 from metadata_proxy import _guard, _metrics, _ratelog
-from tests.support import certs, ports
-from tests.support.proxy import client_tls_context
+from localcluster import certs, ports
+from localcluster.proxy import client_tls_context
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from metadata_proxy import _store, wire
-from tests.support.proxy import pod_entry, role_credentials
+from localcluster.proxy import pod_entry, role_credentials
 
 pytestmark = pytest.mark.unit
 

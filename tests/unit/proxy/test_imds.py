@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from metadata_proxy import _metrics, _store, wire
-from tests.support.proxy import pod_entry, role_credentials
+from localcluster.proxy import pod_entry, role_credentials
 from tests.unit.proxy.conftest import POD_IP, Clock, ImdsFactory
 
 pytestmark = pytest.mark.unit

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from metadata_proxy import _cni, _metrics, _pod_ips, _store, wire
-from tests.support.proxy import pod_entry, role_credentials
+from localcluster.proxy import pod_entry, role_credentials
 from tests.unit.proxy.conftest import POD_IP, Clock, ImdsFactory
 from tests.unit.proxy.test_cni import cached
 

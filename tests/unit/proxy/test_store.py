@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from metadata_proxy import _store, wire
-from tests.support.proxy import pod_entry, role_credentials
+from localcluster.proxy import pod_entry, role_credentials
 from tests.unit.proxy.conftest import Clock
 
 pytestmark = pytest.mark.unit

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from metadata_proxy import _tls, wire
-from tests.support import certs
-from tests.support.proxy import client_tls_context
+from localcluster import certs
+from localcluster.proxy import client_tls_context
 
 pytestmark = pytest.mark.unit
 
@@ -107,7 +107,7 @@ async def test_the_watcher_picks_up_changes(fresh_pki: certs.Pki) -> None:
         watcher.cancel()
     assert outcomes == ["reloaded"]
     assert len(expiries) == 2
-    assert expiries[1]["cert"] < expiries[0]["cert"]  # the renewed one expires in 30 days, trustme's default in 3000
+    assert expiries[1]["cert"] < expiries[0]["cert"]  # the renewed one expires in 30 days, localcluster.certs' default in ten years
     assert renewed.cert.exists()
 
 
