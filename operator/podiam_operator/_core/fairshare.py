@@ -10,7 +10,10 @@ call is charged to a namespace that uses its credential set, and
   (a credential set shared by several namespaces never waits for the one
   that spent its budget);
 - renewals of credentials in use go before first fetches (a pod that has
-  credentials must not lose them to someone else's new pods);
+  credentials must not lose them to someone else's new pods), but never take
+  the last free slot (the dispatcher's rule): when STS is slow, renewals that
+  keep timing out would otherwise hold every slot and a new pod would wait
+  for ever with no answer at all;
 - within each, the namespaces take turns (the one served longest ago goes
   first), so a namespace with many waiting calls delays another's by one
   turn, not by its whole queue.
@@ -89,9 +92,10 @@ class FairShare:
     def can_pay(self, payers: frozenset[str], now: float) -> bool:
         return any(self.tokens(payer, now) >= 1 for payer in payers or {FREE})
 
-    def pick(self, now: float) -> tuple[Ticket, str] | None:
-        """The call to make now and the namespace it is charged to; None if every waiting call waits for a budget."""
-        for priority in sorted({p for p, _ in self._queues}):
+    def pick(self, now: float, *, renewals: bool = True) -> tuple[Ticket, str] | None:
+        """The call to make now and the namespace it is charged to; None if every waiting call waits for a budget
+        (or, with ``renewals`` false, every call that could go is a renewal)."""
+        for priority in sorted({p for p, _ in self._queues if renewals or p != RENEWAL}):
             payers = [n for p, n in self._queues if p == priority and self.tokens(n, now) >= 1]
             if not payers:
                 continue

@@ -132,6 +132,10 @@ class Dispatcher:
         self.clock = clock
         self.share = fairshare.FairShare(burst=burst, rate=rate)
         self._free = concurrency
+        # Renewals may hold every slot but one: that one is for first fetches, so a renewal storm against a slow
+        # STS (each renewal spending its attempts' timeouts) cannot keep a new pod from ever getting an answer.
+        self._renewal_slots = max(1, concurrency - 1)
+        self._renewing = 0
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._ids = itertools.count()
         self._timer: asyncio.Task[None] | None = None
@@ -161,22 +165,24 @@ class Dispatcher:
                 self.share.discard(ticket.id)  # cancelled while waiting
                 self._gauge()
             elif not future.cancelled():
-                self._release()  # cancelled just as its turn came
+                self._release(renewal)  # cancelled just as its turn came
             raise
         try:
             yield
         finally:
-            self._release()
+            self._release(renewal)
 
-    def _release(self) -> None:
+    def _release(self, renewal: bool) -> None:
         self._free += 1
+        self._renewing -= renewal
         self._dispatch()
 
     def _dispatch(self) -> None:
         now = self._now()
-        while self._free > 0 and (picked := self.share.pick(now)) is not None:
+        while self._free > 0 and (picked := self.share.pick(now, renewals=self._renewing < self._renewal_slots)) is not None:
             future = self._waiting.pop(picked[0].id)
             self._free -= 1
+            self._renewing += picked[0].priority == fairshare.RENEWAL
             future.set_result(None)
         self._gauge()
         if self._timer is not None:

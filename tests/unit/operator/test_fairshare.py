@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
 
 from podiam_operator._core import fairshare
+from podiam_operator._kits import sts
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 _ids = itertools.count()
@@ -118,3 +121,35 @@ def test_can_pay() -> None:
     assert not share.can_pay(frozenset({"a"}), 0.5)
     assert share.can_pay(frozenset({"a", "b"}), 0.5)
     assert share.can_pay(frozenset({"a"}), 1.0)
+
+
+def test_pick_without_renewals_leaves_them_waiting() -> None:
+    share = fairshare.FairShare(burst=10, rate=1)
+    renewal, new = ticket("a", priority=fairshare.RENEWAL), ticket("b")
+    share.add(renewal)
+    share.add(new)
+    assert share.pick(0.0, renewals=False) == (new, "b")
+    assert share.pick(0.0, renewals=False) is None
+    assert share.pick(0.0) == (renewal, "a")
+
+
+async def test_renewals_never_take_the_last_slot_from_a_first_fetch() -> None:
+    """A slow STS: renewals that keep timing out would hold every slot, and a new pod would never get an answer."""
+    dispatcher = sts.Dispatcher(FakeClock(), concurrency=3, burst=100, rate=100)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def call(name: str, *, renewal: bool) -> None:
+        async with dispatcher.slot(frozenset({"ns"}), renewal=renewal):
+            order.append(name)
+            await release.wait()
+
+    renewals = [asyncio.ensure_future(call(f"renewal-{i}", renewal=True)) for i in range(5)]
+    await asyncio.sleep(0)
+    new = asyncio.ensure_future(call("new", renewal=False))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert order == ["renewal-0", "renewal-1", "new"]  # the third slot waited for the first fetch
+    release.set()
+    await asyncio.gather(*renewals, new)
+    assert sorted(order) == sorted([f"renewal-{i}" for i in range(5)] + ["new"])
