@@ -19,9 +19,7 @@ builders (several test sessions, ``make`` and pytest) from building twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
@@ -34,8 +32,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+from localcluster import buildlock
 
 GO_MODULE = Path(__file__).resolve().parent / "go"
 MAIN_PACKAGE = "./cmd/controlplane"
@@ -170,7 +169,8 @@ def ensure_built(progress: bool = True) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / ".lock", progress):
+    waiting = (lambda: _say(f"another process is building into {target.parent}; waiting for it")) if progress else None
+    with buildlock.exclusive(target.parent / ".lock", waiting):
         if not target.is_file():  # another builder may have finished while we waited
             _build(target, progress)
             _prune_other_versions(target.parent)
@@ -183,21 +183,6 @@ def _prune_other_versions(keep: Path) -> None:
         if other == keep or not other.is_dir() or not (other / BINARY_NAME).is_file():
             continue  # not a finished build (maybe one in progress)
         shutil.rmtree(other, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path, progress: bool) -> Iterator[None]:
-    with lock_path.open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                _say(f"another process is building into {lock_path.parent}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _say(message: str) -> None:

@@ -15,7 +15,6 @@ and rebuilt when either changes (under a file lock, as the builds are).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import shutil
 import socket
@@ -25,7 +24,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from localcluster import processes
+from localcluster import buildlock, processes
 from localcluster.images import images as podiam_images
 
 # The files containerd writes in place; everything else under a root is written once.
@@ -49,8 +48,7 @@ def prepared(built: Mapping[str, podiam_images.Image]) -> Path:
     if (folder / _READY).exists():
         return folder / "root"
     base.mkdir(parents=True, exist_ok=True)
-    with (base / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with buildlock.exclusive(base / ".lock"):
         if not (folder / _READY).exists():
             shutil.rmtree(folder, ignore_errors=True)
             _import(folder / "root", built)

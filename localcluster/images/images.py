@@ -27,9 +27,7 @@ from building twice.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import fcntl
 import fnmatch
 import hashlib
 import json
@@ -45,6 +43,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from localcluster import buildlock
 from localcluster.controlplane import build as controlplane_build
 from localcluster.images import context
 
@@ -139,7 +138,8 @@ def ensure_built(progress: bool = True) -> dict[str, Image]:
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     built = dict(planned)
-    with _locked(root / ".lock", progress), _Progress(progress) as reporter:
+    waiting = (lambda: _say(f"another process is building images in {root}; waiting for it")) if progress else None
+    with buildlock.exclusive(root / ".lock", waiting), _Progress(progress) as reporter:
         _fresh_directory(root / "tmp")  # what a killed build left
         _remove_containers()
         for name, image in planned.items():
@@ -468,21 +468,6 @@ def _ctr(address: str, namespace: str, *args: str) -> str:
 
 
 # Locking and progress
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path, progress: bool) -> Iterator[None]:
-    with lock_path.open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                _say(f"another process is building images in {lock_path.parent}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _say(message: str) -> None:
