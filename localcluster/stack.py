@@ -288,6 +288,11 @@ class Stack:
             process.wait_http(process.liveness_url, timeout=60)  # type: ignore[attr-defined]
         return process
 
+    def print_operator_logs(self) -> None:
+        """Every operator's log tail, for a fixture whose set-up failed (pytest shows what it printed)."""
+        for process in self.operators:
+            print(f"--- {process.name} log ---\n{process.log()[-6000:]}")
+
     @property
     def operator(self) -> processes.ManagedProcess:
         live = [p for p in self.operators if p.alive()]

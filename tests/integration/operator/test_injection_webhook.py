@@ -85,8 +85,7 @@ def stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: pyte
         running.start()
         yield running
     except BaseException:
-        for process in running.operators:
-            print(f"--- {process.name} log ---\n{process.log()[-6000:]}")
+        running.print_operator_logs()
         raise
     finally:
         running.stop()

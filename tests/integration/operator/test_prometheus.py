@@ -78,8 +78,7 @@ def monitored(controlplane: ControlPlane, sts: moto.StsFront, tmp_path_factory: 
         running.start()
         yield running
     except BaseException:
-        for process in running.operators:
-            print(f"--- {process.name} log ---\n{process.log()[-6000:]}")
+        running.print_operator_logs()
         raise
     finally:
         sts.clear_faults()

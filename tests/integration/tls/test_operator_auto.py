@@ -54,8 +54,7 @@ def auto_stack(controlplane: ControlPlane, sts: moto.StsFront, tmp_path: Path) -
         running.wait_proxies_ready()
         yield running, files
     except BaseException:
-        for process in running.operators:
-            print(f"--- {process.name} log ---\n{process.log()[-6000:]}")
+        running.print_operator_logs()
         raise
     finally:
         running.stop()
