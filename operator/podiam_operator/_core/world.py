@@ -103,6 +103,9 @@ class World:
         self.rules = rules
         self.bindings: dict[BindingKey, facts.BindingFacts] = {}
         self.bindings_by_ns: dict[str, set[str]] = collections.defaultdict(set)
+        # The users' own bindings only: a pod's decision matches those, never the pod-owned ones (one per
+        # annotated pod), so a namespace of thousands of annotated pods costs each pod's decision nothing.
+        self.user_bindings_by_ns: dict[str, set[str]] = collections.defaultdict(set)
         self.evals: dict[BindingKey, decide.BindingEval] = {}
         self.decisions: dict[PodKey, decide.PodDecision] = {}
         self.node_pods: dict[str, dict[PodKey, decide.Grant]] = collections.defaultdict(dict)  # granted, alive, scheduled
@@ -260,6 +263,10 @@ class World:
             return Delta()
         self.bindings[binding.key] = binding
         self.bindings_by_ns[binding.namespace].add(binding.name)
+        if binding.pod_owned:
+            self.user_bindings_by_ns[binding.namespace].discard(binding.name)
+        else:
+            self.user_bindings_by_ns[binding.namespace].add(binding.name)
         self.evals[binding.key] = decide.evaluate_binding(binding, self.namespace_policy(binding.namespace), self.base)
         delta = Delta(bindings={binding.key})
         if not binding.pod_owned or (old is not None and not old.pod_owned):
@@ -271,6 +278,7 @@ class World:
         if old is None:
             return Delta()
         self.bindings_by_ns[namespace].discard(name)
+        self.user_bindings_by_ns[namespace].discard(name)
         self.evals.pop((namespace, name), None)
         delta = Delta(bindings={(namespace, name)})
         if not old.pod_owned:
@@ -306,7 +314,7 @@ class World:
     def _recompute_pod(self, key: PodKey) -> Delta:
         pod = self.pods[key]
         namespace = key[0]
-        evals = [self.evals[(namespace, n)] for n in self.bindings_by_ns.get(namespace, ()) if (namespace, n) in self.evals]
+        evals = [self.evals[(namespace, n)] for n in self.user_bindings_by_ns.get(namespace, ()) if (namespace, n) in self.evals]
         account = self.service_accounts.get((namespace, pod.service_account))
         decision = decide.decide_pod(pod, self.namespace_policy(namespace), evals, self.base, self.config, account)
         old = self.decisions.get(key, decide.NONE)
