@@ -12,7 +12,7 @@ from podiam_operator._core import world
 from podiam_operator._core.reasons import Reason
 from podiam_operator._engine import ports
 from podiam_operator._engine.events import Events, pod_ref
-from podiam_operator._engine.tasks import WRITE_CONCURRENCY
+from podiam_operator._engine import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +22,13 @@ class OwnedBindings:
         self._world = model
         self._writer = writer
         self._events = events
-        self._dirty: set[world.PodKey] = set()
-        self._wakeup = asyncio.Event()
+        self._work: tasks.KeyedWork[world.PodKey] = tasks.KeyedWork(self._sync_or_retry, tasks.WRITE_CONCURRENCY)
         self._created: dict[world.PodKey, str] = {}  # created, not seen back yet: pod uid
         self._refused: dict[world.PodKey, tuple[str, str | None, str | None]] = {}  # 422: (pod uid, role, external id)
 
     def mark(self, keys: Iterable[world.PodKey]) -> None:
         """These pods' bindings may need a change."""
-        self._dirty.update(keys)
-        self._wakeup.set()
+        self._work.mark(keys)
 
     def binding_seen(self, key: world.PodKey) -> None:
         """A pod-owned binding came back from the API server (created by us, or still there)."""
@@ -40,22 +38,15 @@ class OwnedBindings:
         self._refused.pop(key, None)
 
     async def run(self) -> None:
-        semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch, self._dirty = self._dirty, set()
+        await self._work.run()
 
-            async def sync(key: world.PodKey) -> None:
-                async with semaphore:
-                    try:
-                        await self._sync(key)
-                    except ApiException as error:
-                        logger.warning("pod-owned binding %s/%s: HTTP %s %s; retrying", *key, error.status, error.reason)
-                        await asyncio.sleep(1.0)
-                        self.mark([key])
-
-            await asyncio.gather(*(sync(key) for key in batch))
+    async def _sync_or_retry(self, key: world.PodKey) -> None:
+        try:
+            await self._sync(key)
+        except ApiException as error:
+            logger.warning("pod-owned binding %s/%s: HTTP %s %s; retrying", *key, error.status, error.reason)
+            await asyncio.sleep(1.0)
+            self.mark([key])
 
     async def _sync(self, key: world.PodKey) -> None:
         pod = self._world.pods.get(key)

@@ -15,7 +15,7 @@ from podiam_operator import _metrics
 from podiam_operator._core import decide, facts, world
 from podiam_operator._engine import ports
 from podiam_operator._engine.events import Events, ref
-from podiam_operator._engine.tasks import WRITE_CONCURRENCY
+from podiam_operator._engine import tasks
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import sts
 
@@ -30,16 +30,15 @@ class BindingStatuses:
         self._writer = writer
         self._clock = clock
         self._events = events
-        self._dirty: set[world.BindingKey] = set()
-        self._wakeup = asyncio.Event()
+        # 50 ms after a change: a burst of changes to one binding makes one write.
+        self._work: tasks.KeyedWork[world.BindingKey] = tasks.KeyedWork(self._write, tasks.WRITE_CONCURRENCY, delay=0.05)
         self._written: dict[world.BindingKey, dict[str, Any]] = {}
         self._conditions: dict[world.BindingKey, dict[str, Any]] = {}
         self._phases: dict[world.BindingKey, str] = {}
 
     def mark(self, keys: Iterable[world.BindingKey]) -> None:
         """These bindings' status may have changed: compute it again, write it if it did."""
-        self._dirty.update(keys)
-        self._wakeup.set()
+        self._work.mark(keys)
 
     def forget(self, key: world.BindingKey) -> None:
         """The binding is gone."""
@@ -61,18 +60,7 @@ class BindingStatuses:
         return decide.binding_status(self._world.evals.get(key), decisions, states, contested), binding
 
     async def run(self) -> None:
-        semaphore = asyncio.Semaphore(WRITE_CONCURRENCY)
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            await asyncio.sleep(0.05)  # coalesce bursts
-            batch, self._dirty = self._dirty, set()
-
-            async def write(key: world.BindingKey) -> None:
-                async with semaphore:
-                    await self._write(key)
-
-            await asyncio.gather(*(write(key) for key in batch))
+        await self._work.run()
 
     async def _write(self, key: world.BindingKey) -> None:
         computed = self._status_of(key)

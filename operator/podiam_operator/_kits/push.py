@@ -25,7 +25,7 @@ import pydantic
 from metadata_proxy import wire
 from podiam_operator import _metrics
 from podiam_operator._core import facts, world
-from podiam_operator._kits import tlsfiles
+from podiam_operator._kits import limits, tlsfiles
 from podiam_operator.tls import explain as tls_explain
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Client:
         self.server_name = server_name
         self.operator_identity = operator_identity  # what its certificate names, for a refusal's explanation
         self.timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 3.0))
-        self.semaphore = asyncio.Semaphore(concurrency)
+        self.semaphore = limits.Limiter(concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._version = -1
 
