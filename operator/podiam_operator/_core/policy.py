@@ -40,6 +40,8 @@ MAX_REGEX_LENGTH = 2048
 # A match of a role name or ARN (at most a few hundred characters) takes microseconds;
 # a regex needing longer than this is declared unusable and denies every role.
 MATCH_TIME_LIMIT = 0.05
+# Verdicts a namespace's policy remembers (roles asked for there); past this it starts afresh.
+_VERDICTS_KEPT = 1024
 _PROBE_PREFIX = "arn:aws:iam::000000000000:role/"  # to compile name entries before the account is known
 
 
@@ -104,7 +106,21 @@ class NamespacePolicy:
         return None
 
     def check(self, role: roles.RoleRef, base: roles.BaseArn | None) -> Verdict:
-        """Does every policy annotation present permit ``role``? Each matches one form of the role only."""
+        """Does every policy annotation present permit ``role``? Each matches one form of the role only.
+
+        Remembered per (role, base): every pod of a namespace asks for the same few roles, and a regex
+        match with its time limit costs more than the rest of a pod's decision.
+        """
+        verdicts: dict[tuple[roles.RoleRef, roles.BaseArn | None], Verdict] = self.__dict__.setdefault("_verdicts", {})
+        verdict = verdicts.get((role, base))
+        if verdict is None:
+            verdict = self._check(role, base)
+            if len(verdicts) >= _VERDICTS_KEPT:
+                verdicts.clear()
+            verdicts[(role, base)] = verdict
+        return verdict
+
+    def _check(self, role: roles.RoleRef, base: roles.BaseArn | None) -> Verdict:
         if self.permitted is None and self.allowed_roles is None:
             return Verdict(False, Reason.NAMESPACE_NOT_PERMITTED,
                            f"namespace {self.namespace!r} has no {PERMITTED_ANNOTATION} or {self.rules.allowed_roles_key} "
@@ -123,14 +139,14 @@ class NamespacePolicy:
         if self.permitted is not None:
             verdict = self._check_regex(role, base)
             if verdict is None:
-                return self.check(role, base)  # the regex has just become unusable: say so
+                return self._check(role, base)  # the regex has just become unusable: say so
             if not verdict.allowed:
                 return verdict
             granted.append(f"{PERMITTED_ANNOTATION} {self.permitted!r}")
         if self.allowed_roles is not None:
             verdict = self._check_list(role, base)
             if verdict is None:
-                return self.check(role, base)
+                return self._check(role, base)
             if not verdict.allowed:
                 return verdict
             granted.append(verdict.message)
@@ -151,6 +167,7 @@ class NamespacePolicy:
             matched = self._matches(compiled, text, role, base, regex=True)
         except TimeoutError:
             # Unusable from now on, for every role: the cached compiled form becomes the reason.
+            self.__dict__.pop("_verdicts", None)  # those were given by the regex that is unusable now
             self.__dict__["compiled"] = (f"matching took longer than {MATCH_TIME_LIMIT:g}s "
                                          "(catastrophic backtracking, e.g. nested quantifiers)")
             return None
@@ -187,6 +204,7 @@ class NamespacePolicy:
                 if self._matches(pattern, role.arn, role, base, regex=regex):
                     return Verdict(True, Reason.PERMITTED, f"{key} entry {entry!r}")
             except TimeoutError:
+                self.__dict__.pop("_verdicts", None)
                 self.__dict__["entries"] = (f"{key}: matching entry {entry!r} took longer than {MATCH_TIME_LIMIT:g}s "
                                             "(catastrophic backtracking, e.g. nested quantifiers)")
                 return None

@@ -23,23 +23,25 @@ class Events:
         self._poster = poster
         self._tasks = tasks
         self._world = model
-        self._emitted: dict[tuple[str, str], str] = {}  # (object uid, reason) -> message, to post each Event once
+        self._emitted: dict[str, dict[str, str]] = {}  # object uid -> reason -> message, to post each Event once
 
     def post(self, on: dict[str, str], kind: str, reason: str, message: str) -> None:
-        memory_key = (on["uid"], reason)
-        if self._emitted.get(memory_key) == message:
+        posted = self._emitted.setdefault(on["uid"], {})
+        if posted.get(reason) == message:
             return
-        self._emitted[memory_key] = message
+        posted[reason] = message
         self._tasks.spawn(self._poster.event(on, kind, reason, message), "event")
 
     def forget(self, uid: str, only: Iterable[str] | None = None) -> None:
         """What was posted on the object (every reason, or ``only`` these) is news again if it happens again."""
+        posted = self._emitted.get(uid)
+        if posted is None:
+            return
         if only is not None:
             for reason in only:
-                self._emitted.pop((uid, reason), None)
-            return
-        for memory_key in [k for k in self._emitted if k[0] == uid]:
-            del self._emitted[memory_key]
+                posted.pop(reason, None)
+        if only is None or not posted:
+            del self._emitted[uid]
 
     def pod_decision(self, key: world.PodKey, decision: decide.PodDecision) -> None:
         """What a pod's decision means for its Events (and for its ServiceAccount's, when that named the role)."""

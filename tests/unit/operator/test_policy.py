@@ -125,3 +125,14 @@ def test_a_regex_that_times_out_is_reported() -> None:
     ns = policies.NamespacePolicy("t", "(a|a)+")
     verdict = ns.check(roles.resolve("a" * 40 + "-b", BASE), BASE)
     assert verdict.reason == "InvalidPermittedRegex" and "catastrophic backtracking" in verdict.message
+
+
+def test_a_remembered_verdict_goes_when_the_regex_becomes_unusable() -> None:
+    from podiam_operator._core import policy as policies
+
+    ns = policies.NamespacePolicy("t", "(a|a)+")
+    short = roles.resolve("aaaa", BASE)
+    assert ns.check(short, BASE).allowed  # matched at once, and remembered
+    assert ns.check(roles.resolve("a" * 40 + "-b", BASE), BASE).reason == "InvalidPermittedRegex"
+    # The role allowed before is refused now: the policy that allowed it is unusable.
+    assert ns.check(short, BASE).reason == "InvalidPermittedRegex"
