@@ -15,7 +15,7 @@ from typing import Any
 
 from podiam_operator import _metrics, _settings
 from podiam_operator._core import decide, facts, policy, published, roles, world
-from podiam_operator._engine import Engine, publisher
+from podiam_operator._engine import Engine, Indexes, publisher
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
@@ -54,6 +54,40 @@ def own_pods(settings: _settings.OperatorSettings) -> world.OwnPods | None:
         return None
     assert settings.operator_namespace and settings.operator_service_account  # checked by the settings
     return world.OwnPods(settings.operator_namespace, settings.operator_service_account)
+
+
+def is_proxy(body: Any, settings: _settings.OperatorSettings) -> bool:
+    """A proxy pod (the DaemonSet's): its node is where pushes go."""
+    meta = body.get("metadata", {})
+    labels = meta.get("labels") or {}
+    return meta.get("namespace") == settings.proxy_namespace and all(labels.get(k) == v for k, v in settings.proxy_labels().items())
+
+
+async def picture(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.Reader) -> Indexes:
+    """Everything the engine decides from, listed in pages (raw JSON, only the facts kept).
+
+    Listed before kopf starts watching, so that every event kopf delivers
+    afterwards (its own listing first) is as new or newer. Not kopf's
+    indexes: kopf makes every object of its first listing wait for all the
+    others, which took minutes at 20,000 pods (bench.scale).
+    """
+    pods, proxies = [], []
+    async for body in kube.list_all("pods"):
+        pods.append(facts.pod_facts(body, reader))
+        if is_proxy(body, settings) and (proxy := facts.proxy_facts(body)) is not None:
+            proxies.append(proxy)
+    namespaces = [facts.namespace_policy(body, reader) async for body in kube.list_all("namespaces")]
+    bindings = [facts.binding_facts(body) async for body in kube.list_all("bindings")]
+    tainted = [body.get("metadata", {}).get("name") async for body in kube.list_all("nodes")
+               if facts.node_has_taint(body, settings.node_taint)]
+    accounts = []
+    if settings.irsa_service_accounts:  # only those naming a role decide anything
+        async for body in kube.list_all("serviceaccounts"):
+            account = facts.service_account_facts(body)
+            if account.role is not None:
+                accounts.append(account)
+    return Indexes(pods=pods, namespaces=namespaces, bindings=bindings, proxies=proxies, tainted_nodes=tainted,
+                   service_accounts=accounts)
 
 
 async def kube(stack: contextlib.AsyncExitStack) -> kubes.Kube:

@@ -1,9 +1,11 @@
-"""kopf handlers: watch-only (events and indexes), each delegating to the engine.
+"""kopf handlers: watch-only, each delegating to the engine.
 
 Pods, namespaces, ServiceAccounts and nodes are only watched: there are no
 change-detecting handlers for them, so kopf never writes progress
 annotations or finalizers to them. PodRoleBindings are watched too; their
-status is written by the engine, not by kopf's handler machinery.
+status is written by the engine, not by kopf's handler machinery. The
+starting picture is listed by the start-up handler, not kept in kopf
+indexes (see ``_assembly.picture``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,6 @@ def _ops(memo: Any) -> _settings.OperatorSettings:
 
 def _reader(memo: Any) -> facts.Reader:
     return memo.podiam_reader  # type: ignore[no-any-return]
-
-
-def _is_proxy(body: Any, ops: _settings.OperatorSettings) -> bool:
-    meta = body.get("metadata", {})
-    labels = meta.get("labels") or {}
-    return meta.get("namespace") == ops.proxy_namespace and all(labels.get(k) == v for k, v in ops.proxy_labels().items())
 
 
 @kopf.on.startup()
@@ -66,6 +62,14 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     memo.probe.stage = "connecting to the Kubernetes API (the log says what fails)"
     memo.engine = await _assembly.build(ops, memo.stack, kube, tls, identity=memo.identity, priority=memo.priority)
     memo.probe.engine = memo.engine
+    memo.probe.stage = "listing pods, namespaces, bindings and nodes"
+    reader = _reader(memo)
+
+    async def relist() -> Indexes:
+        return await _assembly.picture(ops, kube, reader)
+
+    memo.engine.load(await relist())  # before kopf watches: every event it delivers is as new or newer
+    memo.engine.begin(relist)
 
 
 @kopf.on.cleanup()
@@ -73,69 +77,6 @@ async def cleanup(memo: Any, **_: Any) -> None:
     stack = getattr(memo, "stack", None)
     if stack is not None:
         await stack.aclose()
-
-
-# --- indexes: the complete picture at start ------------------------------------------
-
-
-@kopf.index("pods")
-def podiam_pods(body: kopf.Body, memo: Any, **_: Any) -> Any:
-    pod = facts.pod_facts(body, _reader(memo))
-    return {pod.key: pod}
-
-
-@kopf.index("pods")
-def podiam_proxies(body: kopf.Body, memo: Any, **_: Any) -> Any:
-    if not _is_proxy(body, _ops(memo)):
-        return None
-    proxy = facts.proxy_facts(body)
-    return {proxy.node: proxy} if proxy is not None else None
-
-
-@kopf.index("namespaces")
-def podiam_namespaces(body: kopf.Body, memo: Any, **_: Any) -> Any:
-    namespace = facts.namespace_policy(body, _reader(memo))
-    return {namespace.namespace: namespace}
-
-
-@kopf.index("serviceaccounts")
-def podiam_service_accounts(body: kopf.Body, memo: Any, **_: Any) -> Any:
-    # Only those naming a role, and only when they may: the others decide nothing.
-    account = facts.service_account_facts(body)
-    return {account.key: account} if _ops(memo).irsa_service_accounts and account.role is not None else None
-
-
-@kopf.index(facts.GROUP, facts.VERSION, facts.PLURAL)
-def podiam_bindings(body: kopf.Body, **_: Any) -> Any:
-    binding = facts.binding_facts(body)
-    return {binding.key: binding}
-
-
-@kopf.index("nodes")
-def podiam_tainted_nodes(body: kopf.Body, memo: Any, **_: Any) -> Any:
-    if facts.node_has_taint(body, _ops(memo).node_taint):
-        return {body.get("metadata", {}).get("name"): True}
-    return None
-
-
-def _values(index: kopf.Index[Any, Any]) -> list[Any]:
-    return [value for key in list(index) for value in index.get(key, [])]
-
-
-async def _engine(memo: Any, kwargs: dict[str, Any]) -> Engine:
-    engine: Engine = memo.engine
-    if not engine.started:
-        await engine.start(
-            Indexes(
-                pods=_values(kwargs["podiam_pods"]),
-                namespaces=_values(kwargs["podiam_namespaces"]),
-                bindings=_values(kwargs["podiam_bindings"]),
-                proxies=_values(kwargs["podiam_proxies"]),
-                tainted_nodes=[k for k in kwargs["podiam_tainted_nodes"]],
-                service_accounts=_values(kwargs["podiam_service_accounts"]),
-            )
-        )
-    return engine
 
 
 # --- admission: the container-credentials path's variables and token ----------------------
@@ -157,49 +98,41 @@ def inject_container_credentials(body: kopf.Body, patch: kopf.Patch, memo: Any,
         logger.info("container credentials: %s and the projected token added", injection.URI_VARIABLE)
 
 
-# --- events: incremental changes --------------------------------------------------------
+# --- events: incremental changes (the picture itself was listed at start-up) --------------
 
 
 @kopf.on.event("pods")
-async def pod_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+async def pod_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     raw = dict(body)
-    proxy = _is_proxy(raw, _ops(memo))
-    if proxy and not memo.engine.started:
-        # A proxy that appears while the engine's start waits (for AWS, say) must get the
-        # operator's own pods' entries now: they are how the operator reaches AWS. Not waiting
-        # for the start here keeps this pod's next events (its node, its IP) coming; the start
-        # loads every other pod from kopf's index, and a proxy pod decides nothing else.
-        memo.engine.proxy_event(type, raw)
-        return
-    engine = await _engine(memo, kwargs)
+    engine: Engine = memo.engine
     engine.pod_event(type, raw)
-    if proxy:
+    if _assembly.is_proxy(raw, _ops(memo)):
         engine.proxy_event(type, raw)
     if type is None:  # kopf (re)listed pods: deletions meanwhile sent no event
         engine.relisted()
 
 
 @kopf.on.event("namespaces")
-async def namespace_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    (await _engine(memo, kwargs)).namespace_event(type, dict(body))
+async def namespace_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    memo.engine.namespace_event(type, dict(body))
 
 
 @kopf.on.event("serviceaccounts")
-async def service_account_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    engine = await _engine(memo, kwargs)
+async def service_account_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    engine: Engine = memo.engine
     engine.service_account_event(type, dict(body))
     if type is None:  # kopf (re)listed ServiceAccounts: deletions meanwhile sent no event
         engine.relisted()
 
 
 @kopf.on.event(facts.GROUP, facts.VERSION, facts.PLURAL)
-async def binding_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    engine = await _engine(memo, kwargs)
+async def binding_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    engine: Engine = memo.engine
     engine.binding_event(type, dict(body))
     if type is None:  # kopf (re)listed bindings: deletions meanwhile sent no event
         engine.relisted()
 
 
 @kopf.on.event("nodes")
-async def node_event(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    (await _engine(memo, kwargs)).node_event(type, dict(body))
+async def node_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    memo.engine.node_event(type, dict(body))

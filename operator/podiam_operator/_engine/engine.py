@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 from podiam_operator._core import decide, facts, policy, roles, world
@@ -29,6 +30,7 @@ Phase = Literal["listing", "standby", "identity", "warming-up", "active"]
 WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
 IDENTITY_TIMEOUT = 30.0  # how long it waits for its own AWS identity (role names need its account) before going on
 IDENTITY_RETRY_MAX = 15.0  # longest wait between two GetCallerIdentity attempts
+STANDBY_RELIST_AFTER = 5.0  # a replica that waited longer than this for leadership lists everything again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,26 +105,58 @@ class Engine:
 
     # --- lifecycle ------------------------------------------------------------
 
-    async def start(self, indexes: Indexes) -> None:
-        """Once, at the first handler call: load the complete picture, fetch credentials, then push."""
+    def load(self, indexes: Indexes) -> None:
+        """The starting picture, before any event (kopf starts watching after this)."""
+        for namespace in indexes.namespaces:
+            self.world.set_namespace(namespace)
+        for account in indexes.service_accounts:
+            self.world.set_service_account(account)
+        for binding in indexes.bindings:
+            self.world.set_binding(binding)
+        for pod in indexes.pods:
+            self.world.set_pod(pod)
+        for proxy in indexes.proxies:
+            self.world.set_proxy(proxy.node, proxy)
+            self._pusher.set_proxy(proxy.node, proxy)
+        self._taints.load(indexes.tainted_nodes)
+
+    def _catch_up(self, indexes: Indexes) -> None:
+        """A standby's picture is as old as its start: the listing now replaces it (what it lacks is gone)."""
+        listed_pods = {pod.key for pod in indexes.pods}
+        for key in [key for key in self.world.pods if key not in listed_pods]:
+            self.world.delete_pod(*key)
+        listed_bindings = {binding.key for binding in indexes.bindings}
+        for key in [key for key in self.world.bindings if key not in listed_bindings]:
+            self.world.delete_binding(*key)
+        listed_accounts = {account.key for account in indexes.service_accounts}
+        for key in [key for key in self.world.service_accounts if key not in listed_accounts]:
+            self.world.delete_service_account(*key)
+        listed_namespaces = {namespace.namespace for namespace in indexes.namespaces}
+        for name in [name for name in self.world.namespaces if name not in listed_namespaces]:
+            self.world.delete_namespace(name)
+        listed_proxies = {proxy.node for proxy in indexes.proxies}
+        for node in [node for node in self.world.proxies if node not in listed_proxies]:
+            self.world.set_proxy(node, None)
+            self._pusher.set_proxy(node, None)
+        self.load(indexes)
+
+    def begin(self, relist: Callable[[], Awaitable[Indexes]] | None = None) -> None:
+        """Start in the background (:meth:`start`); ``relist``: a fresh picture for when leadership came late."""
+        self._tasks.spawn(self.start(relist=relist), "start")
+
+    async def start(self, indexes: Indexes | None = None, *, relist: Callable[[], Awaitable[Indexes]] | None = None) -> None:
+        """Once: load the picture (unless :meth:`load` did), lead, fetch credentials, then push."""
         async with self._start_lock:
             if self.started:
                 return
-            for namespace in indexes.namespaces:
-                self.world.set_namespace(namespace)
-            for account in indexes.service_accounts:
-                self.world.set_service_account(account)
-            for binding in indexes.bindings:
-                self.world.set_binding(binding)
-            for pod in indexes.pods:
-                self.world.set_pod(pod)
-            for proxy in indexes.proxies:
-                self.world.set_proxy(proxy.node, proxy)
-                self._pusher.set_proxy(proxy.node, proxy)
-            self._taints.load(indexes.tainted_nodes)
+            if indexes is not None:
+                self.load(indexes)
             if self.leadership is not None:
                 self.phase = "standby"
+                waited_since = time.monotonic()
                 await self.leadership.wait_until_leader()
+                if relist is not None and time.monotonic() - waited_since > STANDBY_RELIST_AFTER:
+                    self._catch_up(await relist())
             # Leading from here on. Our own pods' entries first: they need no AWS, and
             # without them an operator on the pod network cannot reach AWS at all.
             self.phase = "identity"
@@ -157,6 +191,8 @@ class Engine:
             for key, decision in self.world.decisions.items():
                 self._events.pod_decision(key, decision)
             self._defaults.note_everywhere()
+            # What was deleted between the listing and kopf's own (which sends no DELETED for it) goes now.
+            self._relists.relisted()
 
     @staticmethod
     async def _first_keys(source: sa_keys.Source) -> None:

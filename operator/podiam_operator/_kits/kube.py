@@ -7,6 +7,8 @@ import datetime
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -21,6 +23,13 @@ MERGE_PATCH = "application/merge-patch+json"
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def _proxy_or_netrc() -> bool:
+    names = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "netrc"}
+    if any(key.lower() in names for key in os.environ):
+        return True
+    return (Path.home() / ".netrc").exists() or (Path.home() / "_netrc").exists()
 
 
 class Kube:
@@ -39,6 +48,10 @@ class Kube:
             configuration = client.Configuration()
             await config.load_kube_config(client_configuration=configuration)
         self.api = client.ApiClient(configuration)
+        if not _proxy_or_netrc():
+            # kubernetes_asyncio's session trusts the environment: for every request aiohttp then looks
+            # for proxy variables and reads ~/.netrc, in a thread. With neither there, that is all cost.
+            self.api.rest_client.pool_manager._trust_env = False
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -94,20 +107,23 @@ class Kube:
 
     # --- what exists (after a relist) ----------------------------------------------
 
-    async def list_uids(self, kind: str) -> dict[tuple[str, str], str]:
-        """``(namespace, name) -> uid`` of every pod, ServiceAccount or PodRoleBinding (``kind``: "pods",
-        "serviceaccounts", "bindings"), in pages, unparsed models."""
-        found: dict[tuple[str, str], str] = {}
+    async def list_all(self, kind: str) -> AsyncIterator[dict[str, Any]]:
+        """Every pod, ServiceAccount, PodRoleBinding, namespace or node (``kind``: "pods", "serviceaccounts",
+        "bindings", "namespaces", "nodes") as raw JSON, in pages: no model objects for 150,000 pods."""
         token: str | None = None
         while True:
             extra: dict[str, Any] = {"limit": 500, "_preload_content": False}
-            response: Any  # the raw aiohttp response (_preload_content=False): no model for 5,000 pods
+            response: Any  # the raw aiohttp response (_preload_content=False)
             if token:
                 extra["_continue"] = token
             if kind == "pods":
                 response = await self.core.list_pod_for_all_namespaces(**extra)
             elif kind == "serviceaccounts":
                 response = await self.core.list_service_account_for_all_namespaces(**extra)
+            elif kind == "namespaces":
+                response = await self.core.list_namespace(**extra)
+            elif kind == "nodes":
+                response = await self.core.list_node(**extra)
             else:
                 response = await self.custom.list_cluster_custom_object(facts.GROUP, facts.VERSION, facts.PLURAL, **extra)
             try:
@@ -115,11 +131,18 @@ class Kube:
             finally:
                 response.release()
             for item in page.get("items") or []:
-                meta = item.get("metadata") or {}
-                found[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = str(meta.get("uid", ""))
+                yield item
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return found
+                return
+
+    async def list_uids(self, kind: str) -> dict[tuple[str, str], str]:
+        """``(namespace, name) -> uid`` of every pod, ServiceAccount or PodRoleBinding (``kind`` as in :meth:`list_all`)."""
+        found: dict[tuple[str, str], str] = {}
+        async for item in self.list_all(kind):
+            meta = item.get("metadata") or {}
+            found[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = str(meta.get("uid", ""))
+        return found
 
     async def current_uid(self, kind: str, namespace: str, name: str) -> str | None:
         """The uid of the pod, ServiceAccount or PodRoleBinding of that name now (a quorum read), None if there is none.
