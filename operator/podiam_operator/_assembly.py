@@ -142,6 +142,7 @@ async def build(
         timeout=settings.push_timeout,
         concurrency=settings.push_concurrency,
         operator_identity=settings.tls_operator_identity,
+        keepalive=min(60.0, settings.anti_entropy_interval + 15.0),
     )
 
     keys = sa_keys.Source(kube, settings.service_account_keys_interval) if settings.container_credentials else None

@@ -35,6 +35,9 @@ class BindingStatuses:
         self._written: dict[world.BindingKey, dict[str, Any]] = {}
         self._conditions: dict[world.BindingKey, dict[str, Any]] = {}
         self._phases: dict[world.BindingKey, str] = {}
+        self._counts: collections.Counter[str] = collections.Counter()
+        for phase in decide.PHASES:
+            _metrics.BINDINGS.labels(phase).set(0)
 
     def mark(self, keys: Iterable[world.BindingKey]) -> None:
         """These bindings' status may have changed: compute it again, write it if it did."""
@@ -44,8 +47,9 @@ class BindingStatuses:
         """The binding is gone."""
         self._written.pop(key, None)
         self._conditions.pop(key, None)
-        if self._phases.pop(key, None) is not None:
-            self._gauge()
+        phase = self._phases.pop(key, None)
+        if phase is not None:
+            self._count(phase, -1)
 
     def _status_of(self, key: world.BindingKey) -> tuple[decide.BindingStatus, facts.BindingFacts] | None:
         binding = self._world.bindings.get(key)
@@ -98,7 +102,10 @@ class BindingStatuses:
         self._written[key] = comparable
         self._conditions[key] = condition
         self._phases[key] = status.phase
-        self._gauge()
+        if old_phase != status.phase:
+            if old_phase is not None:
+                self._count(old_phase, -1)
+            self._count(status.phase, +1)
         on = ref(facts.API_VERSION, facts.KIND, binding.namespace, binding.name, binding.uid)
         if status.phase in decide.FAILED:
             self._events.post(on, "Warning", status.reason, status.message)
@@ -107,7 +114,7 @@ class BindingStatuses:
             # failure after a recovery is news again.
             self._events.forget(binding.uid)
 
-    def _gauge(self) -> None:
-        counts = collections.Counter(self._phases.values())
-        for phase in decide.PHASES:
-            _metrics.BINDINGS.labels(phase).set(counts.get(phase, 0))
+    def _count(self, phase: str, change: int) -> None:
+        # Counted as phases change: recounting every binding's phase at each write was quadratic.
+        self._counts[phase] += change
+        _metrics.BINDINGS.labels(phase).set(self._counts[phase])
