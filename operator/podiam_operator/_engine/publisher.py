@@ -50,6 +50,10 @@ def certificate_expiry(path: Path) -> str | None:
     return _time(min(c.not_valid_after_utc for c in certificates)) if certificates else None
 
 
+MAX_DOCUMENT = 900 * 1024  # bytes; a ConfigMap's data holds at most 1 MiB
+WRITE_RATE = 100_000.0  # bytes a second, at most, on average
+
+
 class Publisher:
     def __init__(self, engine: Engine, kube: kubes.Kube, *, namespace: str, name: str, identity: str,
                  decisions: dict[str, Any], node_taint: str, tls_status: TlsStatus, client_cert: Path, ca_file: Path,
@@ -66,6 +70,7 @@ class Publisher:
         self.ca_file = ca_file
         self.interval = interval
         self._written: dict[str, Any] | None = None
+        self._pause = interval
         self._written_at = 0.0
         self._failed: str | None = None
 
@@ -79,17 +84,22 @@ class Publisher:
         for node in sorted(set(states) | set(world.proxies)):
             state = states.get(node)
             proxy = world.proxies.get(node)
-            proxies[node] = {
-                "pod": proxy.pod_name if proxy else None,
-                "synced": bool(state and state.synced),
-                "generation": state.generation if state else 0,
-                "pods": (state.entries + state.token_only) if state else 0,
-                "roles": state.roles if state else 0,
-                "lastPush": _time(state.last_push) if state else None,
-                "lastContact": _time(state.last_contact) if state else None,
-                "lastError": state.last_error if state else None,
-                "tainted": node in tainted,
-            }
+            # Only what is not the default: with 5,000 nodes every byte per node counts (a ConfigMap holds 1 MiB).
+            entry: dict[str, Any] = {"synced": bool(state and state.synced)}
+            if proxy is not None:
+                entry["pod"] = proxy.pod_name
+            if state is not None:
+                if state.entries + state.token_only:
+                    entry["pods"] = state.entries + state.token_only
+                if state.roles:
+                    entry["roles"] = state.roles
+                if state.last_push is not None:
+                    entry["lastPush"] = _time(state.last_push)
+                if state.last_error is not None:
+                    entry["lastError"] = state.last_error
+            if node in tainted:
+                entry["tainted"] = True
+            proxies[node] = entry
         roles = []
         for key in world.used_keys():
             grant = world.grants.get(key)
@@ -121,10 +131,17 @@ class Publisher:
         if document == self._written and now - self._written_at < published.HEARTBEAT_SECONDS:
             return
         stamped = {**document, "updated": _time(datetime.datetime.now(datetime.timezone.utc))}
+        encoded = json.dumps(stamped, sort_keys=True, separators=(",", ":"))
+        if len(encoded) > MAX_DOCUMENT:
+            # Too many nodes to list each: those that need a look stay (not synced, an error, tainted).
+            listed = {node: entry for node, entry in document["proxies"].items() if set(entry) - {"synced", "pod", "pods", "roles", "lastPush"}
+                      or not entry["synced"]}
+            stamped |= {"proxies": listed, "proxiesOmitted": len(document["proxies"]) - len(listed)}
+            encoded = json.dumps(stamped, sort_keys=True, separators=(",", ":"))
         body = client.V1ConfigMap(
             metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace,
                                          labels={"app.kubernetes.io/managed-by": kubes.COMPONENT}),
-            data={published.KEY: json.dumps(stamped, indent=1, sort_keys=True)},
+            data={published.KEY: encoded},
         )
         try:
             try:
@@ -141,10 +158,12 @@ class Publisher:
             return
         self._failed = None
         self._written, self._written_at = document, now
+        # A large document is written less often: 100 kB a second at most, whatever the cluster's size.
+        self._pause = max(self.interval, len(encoded) / WRITE_RATE)
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self._pause)
             if not self.engine.started:
                 continue  # a standby (or a replica still starting) says nothing
             try:

@@ -193,3 +193,13 @@ def test_ago() -> None:
     assert model.ago(NOW - datetime.timedelta(seconds=5), NOW) == "5s ago"
     assert model.ago(NOW + datetime.timedelta(hours=3), NOW) == "in 3h"
     assert model.ago(None, NOW) == "never"
+
+
+def test_a_proxy_left_out_of_a_large_clusters_document_counts_as_synced() -> None:
+    from podiam_operator.cli import model
+
+    document = {"proxies": {"n1": {"synced": False, "lastError": "handshake failed"}}, "proxiesOmitted": 4999}
+    published = model.Published(document=document, decisions=None, base=None, updated=None)  # type: ignore[arg-type]
+    assert published.proxy("n2") == {"synced": True}
+    assert published.proxy("n1") == {"synced": False, "lastError": "handshake failed"}
+    assert model.Published(document={"proxies": {}}, decisions=None, base=None, updated=None).proxy("n2") is None  # type: ignore[arg-type]
