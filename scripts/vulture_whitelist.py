@@ -16,6 +16,16 @@ used.server_timeout
 used.client_timeout
 used.connect_timeout
 used.request_timeout
+used.diffbase_storage
+
+# kopf calls the diff-base storage with these keywords (operator/podiam_operator/_kits/diffbase.py).
+used.extra_fields
+used.essence
+
+# Read by the libraries they belong to: asyncio's TLS read size (operator/podiam_operator/__main__.py), aiohttp's
+# choice of reading proxy variables and ~/.netrc per request (operator/podiam_operator/_kits/kube.py).
+used.max_size
+used._trust_env
 
 # logging's formatters read the record the proxy's rate-limiting log filter rewrote (metadata_proxy/_ratelog.py).
 used.msg
