@@ -18,9 +18,10 @@ used.connect_timeout
 used.request_timeout
 used.diffbase_storage
 
-# kopf calls the diff-base storage with these keywords (operator/podiam_operator/_kits/diffbase.py).
+# kopf calls the diff-base storage with these keywords (operator/podiam_operator/_kits/kopf_lean.py).
 used.extra_fields
 used.essence
+used.ephemeral
 
 # Read by the libraries they belong to: asyncio's TLS read size (operator/podiam_operator/__main__.py), aiohttp's
 # choice of reading proxy variables and ~/.netrc per request (operator/podiam_operator/_kits/kube.py).

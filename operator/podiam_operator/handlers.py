@@ -19,7 +19,7 @@ import kopf
 from podiam_operator import _assembly, _health, _settings
 from podiam_operator._core import facts, injection
 from podiam_operator._engine import Engine, Indexes
-from podiam_operator._kits import diffbase, webhook_server
+from podiam_operator._kits import kopf_lean, webhook_server
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     settings.watching.connect_timeout = 10
     settings.peering.lifetime = ops.peering_lifetime
     settings.posting.level = logging.ERROR  # our own Events say what users need
-    settings.persistence.diffbase_storage = diffbase.Unused()  # event handlers only: no diffs to compute
+    settings.persistence.diffbase_storage = kopf_lean.Unused()  # event handlers only: no diffs to compute
     settings.networking.request_timeout = 30
     # The injection webhook (kopf starts its server after this handler, so after TLS wrote the certificate).
     # Registered by the chart, not by kopf (managed stays None). Off: a server that never listens, since kopf
