@@ -120,9 +120,10 @@ class Stack:
         self.addresses = list(node_addresses) if node_addresses else [f"127.0.0.{10 + i}" for i in range(nodes)]
         if len(self.addresses) != nodes:
             raise ValueError(f"{nodes} nodes but {len(self.addresses)} node addresses")
-        self.metadata_port = ports.free_port_on_all(self.addresses)
-        self.control_port = ports.free_port_on_all(self.addresses)
-        self.health_port = ports.free_port_on_all(self.addresses)
+        hosts = self.addresses or ["127.0.0.1"]  # nodes=0: the caller brings its own (bench.scale)
+        self.metadata_port = ports.free_port_on_all(hosts)
+        self.control_port = ports.free_port_on_all(hosts)
+        self.health_port = ports.free_port_on_all(hosts)
 
     # --- lifecycle ---------------------------------------------------------------------
 
