@@ -305,12 +305,12 @@ class HttpProtocol(asyncio.Protocol):
         if end < 0:
             self._incomplete(buffer)
             return None
-        if end > MAX_HEAD:
-            raise HttpError(431, "LineTooLong", f"request head over {MAX_HEAD} bytes")
         line_end = buffer.find(b"\r\n")
-        line = buffer[:line_end]
         if line_end > self._server.max_line:
             raise HttpError(414, "LineTooLong", f"request line over {self._server.max_line} bytes")
+        if end > MAX_HEAD:
+            raise HttpError(431, "LineTooLong", f"request head over {MAX_HEAD} bytes")
+        line = buffer[:line_end]
         parts = line.split(b" ")
         if len(parts) != 3:
             raise HttpError(400, "BadStatusLine", "the request line is not METHOD SP target SP version")
