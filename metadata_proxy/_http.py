@@ -79,7 +79,9 @@ class Request:
 
 
 class Response:
-    __slots__ = ("status", "body", "content_type", "headers")
+    """An answer: ``render`` writes it; the head of its keep-alive form is rendered once (answers are reused)."""
+
+    __slots__ = ("status", "body", "content_type", "headers", "_head", "_tail")
 
     def __init__(self, status: int, body: bytes = b"", content_type: str = "text/plain",
                  headers: tuple[tuple[str, str], ...] = ()) -> None:
@@ -87,6 +89,20 @@ class Response:
         self.body = body
         self.content_type = content_type
         self.headers = headers
+        self._head: bytes | None = None
+        self._tail = b"\r\n" + body
+
+    def head(self, close: bool) -> bytes:
+        """The status line and headers but Date; the keep-alive form kept."""
+        if self._head is not None and not close:
+            return self._head
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
+        head = (f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}\r\nContent-Type: {self.content_type}\r\n"
+                f"Content-Length: {len(self.body)}\r\n{extra}{'Connection: close' + chr(13) + chr(10) if close else ''}"
+                ).encode("latin-1")
+        if not close:
+            self._head = head
+        return head
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
@@ -122,14 +138,9 @@ _DATE = _Date()
 
 
 def render(response: Response, head_only: bool, close: bool) -> bytes:
-    body = response.body
-    extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers) if response.headers else ""
-    head = (f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}\r\n"
-            f"Content-Type: {response.content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
-            f"{'Connection: close' + chr(13) + chr(10) if close else ''}").encode("latin-1")
     if head_only:
-        return head + _DATE.now() + b"\r\n"
-    return head + _DATE.now() + b"\r\n" + body
+        return response.head(close) + _DATE.now() + b"\r\n"
+    return response.head(close) + _DATE.now() + response._tail
 
 
 class Server:

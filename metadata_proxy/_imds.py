@@ -80,24 +80,13 @@ class _Counters:
 
     def __init__(self, metrics: _metrics.Metrics) -> None:
         self.metrics = metrics
-        self._requests: dict[tuple[str, int], object] = {}
-        self._latency: dict[str, object] = {}
+        self.record = metrics.requests.record
         self.hit = metrics.credentials.labels("hit")
         self.waited_hit = metrics.credentials.labels("waited_hit")
         self.miss = metrics.credentials.labels("miss")
         self.wrong_role = metrics.credentials.labels("wrong_role")
         self.node_identity = metrics.credentials.labels("node_identity")
         self.learned = metrics.credentials.labels("learned")
-
-    def record(self, route: str, status: int, seconds: float) -> None:
-        child = self._requests.get((route, status))
-        if child is None:
-            child = self._requests[(route, status)] = self.metrics.requests.labels(route, str(status))
-        child.inc()  # type: ignore[attr-defined]
-        histogram = self._latency.get(route)
-        if histogram is None:
-            histogram = self._latency[route] = self.metrics.latency.labels(route)
-        histogram.observe(seconds)  # type: ignore[attr-defined]
 
 
 class Imds:
