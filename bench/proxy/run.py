@@ -10,8 +10,9 @@ with a credentials JSON first. Then ``wrk`` runs against each in turn, in
 one run, for ``--duration`` seconds with ``--connections`` connections;
 printed: req/s, p50, p99 and non-2xx answers of each (any non-2xx is said
 loudly), the ratios proxy/nginx and proxy/mock, the proxy's CPU time per
-request, its RSS (empty, holding the pods, after the run) and the load
-average before and after. Not a test: nothing is asserted.
+request, its RSS (empty, holding the pods, after the run, and once it has
+checked a container-credentials token, which loads PyJWT and cryptography)
+and the load average before and after. Not a test: nothing is asserted.
 
     .venv/bin/python -m bench.proxy.run [--duration 10] [--connections 100] [--pods 250]
 """
@@ -114,6 +115,21 @@ def credentials_json(url: str) -> str | None:
     return f"no {', '.join(sorted(missing))} in the JSON" if missing else None
 
 
+def check_a_token(server: proxy.ProxyProcess) -> int:
+    """Push the API server's keys (an RSA JWK) and send a token whose signature does not verify: PyJWT and
+    cryptography, which the proxy imports for the first token it checks, are then loaded. The HTTP status."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": "bench", "alg": "RS256", "use": "sig"}
+    ack = server.push_changes(wire.Changes(service_account_keys=wire.ServiceAccountKeys(issuer="https://bench", keys=[jwk])))
+    assert not ack.rejected, ack
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode({"iss": "https://bench", "sub": "x"}, other, algorithm="RS256", headers={"kid": "bench"})
+    return server.container_credentials(token).status
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -198,6 +214,8 @@ def main() -> None:
                 results[name]["cpu_us_per_request"] = cpu / (results[name]["rps"] * args.duration) * 1e6
             time.sleep(1)
         rss_after = rss_mib(server.process.pid)
+        token_status = check_a_token(server)
+        rss_token = rss_mib(server.process.pid)
     finally:
         for process in (mock, nginx):
             if process:
@@ -221,7 +239,8 @@ def main() -> None:
           f"proxy/go-mock throughput: {proxy_rps / results['go-mock']['rps']:.2f}")
     print(f"proxy CPU per request: {results['proxy']['cpu_us_per_request']:.1f} us (one core: at most "
           f"{1e6 / results['proxy']['cpu_us_per_request']:.0f} req/s)")
-    print(f"proxy RSS: {rss_empty:.1f} MiB empty, {rss_loaded:.1f} MiB with {args.pods} pods, {rss_after:.1f} MiB after the run")
+    print(f"proxy RSS: {rss_empty:.1f} MiB empty, {rss_loaded:.1f} MiB with {args.pods} pods, {rss_after:.1f} MiB after the run; "
+          f"{rss_token:.1f} MiB once a container-credentials token was checked (HTTP {token_status}: PyJWT and cryptography loaded)")
     print(f"load average (1, 5, 15 min): {load_before} before the run, {load_after} after")
     shutil.rmtree(work, ignore_errors=True)
 
