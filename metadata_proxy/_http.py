@@ -217,9 +217,10 @@ class HttpProtocol(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool | None:
-        # The client will send nothing more: answer what it sent (a half-closed socket still reads), then close.
+        # The client will send nothing more: answer the requests it sent (a half-closed socket still reads), then
+        # close. Anything left in the buffer otherwise is an incomplete request, which can never complete now.
         self._eof = True
-        if self._task is not None or self._pos < len(self._buffer):
+        if self._task is not None or (self._paused and self._pos < len(self._buffer)):
             return True
         return None
 
@@ -390,8 +391,8 @@ class HttpProtocol(asyncio.Protocol):
                     keep_alive = False
                 elif not keep_alive and "keep-alive" in options:
                     keep_alive = True
-        if self._eof:
-            keep_alive = False
+        if self._eof and consumed == len(buffer):
+            keep_alive = False  # the last request the client sent
         self._pos = consumed
         method_text = method.decode()
         path, _, query = target.decode("ascii").partition("?")

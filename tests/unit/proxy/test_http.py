@@ -146,6 +146,16 @@ async def test_a_half_closed_connection_still_gets_its_answers(port: Port) -> No
     writer.close()
 
 
+async def test_a_half_closed_connection_with_an_incomplete_request_is_closed_at_once(port: Port) -> None:
+    reader, writer = await port.connect()
+    writer.write(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nHost:")
+    writer.write_eof()
+    started = asyncio.get_running_loop().time()
+    raw = await asyncio.wait_for(reader.read(), 5)
+    assert statuses(raw) == [200] and asyncio.get_running_loop().time() - started < 0.4  # not the 0.5 s idle timeout
+    writer.close()
+
+
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"GET /a HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
     (b"GET /a HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400),  # obs-fold
