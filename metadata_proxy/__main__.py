@@ -61,9 +61,8 @@ async def serve(settings: _settings.ProxySettings) -> None:
         credentials = _container_credentials.Listener(settings, store, metrics, logs, caps["credentials"], pods_side)
         if settings.iptables:
             credentials.install_rules()
+    imds = _imds.Imds(settings, store, metrics, logs)
     listeners = [
-        ("metadata", web.AppRunner(_imds.make_app(settings, store, metrics, logs), handle_signals=False, shutdown_timeout=5,
-                                   **pods_side), settings.bind_address, settings.metadata_port, None),
         ("control", web.AppRunner(_control.make_app(store, metrics, settings.node_name, settings.operator_identity),
                                   handle_signals=False, shutdown_timeout=5, logger=server_log),
          settings.bind_address, settings.control_port, tls.listener_context),
@@ -78,6 +77,10 @@ async def serve(settings: _settings.ProxySettings) -> None:
     background = [watcher, asyncio.create_task(_summaries(logs))] + ([asyncio.create_task(checker.run())] if checker is not None else [])
     guards: list[_guard.Listener] = []
     try:
+        # The pods' metadata port on the lean HTTP server (_http), behind the same guard as the others.
+        await imds.start()
+        guards.append(_guard.Listener("metadata", caps["metadata"], imds.server.protocol, metrics, logs))
+        await guards[-1].listen(settings.bind_address, settings.metadata_port)
         for name, runner, address, port, ssl_context in listeners:
             await runner.setup()
             assert runner.server is not None
@@ -108,6 +111,7 @@ async def serve(settings: _settings.ProxySettings) -> None:
             await credentials.stop()
         for guard in guards:
             guard.close()
+        await imds.close()
         for _, runner, _, _, _ in reversed(listeners):
             await runner.cleanup()
 

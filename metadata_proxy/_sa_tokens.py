@@ -16,6 +16,11 @@ accepted only when all of these hold (PyJWT does the cryptography):
 Key rotation: keys the operator stops sending stay accepted for an overlap
 (they may still sign tokens that pods hold while the operator's view and the
 API server's converge), then go.
+
+PyJWT (and the cryptography library under it, 8 MiB of memory) is imported
+on the first token checked: a push only checks each key's shape (a public
+RSA or EC key with a kid); a key is parsed the first time a token names it,
+and one that cannot be used is then said once and refuses its tokens.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
-
-import jwt
+from typing import TYPE_CHECKING, Any, Literal
 
 from metadata_proxy import wire
+
+if TYPE_CHECKING:
+    import jwt
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +75,22 @@ class PodClaims:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Key:
-    jwk: jwt.PyJWK
+    entry: Mapping[str, Any]  # the JWK as pushed (its shape checked)
     issuer: str
     until: float | None  # None: current; else a retired key, accepted until then
+
+
+def _parse(kid: str, entry: Mapping[str, Any]) -> jwt.PyJWK | str:
+    """The key ready to verify with, or why it cannot be used."""
+    import jwt
+
+    try:
+        parsed = jwt.PyJWK(dict(entry))
+    except (jwt.PyJWKError, jwt.InvalidKeyError) as error:
+        return f"key {kid!r} skipped: {error}"
+    if parsed.algorithm_name not in ALGORITHMS:
+        return f"key {kid!r} skipped: algorithm {parsed.algorithm_name} is not one Kubernetes signs with"
+    return parsed
 
 
 class KeySet:
@@ -81,6 +100,7 @@ class KeySet:
         self.overlap = overlap
         self._clock = clock
         self._keys: dict[str, _Key] = {}
+        self._parsed: dict[str, tuple[Mapping[str, Any], jwt.PyJWK | str]] = {}  # by kid, with the entry parsed
         self.issuer: str | None = None
         self.fingerprint: str | None = None
 
@@ -101,15 +121,7 @@ class KeySet:
             if not isinstance(kid, str) or not kid or entry.get("kty") not in _KEY_TYPES or "d" in entry:
                 problems.append(f"key {number} (kid {kid!r}, kty {entry.get('kty')!r}) skipped: only RSA and EC public keys with a kid")
                 continue
-            try:
-                parsed = jwt.PyJWK(dict(entry))
-            except (jwt.PyJWKError, jwt.InvalidKeyError) as error:
-                problems.append(f"key {kid!r} skipped: {error}")
-                continue
-            if parsed.algorithm_name not in ALGORITHMS:
-                problems.append(f"key {kid!r} skipped: algorithm {parsed.algorithm_name} is not one Kubernetes signs with")
-                continue
-            fresh[kid] = _Key(parsed, pushed.issuer, None)
+            fresh[kid] = _Key(entry, pushed.issuer, None)
         for kid, held in self._keys.items():
             if kid in fresh:
                 continue
@@ -117,6 +129,7 @@ class KeySet:
             if until > now:
                 fresh[kid] = dataclasses.replace(held, until=until)
         self._keys = fresh
+        self._parsed = {kid: parsed for kid, parsed in self._parsed.items() if kid in fresh and parsed[0] == fresh[kid].entry}
         self.issuer = pushed.issuer
         self.fingerprint = pushed.fingerprint()
         return problems
@@ -126,6 +139,17 @@ class KeySet:
         if key is None or (key.until is not None and key.until <= self._clock()):
             return None
         return key
+
+    def parsed(self, kid: str, key: _Key) -> jwt.PyJWK | str:
+        """``key`` (found by ``find``) ready to verify with, or why it cannot be; parsed once per push of it."""
+        held = self._parsed.get(kid)
+        if held is not None and held[0] == key.entry:
+            return held[1]
+        parsed = _parse(kid, key.entry)
+        if isinstance(parsed, str):
+            logger.warning("service-account key not used", extra={"problem": parsed})
+        self._parsed[kid] = (key.entry, parsed)
+        return parsed
 
     def kids(self) -> list[str]:
         return sorted(self._keys)
@@ -143,6 +167,8 @@ def _text(mapping: Mapping[str, Any], name: str) -> str | None:
 
 def verify(token: str, keys: KeySet, audience: str, leeway: float) -> PodClaims:
     """The pod a token speaks for, or :class:`Refused` saying why not."""
+    import jwt
+
     try:
         header = jwt.get_unverified_header(token)
     except jwt.DecodeError as error:
@@ -158,11 +184,14 @@ def verify(token: str, keys: KeySet, audience: str, leeway: float) -> PodClaims:
         raise Refused("unauthenticated", "InvalidToken",
                       f"the token was signed with key {kid!r}, which is not one of the API server's service-account keys "
                       f"the operator pushed to this node ({len(keys)} held)")
-    if key.jwk.algorithm_name != algorithm:
-        raise Refused("unauthenticated", "InvalidToken", f"key {kid!r} signs with {key.jwk.algorithm_name}, not {algorithm}")
+    jwk = keys.parsed(kid, key)
+    if isinstance(jwk, str):
+        raise Refused("unauthenticated", "InvalidToken", f"the token was signed with a key this node cannot use: {jwk}")
+    if jwk.algorithm_name != algorithm:
+        raise Refused("unauthenticated", "InvalidToken", f"key {kid!r} signs with {jwk.algorithm_name}, not {algorithm}")
     try:
         claims: dict[str, Any] = jwt.decode(
-            token, key.jwk.key, algorithms=[algorithm], audience=audience, issuer=key.issuer, leeway=leeway,
+            token, jwk.key, algorithms=[algorithm], audience=audience, issuer=key.issuer, leeway=leeway,
             options={"require": ["exp", "iss", "aud", "sub"]},
         )
     except jwt.InvalidSignatureError:

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from metadata_proxy import _cni, _sa_tokens, wire
+from metadata_proxy import _cni, _http, _sa_tokens, wire
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ class Credentials:
     document: bytes  # .../security-credentials/<role>
     info: bytes  # .../iam/info
     container: bytes  # the container-credentials endpoint's answer
+    # The metadata port's answers, ready to write: the document, the listing (the role's name), iam/info.
+    response: _http.Response = dataclasses.field(repr=False)
+    role_response: _http.Response = dataclasses.field(repr=False)
+    info_response: _http.Response = dataclasses.field(repr=False)
 
     @classmethod
     def render(cls, creds: wire.RoleCredentials) -> Credentials:
@@ -85,6 +89,9 @@ class Credentials:
             document=document,
             info=info,
             container=container,
+            response=_http.Response(200, document),
+            role_response=_http.Response(200, creds.role_name.encode()),
+            info_response=_http.Response(200, info),
         )
 
     def __repr__(self) -> str:  # never the secrets, wherever this ends up

@@ -14,6 +14,7 @@ and the last good context stays in use.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import logging
 import os
@@ -21,8 +22,6 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
 
 from metadata_proxy import wire
 
@@ -40,10 +39,46 @@ def _signature(paths: tuple[Path, ...]) -> _Signature:
     return tuple(result)
 
 
+def _element(der: bytes, at: int) -> tuple[int, int, int]:
+    """The DER element at ``at``: (its tag, where its content starts, where it ends)."""
+    tag, length = der[at], der[at + 1]
+    at += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(der[at:at + count], "big")
+        at += count
+    if at + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, at, at + length
+
+
 def _not_after(path: Path) -> float:
-    """notAfter of the first certificate in ``path`` (Unix time)."""
-    cert = x509.load_pem_x509_certificate(path.read_bytes())
-    return cert.not_valid_after_utc.timestamp()
+    """notAfter of the first certificate in ``path`` (Unix time).
+
+    Read from the DER by hand (Certificate > TBSCertificate > Validity, RFC 5280 4.1) rather than with
+    cryptography: that library costs the proxy 8 MiB of memory, and only a pod using the
+    container-credentials path needs it (_sa_tokens imports PyJWT on first use).
+    """
+    text = path.read_text()
+    begin = text.index("-----BEGIN CERTIFICATE-----") + len("-----BEGIN CERTIFICATE-----")
+    der = base64.b64decode("".join(text[begin:text.index("-----END CERTIFICATE-----", begin)].split()), validate=True)
+    _, at, _ = _element(der, 0)  # Certificate
+    _, at, _ = _element(der, at)  # TBSCertificate
+    tag, _, end = _element(der, at)
+    if tag == 0xA0:  # [0] version
+        at = end
+    for _ in range(3):  # serialNumber, signature, issuer
+        _, _, at = _element(der, at)
+    tag, at, _ = _element(der, at)  # Validity
+    _, _, at = _element(der, at)  # notBefore
+    tag, start, end = _element(der, at)  # notAfter: UTCTime (YY, 1950-2049) or GeneralizedTime
+    stamp = der[start:end].decode("ascii")
+    if tag == 0x17:
+        stamp = ("19" if int(stamp[:2]) >= 50 else "20") + stamp
+    elif tag != 0x18:
+        raise ValueError(f"not a certificate: notAfter has DER tag {tag:#x}")
+    moment = datetime.datetime.strptime(stamp, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
 
 
 class ServerTLS:

@@ -1,10 +1,18 @@
-"""Benchmark: credentials GET throughput and latency, the proxy against nginx.
+"""Benchmark: credentials GET throughput and latency, the proxy against nginx and AWS's Go IMDS mock.
 
 Starts a real proxy (``python -m metadata_proxy``) holding ``--pods`` pods
-(one of them 127.0.0.1, where wrk's connections come from), and nginx
-serving the same credentials JSON as a static file; runs ``wrk`` against
-each for ``--duration`` seconds with ``--connections`` connections; prints
-throughput, p50, p99 and the proxy's RSS. Not a test: nothing is asserted.
+(one of them 127.0.0.1, where wrk's connections come from); nginx serving
+the same credentials JSON as a static file; and AWS's own IMDS mock
+(``github.com/aws/amazon-ec2-metadata-mock``, built once from the Go module
+proxy into ~/.cache/podiam/tools by scripts/install-go-tool.sh) serving the
+same credentials on its credentials path. Each must answer that path 200
+with a credentials JSON first. Then ``wrk`` runs against each in turn, in
+one run, for ``--duration`` seconds with ``--connections`` connections;
+printed: req/s, p50, p99 and non-2xx answers of each (any non-2xx is said
+loudly), the ratios proxy/nginx and proxy/mock, the proxy's CPU time per
+request, its RSS (empty, holding the pods, after the run, and once it has
+checked a container-credentials token, which loads PyJWT and cryptography)
+and the load average before and after. Not a test: nothing is asserted.
 
     .venv/bin/python -m bench.proxy.run [--duration 10] [--connections 100] [--pods 250]
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import shutil
@@ -25,6 +34,8 @@ from pathlib import Path
 from metadata_proxy import wire
 from localcluster import certs, ports, processes, proxy
 
+REPO = Path(__file__).resolve().parents[2]
+MOCK = "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@v1.13.0"
 HOST = "127.0.0.1"  # wrk connects from here, so the proxy sees this pod's IP
 ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
 
@@ -70,6 +81,59 @@ def snapshot(pods: int) -> wire.Snapshot:
     return wire.Snapshot(generation=1, roles=roles, pods=entries)
 
 
+def mock_binary() -> str:
+    """AWS's IMDS mock, built on first use (a minute or two), then cached by version."""
+    name = "ec2-metadata-mock-" + MOCK.rsplit("@", 1)[1]
+    result = subprocess.run(["bash", str(REPO / "scripts" / "install-go-tool.sh"), MOCK, name], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"building {MOCK} failed:\n{result.stderr}")
+    return result.stdout.strip()
+
+
+def mock_config(role: str, document: dict[str, str]) -> dict[str, object]:
+    """The mock's config file: our role's name and credentials at the same path."""
+    return {"metadata": {"paths": {"iam-security-credentials": ROLE_PATH + role},
+                         "values": {"iam-security-credentials-role": role, "iam-security-credentials": document}}}
+
+
+def credentials_json(url: str) -> str | None:
+    """What is wrong with ``url``'s answer (None: a 200 with the credentials document SDKs parse)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            status, body = answer.status, answer.read()
+    except OSError as error:
+        return f"no answer: {error}"
+    if status != 200:
+        return f"HTTP {status}"
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return f"not JSON: {body[:80]!r}"
+    missing = {"AccessKeyId", "SecretAccessKey", "Token", "Expiration"} - set(document)
+    return f"no {', '.join(sorted(missing))} in the JSON" if missing else None
+
+
+def check_a_token(server: proxy.ProxyProcess) -> int:
+    """Push the API server's keys (an RSA JWK) and send a token whose signature does not verify: PyJWT and
+    cryptography, which the proxy imports for the first token it checks, are then loaded. The HTTP status."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": "bench", "alg": "RS256", "use": "sig"}
+    ack = server.push_changes(wire.Changes(service_account_keys=wire.ServiceAccountKeys(issuer="https://bench", keys=[jwk])))
+    assert not ack.rejected, ack
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode({"iss": "https://bench", "sub": "x"}, other, algorithm="RS256", headers={"kid": "bench"})
+    return server.container_credentials(token).status
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def nginx_conf(root: Path, port: int, workers: str) -> str:
     return f"""
 worker_processes {workers};
@@ -100,11 +164,14 @@ def main() -> None:
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
             sys.exit(f"{tool} missing: run `make system-deps` (Debian packages wrk, nginx-light)")
+    if not shutil.which("go"):
+        sys.exit("go missing: the Go IMDS mock is built with it from the Go module proxy")
+    mock_path = mock_binary()
 
-    load = Path("/proc/loadavg").read_text().split()[0]
+    load_before = loadavg()
     work = Path(tempfile.mkdtemp(prefix="podiam-bench-"))
     work.chmod(0o755)  # nginx workers run as nobody and read the JSON from here
-    nginx = None
+    nginx = mock = None
     server = proxy.ProxyProcess(work, certs.make_pki(work / "pki"), HOST, args=["--log-level", "warning"], name="bench-proxy")
     try:
         server.start()
@@ -124,8 +191,22 @@ def main() -> None:
         nginx.start()
         nginx.wait_http(f"http://{HOST}:{nginx_port}{ROLE_PATH}{role}")
 
+        mock_port = ports.free_port(HOST)
+        (work / "mock.json").write_text(json.dumps(mock_config(role, json.loads(document.body))))
+        mock = processes.ManagedProcess("imds-mock", [mock_path, "--hostname", HOST, "--port", str(mock_port), "--config-file",
+                                                      str(work / "mock.json")], work / "mock.log")
+        mock.start()
+        mock.wait_http(f"http://{HOST}:{mock_port}{ROLE_PATH}{role}")
+
+        urls = {"proxy": f"{server.metadata_url}{ROLE_PATH}{role}", "nginx": f"http://{HOST}:{nginx_port}{ROLE_PATH}{role}",
+                "go-mock": f"http://{HOST}:{mock_port}{ROLE_PATH}{role}"}
+        for name, url in urls.items():
+            wrong = credentials_json(url)
+            if wrong:
+                sys.exit(f"!!! {name} does not serve the credentials at {url}: {wrong}")
+
         results = {}
-        for name, url in (("proxy", f"{server.metadata_url}{ROLE_PATH}{role}"), ("nginx", f"http://{HOST}:{nginx_port}{ROLE_PATH}{role}")):
+        for name, url in urls.items():
             cpu_before = cpu_seconds(server.process.pid)
             results[name] = wrk(url, args.duration, args.connections, args.threads)
             if name == "proxy":
@@ -133,21 +214,34 @@ def main() -> None:
                 results[name]["cpu_us_per_request"] = cpu / (results[name]["rps"] * args.duration) * 1e6
             time.sleep(1)
         rss_after = rss_mib(server.process.pid)
+        token_status = check_a_token(server)
+        rss_token = rss_mib(server.process.pid)
     finally:
-        if nginx:
-            nginx.stop()
+        for process in (mock, nginx):
+            if process:
+                process.stop()
         server.stop()
+    load_after = loadavg()
 
     cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d} {cores} cores; wrk -t{args.threads} "
-          f"-c{args.connections} -d{args.duration}s; {args.pods} pods, nginx workers {args.nginx_workers}")
+          f"-c{args.connections} -d{args.duration}s on the credentials path; {args.pods} pods, nginx workers "
+          f"{args.nginx_workers}, {MOCK.rsplit('/', 1)[1]}")
     print(f"{'server':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}  socket errors")
     for name, r in results.items():
         print(f"{name:8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['non2xx']:>8.0f}  {r['socket_errors']}")
-    print(f"proxy CPU per request: {results['proxy']['cpu_us_per_request']:.0f} us (one core: at most "
-          f"{1e6 / results['proxy']['cpu_us_per_request']:.0f} req/s); load average before the run: {load}")
-    print(f"proxy/nginx throughput: {results['proxy']['rps'] / results['nginx']['rps']:.2f}")
-    print(f"proxy RSS: {rss_empty:.1f} MiB empty, {rss_loaded:.1f} MiB with {args.pods} pods, {rss_after:.1f} MiB after the run")
+    for name, r in results.items():
+        if r["non2xx"] or r["socket_errors"] != "none":
+            print(f"!!! {name}: {r['non2xx']:.0f} non-2xx answers, socket errors: {r['socket_errors']}: its req/s are not all "
+                  "credentials")
+    proxy_rps = results["proxy"]["rps"]
+    print(f"proxy/nginx throughput: {proxy_rps / results['nginx']['rps']:.2f}; "
+          f"proxy/go-mock throughput: {proxy_rps / results['go-mock']['rps']:.2f}")
+    print(f"proxy CPU per request: {results['proxy']['cpu_us_per_request']:.1f} us (one core: at most "
+          f"{1e6 / results['proxy']['cpu_us_per_request']:.0f} req/s)")
+    print(f"proxy RSS: {rss_empty:.1f} MiB empty, {rss_loaded:.1f} MiB with {args.pods} pods, {rss_after:.1f} MiB after the run; "
+          f"{rss_token:.1f} MiB once a container-credentials token was checked (HTTP {token_status}: PyJWT and cryptography loaded)")
+    print(f"load average (1, 5, 15 min): {load_before} before the run, {load_after} after")
     shutil.rmtree(work, ignore_errors=True)
 
 

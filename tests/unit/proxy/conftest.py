@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,31 @@ def store(clock: Clock, metrics: _metrics.Metrics) -> _store.Store:
     return store
 
 
-ImdsFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+class ImdsClient:
+    """The metadata port (``_imds.Imds`` on a real socket) and an aiohttp client session to it, as aiohttp's TestClient."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, imds: _imds.Imds) -> None:
+        self.session = session
+        self.base = base
+        self.imds = imds
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, self.base + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PUT", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+
+ImdsFactory = Callable[..., Awaitable[ImdsClient]]
 
 
 @pytest.fixture
@@ -61,19 +86,27 @@ def issuer(clock: Clock) -> _tokens.TokenIssuer:
 
 
 @pytest.fixture
-def imds(aiohttp_client: Any, store: _store.Store, metrics: _metrics.Metrics, issuer: _tokens.TokenIssuer) -> ImdsFactory:
-    """``await imds(**settings)`` → a test client of the metadata app; ``source_ip`` picks the caller's address.
+async def imds(store: _store.Store, metrics: _metrics.Metrics, issuer: _tokens.TokenIssuer) -> AsyncIterator[ImdsFactory]:
+    """``await imds(**settings)`` → a client of the metadata port; ``source_ip`` picks the caller's address.
 
-    Every app of one test shares the token issuer (one proxy's key)."""
+    Every port of one test shares the token issuer (one proxy's key)."""
+    opened: list[tuple[asyncio.AbstractServer, _imds.Imds, aiohttp.ClientSession]] = []
 
-    async def make(source_ip: str | None = None, **overrides: Any) -> TestClient[web.Request, web.Application]:
-        app = _imds.make_app(settings(**overrides), store, metrics, _ratelog.PerSource(60, metrics), issuer)
-        kwargs: dict[str, Any] = {}
-        if source_ip:
-            kwargs["connector"] = aiohttp.TCPConnector(local_addr=(source_ip, 0))
-        return await aiohttp_client(app, **kwargs)  # type: ignore[no-any-return]
+    async def make(source_ip: str | None = None, **overrides: Any) -> ImdsClient:
+        port = _imds.Imds(settings(**overrides), store, metrics, _ratelog.PerSource(60, metrics), issuer)
+        await port.start()
+        server = await asyncio.get_running_loop().create_server(port.server.protocol, POD_IP, 0)
+        connector = aiohttp.TCPConnector(local_addr=(source_ip, 0)) if source_ip else aiohttp.TCPConnector()
+        session = aiohttp.ClientSession(connector=connector)
+        opened.append((server, port, session))
+        return ImdsClient(session, f"http://{POD_IP}:{server.sockets[0].getsockname()[1]}", port)
 
-    return make
+    yield make
+    for server, port, session in opened:
+        await session.close()
+        server.close()
+        await port.close()
+        await server.wait_closed()
 
 
 @pytest.fixture(scope="session")
