@@ -124,6 +124,7 @@ class Client:
         # Longer than the anti-entropy interval, so that each check reuses its node's connection rather than
         # making a TLS handshake (2,000 every 30 s was a tenth of the operator's CPU); shorter than the
         # proxies' own 75 s, so that the proxy never closes a connection the operator is about to use.
+        # One connection per node: its worker sends one request at a time (each holds TLS state and buffers).
         self.keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
         self._version = -1
@@ -133,7 +134,7 @@ class Client:
         if self._session is None or self._version != self.tls.version:
             old = self._session
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=context, limit=0, limit_per_host=2, keepalive_timeout=self.keepalive),
+                connector=aiohttp.TCPConnector(ssl=context, limit=0, limit_per_host=1, keepalive_timeout=self.keepalive),
                 timeout=self.timeout,
                 raise_for_status=False,
             )
