@@ -11,12 +11,12 @@ from vulture.whitelist_utils import Whitelist
 used = Whitelist()
 
 # kopf reads the settings the operator's start-up handler sets (operator/podiam_operator/handlers.py).
-used.batch_window
 used.server_timeout
 used.client_timeout
 used.connect_timeout
 used.request_timeout
 used.diffbase_storage
+used.worker_limit
 
 # kopf calls the diff-base storage with these keywords (operator/podiam_operator/_kits/kopf_lean.py).
 used.extra_fields

@@ -35,11 +35,12 @@ def _reader(memo: Any) -> facts.Reader:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     ops = _ops(memo)
-    # Near-immediate handling: a pod's IP must reach its proxy well within a second.
-    settings.batching.batch_window = 0.01
-    # Per-object workers exit after 2 s without events: an idle worker holds its object's whole
-    # last body, and after a burst of thousands of pods that was ~15 MB of RSS (bench/operator).
-    settings.batching.idle_timeout = 2
+    # Per-object workers: one per object with events in flight, gone 0.5 s after its last event (an idle
+    # worker holds its object's whole last body). At most 2,000 at once, the watch stream waiting beyond:
+    # kopf's own first listing of 150,000 pods otherwise started a worker for each (4.9 GB; bench.scale).
+    # Nothing a handler does waits for another object's events, so the limit cannot deadlock.
+    settings.queueing.idle_timeout = 0.5
+    settings.queueing.worker_limit = 2000
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10

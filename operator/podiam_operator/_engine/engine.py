@@ -30,7 +30,7 @@ Phase = Literal["listing", "standby", "identity", "warming-up", "active"]
 WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
 IDENTITY_TIMEOUT = 30.0  # how long it waits for its own AWS identity (role names need its account) before going on
 IDENTITY_RETRY_MAX = 15.0  # longest wait between two GetCallerIdentity attempts
-STANDBY_RELIST_AFTER = 5.0  # a replica that waited longer than this for leadership lists everything again
+PICTURE_MAX_AGE = 60.0  # a replica that took longer than this to lead lists everything again before it pushes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +76,7 @@ class Engine:
         self.identity_error: str | None = None
         self.phase: Phase = "listing"
         self._start_lock = asyncio.Lock()
+        self._loaded_at = time.monotonic()
         self._tasks = Tasks()
         self._events = Events(kube, self._tasks, self.world)
         views = NodeViews(self.world, cache)
@@ -119,6 +120,7 @@ class Engine:
             self.world.set_proxy(proxy.node, proxy)
             self._pusher.set_proxy(proxy.node, proxy)
         self._taints.load(indexes.tainted_nodes)
+        self._loaded_at = time.monotonic()
 
     def _catch_up(self, indexes: Indexes) -> None:
         """A standby's picture is as old as its start: the listing now replaces it (what it lacks is gone)."""
@@ -153,9 +155,10 @@ class Engine:
                 self.load(indexes)
             if self.leadership is not None:
                 self.phase = "standby"
-                waited_since = time.monotonic()
                 await self.leadership.wait_until_leader()
-                if relist is not None and time.monotonic() - waited_since > STANDBY_RELIST_AFTER:
+                # A standby's picture is as old as its start (kopf does not watch while another replica leads);
+                # a replica that waited only for a dead leader's record to expire keeps the one it listed.
+                if relist is not None and time.monotonic() - self._loaded_at > PICTURE_MAX_AGE:
                     self._catch_up(await relist())
             # Leading from here on. Our own pods' entries first: they need no AWS, and
             # without them an operator on the pod network cannot reach AWS at all.
