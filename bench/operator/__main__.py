@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import procfs
 from localcluster.controlplane import ControlPlane, kubelet
 from localcluster import moto
 from localcluster import stack as stacks
@@ -91,17 +92,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def rss_mib(pid: int) -> float:
-    """VmRSS (kB in /proc, which means KiB) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def loadavg() -> str:
-    """The 1, 5 and 15-minute load averages."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def latencies(results: dict[str, Any], name: str, values: list[float]) -> None:
@@ -121,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="podiam-bench-operator-"))
     results: dict[str, Any] = {"pods": args.pods, "nodes": args.nodes, "roles": args.roles,
                                "machine": f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
-                               "loadavg_start": loadavg()}
+                               "loadavg_start": procfs.loadavg()}
     cp = ControlPlane.start(workdir / "cp")
     moto_server = moto.MotoServer(workdir).start()
     front = moto.StsFront(workdir, moto_server.url).start()
@@ -131,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         stack.start()
         time.sleep(args.settle)  # the operator started, leading, no pod yet
-        results["rss_mib_idle"] = round(rss_mib(operator_pid(stack)), 1)
+        results["rss_mib_idle"] = procfs.rss_mib(operator_pid(stack))
         ns = "bench"
         stack.create_namespace(ns, "bench-.*")
         names = [f"pod-{i}" for i in range(args.pods)]
@@ -176,8 +166,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         latencies(results, "grant", grant)
         latencies(results, "grant_from_call", from_call)
         results["assume_role_calls"] = front.assume_role_count()
-        results["rss_mib_at_burst"] = round(rss_mib(operator_pid(stack)), 1)
-        results["loadavg_after_burst"] = loadavg()
+        results["rss_mib_at_burst"] = procfs.rss_mib(operator_pid(stack))
+        results["loadavg_after_burst"] = procfs.loadavg()
 
         # --- revocation: annotation removed -> no credentials ---------------------------------
         removed: dict[str, float] = {}
@@ -204,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         latencies(results, "revoke", revoke)
         latencies(results, "revoke_last_served", [last - removed[n] for n in names if (last := last_served[n]) is not None and n in removed])
         results["revoke_refused_at_once"] = sum(1 for n in names if last_served[n] is None and revoked_at[n] is not None)
-        results["loadavg_after_revocation"] = loadavg()
+        results["loadavg_after_revocation"] = procfs.loadavg()
 
         # --- RSS with many pods ---------------------------------------------------------------------
         if args.rss_pods:
@@ -231,14 +221,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["rss_note"] = str(error)[:200]
             time.sleep(5)
             results["rss_pods_total"] = args.rss_pods
-            results["rss_mib_at_rss_pods"] = round(rss_mib(operator_pid(stack)), 1)
+            results["rss_mib_at_rss_pods"] = procfs.rss_mib(operator_pid(stack))
             results["assume_role_calls_total"] = front.assume_role_count()
             # Spot check: a few of the new pods are served.
             for name in more[:: max(1, len(more) // 5)]:
                 pod = cp.api("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
                 node = next(n for n in stack.nodes if n.name == pod["spec"]["nodeName"])
                 stack.wait_credentials(node, pod["status"]["podIP"], timeout=60)
-        results["loadavg_end"] = loadavg()
+        results["loadavg_end"] = procfs.loadavg()
         return results
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

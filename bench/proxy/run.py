@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import procfs
 from metadata_proxy import wire
 from localcluster import certs, ports, processes, proxy
 
@@ -60,17 +60,6 @@ def wrk(url: str, duration: int, connections: int, threads: int) -> dict[str, fl
             "socket_errors": errors.group(1) if errors else "none"}  # type: ignore[dict-item]
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid``: per-request cost that other load on the machine does not distort."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def snapshot(pods: int) -> wire.Snapshot:
@@ -130,9 +119,6 @@ def check_a_token(server: proxy.ProxyProcess) -> int:
     return server.container_credentials(token).status
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
 
 def nginx_conf(root: Path, port: int, workers: str) -> str:
     return f"""
@@ -168,20 +154,20 @@ def main() -> None:
         sys.exit("go missing: the Go IMDS mock is built with it from the Go module proxy")
     mock_path = mock_binary()
 
-    load_before = loadavg()
+    load_before = procfs.loadavg()
     work = Path(tempfile.mkdtemp(prefix="podiam-bench-"))
     work.chmod(0o755)  # nginx workers run as nobody and read the JSON from here
     nginx = mock = None
     server = proxy.ProxyProcess(work, certs.make_pki(work / "pki"), HOST, args=["--log-level", "warning"], name="bench-proxy")
     try:
         server.start()
-        rss_empty = rss_mib(server.process.pid)
+        rss_empty = procfs.rss_mib(server.process.pid)
         ack = server.push_snapshot(snapshot(args.pods))
         assert not ack.rejected, ack
         role = server.imds_get(ROLE_PATH, HOST).text
         document = server.imds_get(ROLE_PATH + role, HOST)
         assert document.status == 200, document
-        rss_loaded = rss_mib(server.process.pid)
+        rss_loaded = procfs.rss_mib(server.process.pid)
 
         (work / "www" / ROLE_PATH.strip("/")).mkdir(parents=True)
         (work / "www" / ROLE_PATH.strip("/") / role).write_bytes(document.body)
@@ -207,21 +193,21 @@ def main() -> None:
 
         results = {}
         for name, url in urls.items():
-            cpu_before = cpu_seconds(server.process.pid)
+            cpu_before = procfs.cpu_seconds(server.process.pid)
             results[name] = wrk(url, args.duration, args.connections, args.threads)
             if name == "proxy":
-                cpu = cpu_seconds(server.process.pid) - cpu_before
+                cpu = procfs.cpu_seconds(server.process.pid) - cpu_before
                 results[name]["cpu_us_per_request"] = cpu / (results[name]["rps"] * args.duration) * 1e6
             time.sleep(1)
-        rss_after = rss_mib(server.process.pid)
+        rss_after = procfs.rss_mib(server.process.pid)
         token_status = check_a_token(server)
-        rss_token = rss_mib(server.process.pid)
+        rss_token = procfs.rss_mib(server.process.pid)
     finally:
         for process in (mock, nginx):
             if process:
                 process.stop()
         server.stop()
-    load_after = loadavg()
+    load_after = procfs.loadavg()
 
     cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d} {cores} cores; wrk -t{args.threads} "

@@ -59,6 +59,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import procfs
 from localcluster import moto, ports, processes
 from localcluster import stack as stacks
 from localcluster.controlplane import ControlPlane
@@ -90,20 +91,7 @@ def spread(values: list[float]) -> dict[str, Any]:
             "max_ms": round(max(values) * 1000, 1) if values else None}
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pod_ip(n: int) -> str:
@@ -332,8 +320,8 @@ class Bench:
         for name, pid in self.cp.pids().items():
             if name not in ("kube-apiserver", "etcd"):
                 continue
-            cpu = cpu_seconds(pid)
-            figures[name] = {"rss_mib": rss_mib(pid), "cpu_cores": round((cpu - self._cp_cpu.get(name, 0.0)) / (now - self._cp_since), 2)}
+            cpu = procfs.cpu_seconds(pid)
+            figures[name] = {"rss_mib": procfs.rss_mib(pid), "cpu_cores": round((cpu - self._cp_cpu.get(name, 0.0)) / (now - self._cp_since), 2)}
             self._cp_cpu[name] = cpu
         self._cp_since = now
         return figures
@@ -343,7 +331,7 @@ class Bench:
 
     async def run(self) -> None:
         args = self.args
-        out("machine", host=platform.node(), cores=os.cpu_count(), python=platform.python_version(), loadavg=loadavg())
+        out("machine", host=platform.node(), cores=os.cpu_count(), python=platform.python_version(), loadavg=procfs.loadavg())
         cp = self.cp = ControlPlane.start(self.workdir / "cp", apiserver_flags=APISERVER_FLAGS)
         moto_server = moto.MotoServer(self.workdir).start()
         front = moto.StsFront(self.workdir, moto_server.url).start()
@@ -372,7 +360,7 @@ class Bench:
             events = FarmEvents(events_path)
             operator = stack.start_operator()
             time.sleep(5)
-            out("operator idle", rss_mib=rss_mib(operator.pid), loadavg=loadavg())
+            out("operator idle", rss_mib=procfs.rss_mib(operator.pid), loadavg=procfs.loadavg())
             cluster = Cluster(api, args.roles)
             for r in range(args.roles):
                 await cluster.namespace(f"fill-{r}")
@@ -424,8 +412,8 @@ class Bench:
             await asyncio.sleep(1.0)
         out(f"step {step}: fill", pods=fill, write_s=round(written, 1), pods_per_s=round(fill / written, 1) if written else None,
             all_served_s=served_s, all_served=caught_up, missing=sum(1 for ip in ips if ip not in events.added),
-            all_bindings_s=round(time.monotonic() - began, 1), podrolebindings=bindings, rss_mib=rss_mib(operator.pid),
-            loadavg=loadavg())
+            all_bindings_s=round(time.monotonic() - began, 1), podrolebindings=bindings, rss_mib=procfs.rss_mib(operator.pid),
+            loadavg=procfs.loadavg())
         # --- grant: pods start at --rate per second --------------------------------------------
         namespace = f"measure-{step}"
         await cluster.namespace(namespace)
@@ -433,13 +421,13 @@ class Bench:
         watch.start()
         await asyncio.sleep(1)
         self.control_plane()  # from here: the grant window's figures
-        writes_before, cpu_before, t_before = await apiserver_writes(api), cpu_seconds(operator.pid), time.monotonic()
+        writes_before, cpu_before, t_before = await apiserver_writes(api), procfs.cpu_seconds(operator.pid), time.monotonic()
         first = cluster.pods
         started = await paced([lambda n=n: cluster.start_pod(namespace, n)  # type: ignore[misc]
                                for n in range(first, first + measured)], args.rate)
         cluster.pods += measured
         window = time.monotonic() - t_before
-        cpu = (cpu_seconds(operator.pid) - cpu_before) / window
+        cpu = (procfs.cpu_seconds(operator.pid) - cpu_before) / window
         writes = {k: round((v - writes_before.get(k, 0.0)) / window, 1) for k, v in (await apiserver_writes(api)).items()
                   if v - writes_before.get(k, 0.0) > 0}
         no_binding_yet = measured - len(watch.created)
@@ -447,8 +435,8 @@ class Bench:
         grants = [events.added[ip] - after for ip, _, after in started if ip in events.added]
         out(f"step {step}: grant", pods_total=cluster.pods, nodes=len(cluster.nodes), rate=round(measured / window, 1),
             **spread(grants), never=measured - len(grants), operator_cpu_cores=round(cpu, 2),
-            operator_rss_mib=rss_mib(operator.pid), operator_writes_per_s=writes,
-            operator_writes_per_s_total=round(sum(writes.values()), 1), control_plane=self.control_plane(), loadavg=loadavg())
+            operator_rss_mib=procfs.rss_mib(operator.pid), operator_writes_per_s=writes,
+            operator_writes_per_s_total=round(sum(writes.values()), 1), control_plane=self.control_plane(), loadavg=procfs.loadavg())
         names = {ip: f"pod-{n}" for n, (ip, _, _) in zip(range(first, first + measured), started)}
         binding_deadline = time.monotonic() + self.left(120)
         while time.monotonic() < binding_deadline and len(watch.bound) < measured:
@@ -467,20 +455,20 @@ class Bench:
         refused = [events.deleted[ip] - t for ip, t in zip(revoked_ips, removed) if ip in events.deleted]
         cluster.pods -= len(revoked)
         out(f"step {step}: revoke", **spread(refused), never=len(revoked) - len(refused),
-            assume_role_calls=len(front.assume_role_calls()), operator_rss_mib=rss_mib(operator.pid), loadavg=loadavg())
+            assume_role_calls=len(front.assume_role_calls()), operator_rss_mib=procfs.rss_mib(operator.pid), loadavg=procfs.loadavg())
 
     async def idle_cost(self, stack: stacks.Stack, events: FarmEvents) -> None:
         operator = stack.operator
         await asyncio.sleep(5)
         events.poll()
-        checks, cpu, began = events.checks, cpu_seconds(operator.pid), time.monotonic()
+        checks, cpu, began = events.checks, procfs.cpu_seconds(operator.pid), time.monotonic()
         await asyncio.sleep(2 * self.args.anti_entropy)
         events.poll()
         spent = time.monotonic() - began
-        per_interval = (cpu_seconds(operator.pid) - cpu) / spent * self.args.anti_entropy
+        per_interval = (procfs.cpu_seconds(operator.pid) - cpu) / spent * self.args.anti_entropy
         out("anti-entropy", interval_s=self.args.anti_entropy, operator_cpu_s_per_interval=round(per_interval, 2),
             status_reads_per_interval=round((events.checks - checks) / spent * self.args.anti_entropy),
-            operator_rss_mib=rss_mib(operator.pid), loadavg=loadavg())
+            operator_rss_mib=procfs.rss_mib(operator.pid), loadavg=procfs.loadavg())
 
     async def resync(self, stack: stacks.Stack, events: FarmEvents, nodes: int) -> None:
         old = stack.operator
@@ -491,8 +479,8 @@ class Bench:
         times = sorted(t - began_wall for t in events.snapshots.values() if t > began_wall)
         out("full resync", nodes=nodes, every_proxy_snapshot_s=round(times[-1], 1) if done and times else None,
             first_snapshot_s=round(times[0], 1) if times else None, proxies_with_snapshot=len(times),
-            operator_rss_mib=rss_mib(new.pid), note="from the new operator's start; includes kopf's initial listing and the "
-            "wait for the killed replica's peering record to expire", loadavg=loadavg())
+            operator_rss_mib=procfs.rss_mib(new.pid), note="from the new operator's start; includes kopf's initial listing and the "
+            "wait for the killed replica's peering record to expire", loadavg=procfs.loadavg())
 
 
     async def takeover(self, stack: stacks.Stack, events: FarmEvents, nodes: int) -> None:
@@ -506,8 +494,8 @@ class Bench:
         times = sorted(t - began_wall for t in events.snapshots.values() if t > began_wall)
         out("takeover", nodes=nodes, every_proxy_snapshot_s=round(times[-1], 1) if done and times else None,
             first_snapshot_s=round(times[0], 1) if times else None, proxies_with_snapshot=len(times),
-            operator_rss_mib=rss_mib(standby.pid), note="from the active replica's SIGKILL; includes the peering "
-            "lifetime (PODIAM_PEERING_LIFETIME) the standby waits before it takes over", loadavg=loadavg())
+            operator_rss_mib=procfs.rss_mib(standby.pid), note="from the active replica's SIGKILL; includes the peering "
+            "lifetime (PODIAM_PEERING_LIFETIME) the standby waits before it takes over", loadavg=procfs.loadavg())
 
 
 def parse_steps(text: str) -> list[tuple[int, int]]:
