@@ -471,17 +471,11 @@ class Bench:
             operator_rss_mib=procfs.rss_mib(operator.pid), loadavg=procfs.loadavg())
 
     async def resync(self, stack: stacks.Stack, events: FarmEvents, nodes: int) -> None:
-        old = stack.operator
-        old.kill()  # as a crash would
-        began_wall, began = time.time(), time.monotonic()
+        stack.operator.kill()  # as a crash would
+        began = time.time()
         new = stack.start_operator(wait=False)
-        done = await events.wait(lambda: sum(1 for t in events.snapshots.values() if t > began_wall) >= nodes, self.left(600))
-        times = sorted(t - began_wall for t in events.snapshots.values() if t > began_wall)
-        out("full resync", nodes=nodes, every_proxy_snapshot_s=round(times[-1], 1) if done and times else None,
-            first_snapshot_s=round(times[0], 1) if times else None, proxies_with_snapshot=len(times),
-            operator_rss_mib=procfs.rss_mib(new.pid), note="from the new operator's start; includes kopf's initial listing and the "
-            "wait for the killed replica's peering record to expire", loadavg=procfs.loadavg())
-
+        await self.snapshots_since("full resync", began, events, nodes, new, "from the new operator's start; includes "
+                                   "kopf's initial listing and the wait for the killed replica's peering record to expire")
 
     async def takeover(self, stack: stacks.Stack, events: FarmEvents, nodes: int) -> None:
         """A standby already running (listed, waiting for leadership) when the active replica dies."""
@@ -489,13 +483,17 @@ class Bench:
         await asyncio.sleep(self.args.standby_settle)
         active = next(p for p in stack.operators if p is not standby and p.alive())
         active.kill()
-        began_wall = time.time()
-        done = await events.wait(lambda: sum(1 for t in events.snapshots.values() if t > began_wall) >= nodes, self.left(600))
-        times = sorted(t - began_wall for t in events.snapshots.values() if t > began_wall)
-        out("takeover", nodes=nodes, every_proxy_snapshot_s=round(times[-1], 1) if done and times else None,
+        await self.snapshots_since("takeover", time.time(), events, nodes, standby, "from the active replica's SIGKILL; "
+                                   "includes the peering lifetime (PODIAM_PEERING_LIFETIME) the standby waits before it takes over")
+
+    async def snapshots_since(self, label: str, began: float, events: FarmEvents, nodes: int,
+                              operator: processes.ManagedProcess, note: str) -> None:
+        """Prints when the first and the last of ``nodes`` proxies got a snapshot after ``began`` (wall clock)."""
+        done = await events.wait(lambda: sum(1 for t in events.snapshots.values() if t > began) >= nodes, self.left(600))
+        times = sorted(t - began for t in events.snapshots.values() if t > began)
+        out(label, nodes=nodes, every_proxy_snapshot_s=round(times[-1], 1) if done and times else None,
             first_snapshot_s=round(times[0], 1) if times else None, proxies_with_snapshot=len(times),
-            operator_rss_mib=procfs.rss_mib(standby.pid), note="from the active replica's SIGKILL; includes the peering "
-            "lifetime (PODIAM_PEERING_LIFETIME) the standby waits before it takes over", loadavg=procfs.loadavg())
+            operator_rss_mib=procfs.rss_mib(operator.pid), note=note, loadavg=procfs.loadavg())
 
 
 def parse_steps(text: str) -> list[tuple[int, int]]:
