@@ -19,6 +19,7 @@ TIERS = ("unit", "integration", "node", "chart", "fault", "e2e")
 
 _tier_of: dict[str, str] = {}
 _outcomes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+_seconds: collections.Counter[str] = collections.Counter()  # set-up, call and tear-down, per tier
 _skipped_as_root: list[str] = []
 
 
@@ -42,6 +43,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     tier = _tier_of.get(report.nodeid, "other")
+    _seconds[tier] += report.duration
     if report.when == "call" or (report.when == "setup" and not report.passed):
         outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
         _outcomes[tier][outcome] += 1
@@ -55,7 +57,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("tiers that ran")
     for tier in sorted(_outcomes, key=lambda t: (TIERS.index(t) if t in TIERS else len(TIERS), t)):
         counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(_outcomes[tier].items()))
-        terminalreporter.write_line(f"{tier:<12} {counts}")
+        terminalreporter.write_line(f"{tier:<12} {counts} in {_seconds[tier]:.0f} s")
     for tier in TIERS:
         if tier not in _outcomes:
             terminalreporter.write_line(f"{tier:<12} did not run")

@@ -85,19 +85,21 @@ async def cleanup(memo: Any, **_: Any) -> None:
 
 
 @kopf.on.mutate("pods", id=injection.WEBHOOK_ID, operations=["CREATE"])
-def inject_container_credentials(body: kopf.Body, patch: kopf.Patch, memo: Any,
-                                 logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+def inject_container_credentials(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
     # Never an exception: kopf would answer allowed=false, and a pod would be refused for the operator's trouble.
     ops = _ops(memo)
+    meta = body.get("metadata") or {}
+    # At CREATE a pod may have only a generateName (a Deployment's pods): its name comes later.
+    pod = f"{meta.get('namespace', '')}/{meta.get('name') or str(meta.get('generateName', '')) + '*'}"
     try:
         fields = injection.for_pod(body, audience=ops.webhook_token_audience, expiration=ops.webhook_token_expiration)
     except Exception:
-        logger.exception("container credentials: not injected (the pod is admitted unchanged)")
+        logger.exception("container credentials: not injected into pod %s (it is admitted unchanged)", pod)
         return
     if fields is not None:
         for key, value in fields.items():
             patch.spec[key] = value
-        logger.info("container credentials: %s and the projected token added", injection.URI_VARIABLE)
+        logger.info("container credentials: %s and the projected token added to pod %s", injection.URI_VARIABLE, pod)
 
 
 # --- events: incremental changes (the picture itself was listed at start-up) --------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import ssl
 import time
@@ -96,9 +97,11 @@ def explain(error: BaseException, server_name: str) -> str:
     """A failed request in podiam's terms: what failed and, for TLS, what to change."""
     if _tls_failure(error):
         return tls_explain.explain_handshake_failure(error, server_name)
-    if isinstance(error, aiohttp.ServerDisconnectedError):
-        # With TLS 1.3 the proxy checks the operator's certificate after the client's
-        # side of the handshake is done, and its refusal reaches us as a bare disconnect.
+    if isinstance(error, aiohttp.ServerDisconnectedError) or (
+            isinstance(error, aiohttp.ClientOSError) and error.errno == errno.ECONNRESET):
+        # With TLS 1.3 the proxy checks the operator's certificate after the client's side of the
+        # handshake is done, and its refusal reaches us as a bare disconnect: a close, or a reset
+        # when the request was already sent and unread (a snapshot's body).
         return (f"the proxy closed the connection without answering ({error}); if every push fails so, the proxy "
                 "refuses the operator's client certificate in the TLS handshake: its CA is not in the proxies' CA file "
                 "(the proxies' and the operator's Secrets come from different CAs), or it has expired")

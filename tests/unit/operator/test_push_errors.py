@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import aiohttp
 import trustme
 from aiohttp import web
 
@@ -110,3 +112,15 @@ async def test_other_http_errors_and_network_errors_are_not_blamed_on_tls(tmp_pa
     closed = await _fail(client_tls, ports.free_port())
     assert "ClientConnectorError" in closed
     assert "TLS" not in closed and "certificate" not in closed
+
+
+@pytest.mark.parametrize("error", [aiohttp.ServerDisconnectedError(), aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer")],
+                         ids=["closed", "reset"])
+def test_a_bare_disconnect_hints_at_a_refused_client_certificate(error: aiohttp.ClientError) -> None:
+    # Which of the two the operator sees after a TLS 1.3 refusal is a race: both get the hint.
+    assert "refuses the operator's client certificate" in push.explain(error, wire.PROXY_SERVER_NAME)
+
+
+def test_other_socket_errors_get_no_certificate_hint() -> None:
+    message = push.explain(aiohttp.ClientOSError(errno.EHOSTUNREACH, "No route to host"), wire.PROXY_SERVER_NAME)
+    assert "certificate" not in message and "No route to host" in message
