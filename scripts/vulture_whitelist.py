@@ -15,13 +15,6 @@ used.server_timeout
 used.client_timeout
 used.connect_timeout
 used.request_timeout
-used.diffbase_storage
-used.worker_limit
-
-# kopf calls the diff-base storage with these keywords (operator/podiam_operator/_kits/kopf_lean.py).
-used.extra_fields
-used.essence
-used.ephemeral
 
 # Read by the libraries they belong to: asyncio's TLS read size (operator/podiam_operator/__main__.py), aiohttp's
 # choice of reading proxy variables and ~/.netrc per request (operator/podiam_operator/_kits/kube.py).

@@ -12,7 +12,7 @@ import time
 import kopf
 
 from podiam_operator import _settings
-from podiam_operator._kits import kopf_lean, leadership
+from podiam_operator._kits import leadership
 
 
 _TLS_READ_BUFFER = 16 * 1024
@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> None:
             identity=identity,
             liveness_endpoint=liveness,
             memo=memo,
-            memories=kopf_lean.Forgetful(),
         )
     )
 

@@ -16,6 +16,7 @@ from typing import Any
 from podiam_operator import _metrics, _settings
 from podiam_operator._core import decide, facts, policy, published, roles, world
 from podiam_operator._engine import Engine, Indexes, publisher
+from podiam_operator._engine import watches as enginewatches
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
@@ -63,31 +64,59 @@ def is_proxy(body: Any, settings: _settings.OperatorSettings) -> bool:
     return meta.get("namespace") == settings.proxy_namespace and all(labels.get(k) == v for k, v in settings.proxy_labels().items())
 
 
-async def picture(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.Reader) -> Indexes:
-    """Everything the engine decides from, listed in pages (raw JSON, only the facts kept).
-
-    Listed before kopf starts watching, so that every event kopf delivers
-    afterwards (its own listing first) is as new or newer. Not kopf's
-    indexes: kopf makes every object of its first listing wait for all the
-    others, which took minutes at 20,000 pods (bench.scale).
-    """
+async def picture(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.Reader,
+                  versions: dict[str, str]) -> Indexes:
+    """Everything the engine decides from, listed in pages (raw JSON, only the facts kept); ``versions``: each
+    kind's listing version, which its watch follows on from (:func:`watches`)."""
     pods, proxies = [], []
-    async for body in kube.list_all("pods"):
+    async for body in kube.list_all("pods", versions):
         pods.append(facts.pod_facts(body, reader))
         if is_proxy(body, settings) and (proxy := facts.proxy_facts(body)) is not None:
             proxies.append(proxy)
-    namespaces = [facts.namespace_policy(body, reader) async for body in kube.list_all("namespaces")]
-    bindings = [facts.binding_facts(body) async for body in kube.list_all("bindings")]
-    tainted = [body.get("metadata", {}).get("name") async for body in kube.list_all("nodes")
+    namespaces = [facts.namespace_policy(body, reader) async for body in kube.list_all("namespaces", versions)]
+    bindings = [facts.binding_facts(body) async for body in kube.list_all("bindings", versions)]
+    tainted = [body.get("metadata", {}).get("name") async for body in kube.list_all("nodes", versions)
                if facts.node_has_taint(body, settings.node_taint)]
     accounts = []
     if settings.irsa_service_accounts:  # only those naming a role decide anything
-        async for body in kube.list_all("serviceaccounts"):
+        async for body in kube.list_all("serviceaccounts", versions):
             account = facts.service_account_facts(body)
             if account.role is not None:
                 accounts.append(account)
     return Indexes(pods=pods, namespaces=namespaces, bindings=bindings, proxies=proxies, tainted_nodes=tainted,
                    service_accounts=accounts)
+
+
+class Feed:
+    """The watches' changes to the engine, by kind (it is here that a pod is known to be a proxy)."""
+
+    def __init__(self, settings: _settings.OperatorSettings, engine: Engine) -> None:
+        self._settings = settings
+        self._engine = engine
+
+    def changed(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        engine = self._engine
+        if kind == "pods":
+            engine.pod_event(event_type, body)
+            # A deleted pod may be its node's current proxy (the engine checks the uid): a relist's
+            # deletions carry no labels to tell.
+            if event_type == "DELETED" or is_proxy(body, self._settings):
+                engine.proxy_event(event_type, body)
+        elif kind == "bindings":
+            engine.binding_event(event_type, body)
+        elif kind == "namespaces":
+            engine.namespace_event(event_type, body)
+        elif kind == "serviceaccounts":
+            engine.service_account_event(event_type, body)
+        elif kind == "nodes":
+            engine.node_event(event_type, body)
+
+
+def watches(settings: _settings.OperatorSettings, kube: kubes.Kube, engine: Engine,
+            versions: dict[str, str]) -> list[Coroutine[Any, Any, None]]:
+    """A watch of each kind :func:`picture` listed, from its listing's version on."""
+    followers = enginewatches.Watches(kube, Feed(settings, engine), engine.world, versions)
+    return [followers.follow(kind) for kind in followers.kinds]
 
 
 async def kube(stack: contextlib.AsyncExitStack) -> kubes.Kube:

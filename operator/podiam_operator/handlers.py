@@ -1,11 +1,10 @@
-"""kopf handlers: watch-only, each delegating to the engine.
+"""kopf handlers: start-up and clean-up, and the container-credentials admission webhook.
 
-Pods, namespaces, ServiceAccounts and nodes are only watched: there are no
-change-detecting handlers for them, so kopf never writes progress
-annotations or finalizers to them. PodRoleBindings are watched too; their
-status is written by the engine, not by kopf's handler machinery. The
-starting picture is listed by the start-up handler, not kept in kopf
-indexes (see ``_assembly.picture``).
+kopf runs the operator (peering, liveness, the webhook server) but watches
+nothing itself: the start-up handler lists the starting picture and the
+engine watches each kind from that listing on (``_engine.watches``). So
+kopf never writes progress annotations or finalizers to anything, and
+PodRoleBindings' status is written by the engine.
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ import kopf
 
 from podiam_operator import _assembly, _health, _settings
 from podiam_operator._core import facts, injection
-from podiam_operator._engine import Engine, Indexes
-from podiam_operator._kits import kopf_lean, webhook_server
+from podiam_operator._kits import webhook_server
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +33,12 @@ def _reader(memo: Any) -> facts.Reader:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     ops = _ops(memo)
-    # Per-object workers: one per object with events in flight, gone 0.5 s after its last event (an idle
-    # worker holds its object's whole last body). At most 2,000 at once, the watch stream waiting beyond:
-    # kopf's own first listing of 150,000 pods otherwise started a worker for each (4.9 GB; bench.scale).
-    # Nothing a handler does waits for another object's events, so the limit cannot deadlock.
-    settings.queueing.idle_timeout = 0.5
-    settings.queueing.worker_limit = 2000
+    # kopf watches only its peering object (the engine watches the rest itself, see _engine.watches).
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.peering.lifetime = ops.peering_lifetime
     settings.posting.level = logging.ERROR  # our own Events say what users need
-    settings.persistence.diffbase_storage = kopf_lean.Unused()  # event handlers only: no diffs to compute
     settings.networking.request_timeout = 30
     # The injection webhook (kopf starts its server after this handler, so after TLS wrote the certificate).
     # Registered by the chart, not by kopf (managed stays None). Off: a server that never listens, since kopf
@@ -65,13 +57,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     memo.engine = await _assembly.build(ops, memo.stack, kube, tls, identity=memo.identity, priority=memo.priority)
     memo.probe.engine = memo.engine
     memo.probe.stage = "listing pods, namespaces, bindings and nodes"
-    reader = _reader(memo)
-
-    async def relist() -> Indexes:
-        return await _assembly.picture(ops, kube, reader)
-
-    memo.engine.load(await relist())  # before kopf watches: every event it delivers is as new or newer
-    memo.engine.begin(relist)
+    versions: dict[str, str] = {}
+    memo.engine.load(await _assembly.picture(ops, kube, _reader(memo), versions))
+    memo.engine.begin(*_assembly.watches(ops, kube, memo.engine, versions))
 
 
 @kopf.on.cleanup()
@@ -100,43 +88,3 @@ def inject_container_credentials(body: kopf.Body, patch: kopf.Patch, memo: Any, 
         for key, value in fields.items():
             patch.spec[key] = value
         logger.info("container credentials: %s and the projected token added to pod %s", injection.URI_VARIABLE, pod)
-
-
-# --- events: incremental changes (the picture itself was listed at start-up) --------------
-
-
-@kopf.on.event("pods")
-async def pod_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    raw = dict(body)
-    engine: Engine = memo.engine
-    engine.pod_event(type, raw)
-    if _assembly.is_proxy(raw, _ops(memo)):
-        engine.proxy_event(type, raw)
-    if type is None:  # kopf (re)listed pods: deletions meanwhile sent no event
-        engine.relisted()
-
-
-@kopf.on.event("namespaces")
-async def namespace_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    memo.engine.namespace_event(type, dict(body))
-
-
-@kopf.on.event("serviceaccounts")
-async def service_account_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    engine: Engine = memo.engine
-    engine.service_account_event(type, dict(body))
-    if type is None:  # kopf (re)listed ServiceAccounts: deletions meanwhile sent no event
-        engine.relisted()
-
-
-@kopf.on.event(facts.GROUP, facts.VERSION, facts.PLURAL)
-async def binding_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    engine: Engine = memo.engine
-    engine.binding_event(type, dict(body))
-    if type is None:  # kopf (re)listed bindings: deletions meanwhile sent no event
-        engine.relisted()
-
-
-@kopf.on.event("nodes")
-async def node_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    memo.engine.node_event(type, dict(body))

@@ -1,6 +1,6 @@
 """The engine: the world model wired to the credential cache, the pushers and the Kubernetes API.
 
-Handlers feed it facts; it works out the consequences. Each job has its module:
+Its watches feed it facts; it works out the consequences. Each job has its module:
 
 - :mod:`.engine`: facts in (pods, namespaces, ServiceAccounts, bindings, proxies,
   nodes), the start (leadership, the operator's own AWS identity, warm-up) and
@@ -9,7 +9,8 @@ Handlers feed it facts; it works out the consequences. Each job has its module:
   pusher reads, fetches, renewals and their failures);
 - :mod:`.statuses`: PodRoleBindings' status, and the phase gauge;
 - :mod:`.owned`: the PodRoleBindings made for annotated pods;
-- :mod:`.relists`: deletions no watch reported (after kopf lists again);
+- :mod:`.watches`: the kinds it decides from, watched from the start-up listing on
+  (listed again, deletions included, when a watch cannot resume);
 - :mod:`.taints`: the start-up taint, lifted once a node's proxy is synced;
 - :mod:`.events`: Events, each posted once;
 - :mod:`.defaults`: where the cluster's default role applies (log lines);
@@ -17,7 +18,7 @@ Handlers feed it facts; it works out the consequences. Each job has its module:
 - :mod:`.ports`: what the engine needs of the API client, the pushers and leadership.
 
 Everything slow (STS, pushes, API writes) runs in background tasks
-(:mod:`.tasks`), so a handler returns at once and one slow part never holds
+(:mod:`.tasks`), so a change is taken at once and one slow part never holds
 up another.
 """
 

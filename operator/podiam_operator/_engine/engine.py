@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any, Literal
 
 from podiam_operator._core import decide, facts, policy, roles, world
@@ -14,7 +13,6 @@ from podiam_operator._engine import ports
 from podiam_operator._engine.defaults import DefaultRoleNotes
 from podiam_operator._engine.events import Events
 from podiam_operator._engine.owned import OwnedBindings
-from podiam_operator._engine.relists import Relists
 from podiam_operator._engine.statuses import BindingStatuses
 from podiam_operator._engine.supply import NodeViews, Supply
 from podiam_operator._engine.taints import NodeTaints
@@ -30,12 +28,11 @@ Phase = Literal["listing", "standby", "identity", "warming-up", "active"]
 WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
 IDENTITY_TIMEOUT = 30.0  # how long it waits for its own AWS identity (role names need its account) before going on
 IDENTITY_RETRY_MAX = 15.0  # longest wait between two GetCallerIdentity attempts
-PICTURE_MAX_AGE = 60.0  # a replica that took longer than this to lead lists everything again before it pushes
 
 
 @dataclasses.dataclass(frozen=True)
 class Indexes:
-    """kopf's indexes, complete once any handler runs: the operator's starting picture."""
+    """The operator's starting picture, listed before anything is watched."""
 
     pods: Iterable[facts.PodFacts]
     namespaces: Iterable[policy.NamespacePolicy]
@@ -76,7 +73,6 @@ class Engine:
         self.identity_error: str | None = None
         self.phase: Phase = "listing"
         self._start_lock = asyncio.Lock()
-        self._loaded_at = time.monotonic()
         self._tasks = Tasks()
         self._events = Events(kube, self._tasks, self.world)
         views = NodeViews(self.world, cache)
@@ -84,7 +80,6 @@ class Engine:
         self._statuses = BindingStatuses(self.world, cache, kube, clock, self._events)
         self._supply = Supply(self.world, cache, self._pusher, self._statuses, self._events)
         self._owned = OwnedBindings(self.world, kube, self._events)
-        self._relists = Relists(self.world, kube, self._tasks, self)
         self._taints = NodeTaints(kube, key=node_taint, manage=manage_node_taint)
         self._defaults = DefaultRoleNotes(self.world)
 
@@ -107,7 +102,7 @@ class Engine:
     # --- lifecycle ------------------------------------------------------------
 
     def load(self, indexes: Indexes) -> None:
-        """The starting picture, before any event (kopf starts watching after this)."""
+        """The starting picture, before any change (the watches follow on from it)."""
         for namespace in indexes.namespaces:
             self.world.set_namespace(namespace)
         for account in indexes.service_accounts:
@@ -120,33 +115,15 @@ class Engine:
             self.world.set_proxy(proxy.node, proxy)
             self._pusher.set_proxy(proxy.node, proxy)
         self._taints.load(indexes.tainted_nodes)
-        self._loaded_at = time.monotonic()
 
-    def _catch_up(self, indexes: Indexes) -> None:
-        """A standby's picture is as old as its start: the listing now replaces it (what it lacks is gone)."""
-        listed_pods = {pod.key for pod in indexes.pods}
-        for key in [key for key in self.world.pods if key not in listed_pods]:
-            self.world.delete_pod(*key)
-        listed_bindings = {binding.key for binding in indexes.bindings}
-        for key in [key for key in self.world.bindings if key not in listed_bindings]:
-            self.world.delete_binding(*key)
-        listed_accounts = {account.key for account in indexes.service_accounts}
-        for key in [key for key in self.world.service_accounts if key not in listed_accounts]:
-            self.world.delete_service_account(*key)
-        listed_namespaces = {namespace.namespace for namespace in indexes.namespaces}
-        for name in [name for name in self.world.namespaces if name not in listed_namespaces]:
-            self.world.delete_namespace(name)
-        listed_proxies = {proxy.node for proxy in indexes.proxies}
-        for node in [node for node in self.world.proxies if node not in listed_proxies]:
-            self.world.set_proxy(node, None)
-            self._pusher.set_proxy(node, None)
-        self.load(indexes)
+    def begin(self, *followers: Coroutine[Any, Any, None]) -> None:
+        """Start in the background (:meth:`start`), with ``followers`` (the watches) running from now on, on a
+        standby too: its picture stays current, so a takeover lists nothing."""
+        for number, follower in enumerate(followers):
+            self._tasks.spawn(follower, f"follow-{number}")
+        self._tasks.spawn(self.start(), "start")
 
-    def begin(self, relist: Callable[[], Awaitable[Indexes]] | None = None) -> None:
-        """Start in the background (:meth:`start`); ``relist``: a fresh picture for when leadership came late."""
-        self._tasks.spawn(self.start(relist=relist), "start")
-
-    async def start(self, indexes: Indexes | None = None, *, relist: Callable[[], Awaitable[Indexes]] | None = None) -> None:
+    async def start(self, indexes: Indexes | None = None) -> None:
         """Once: load the picture (unless :meth:`load` did), lead, fetch credentials, then push."""
         async with self._start_lock:
             if self.started:
@@ -156,10 +133,6 @@ class Engine:
             if self.leadership is not None:
                 self.phase = "standby"
                 await self.leadership.wait_until_leader()
-                # A standby's picture is as old as its start (kopf does not watch while another replica leads);
-                # a replica that waited only for a dead leader's record to expire keeps the one it listed.
-                if relist is not None and time.monotonic() - self._loaded_at > PICTURE_MAX_AGE:
-                    self._catch_up(await relist())
             # Leading from here on. Our own pods' entries first: they need no AWS, and
             # without them an operator on the pod network cannot reach AWS at all.
             self.phase = "identity"
@@ -194,8 +167,6 @@ class Engine:
             for key, decision in self.world.decisions.items():
                 self._events.pod_decision(key, decision)
             self._defaults.note_everywhere()
-            # What was deleted between the listing and kopf's own (which sends no DELETED for it) goes now.
-            self._relists.relisted()
 
     @staticmethod
     async def _first_keys(source: sa_keys.Source) -> None:
@@ -308,11 +279,6 @@ class Engine:
                 self._tasks.spawn(self._taints.lift(name), f"untaint-{name}")
         else:
             self._taints.discard(name)
-
-    def relisted(self) -> None:
-        """kopf delivered an object of a (re)list: deletions meanwhile sent no event (see :mod:`.relists`)."""
-        if self.started:
-            self._relists.relisted()
 
     # --- consequences ----------------------------------------------------------------
 

@@ -25,17 +25,11 @@ class EventPoster(Protocol):
     async def event(self, ref: dict[str, str], kind: str, reason: str, message: str) -> bool: ...
 
 
-class UidLister(Protocol):
-    async def list_uids(self, kind: str) -> dict[tuple[str, str], str]: ...
-
-    async def current_uid(self, kind: str, namespace: str, name: str) -> str | None: ...
-
-
 class TaintRemover(Protocol):
     async def remove_node_taint(self, node: str, key: str) -> bool: ...
 
 
-class Kube(StatusWriter, OwnedBindingWriter, EventPoster, UidLister, TaintRemover, Protocol):
+class Kube(StatusWriter, OwnedBindingWriter, EventPoster, TaintRemover, Protocol):
     """Every API call the engine makes (``_kits.kube.Kube``)."""
 
 

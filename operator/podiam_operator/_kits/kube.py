@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import logging
 import os
@@ -18,7 +19,19 @@ from podiam_operator._core import facts
 
 logger = logging.getLogger(__name__)
 COMPONENT = "podiam-operator"
+LIST_PAGE = 500  # objects per list request
+WATCH_SECONDS = 300  # the API server ends each watch after about this long; it is resumed from where it got
+
+
+class Gone(Exception):
+    """A watch cannot resume from its resourceVersion (HTTP 410): list again."""
 MERGE_PATCH = "application/merge-patch+json"
+
+
+def _raise_for_status(status: int, payload: bytes) -> None:
+    """A raw response's refusal as an :class:`ApiException` (kubernetes-asyncio raises only for preloaded ones)."""
+    if not 200 <= status <= 299:
+        raise ApiException(status=status, reason=payload[:300].decode(errors="replace"))
 
 
 def _now() -> datetime.datetime:
@@ -105,68 +118,74 @@ class Kube:
             facts.GROUP, facts.VERSION, namespace, facts.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH  # type: ignore[call-arg]
         )
 
-    # --- what exists (after a relist) ----------------------------------------------
+    # --- lists and watches: the operator's own, in raw JSON --------------------------
 
-    async def list_all(self, kind: str) -> AsyncIterator[dict[str, Any]]:
-        """Every pod, ServiceAccount, PodRoleBinding, namespace or node (``kind``: "pods", "serviceaccounts",
-        "bindings", "namespaces", "nodes") as raw JSON, in pages: no model objects for 150,000 pods."""
+    def _lister(self, kind: str) -> Any:
+        """The list call of ``kind``: "pods", "serviceaccounts", "bindings", "namespaces" or "nodes"."""
+        if kind == "pods":
+            return self.core.list_pod_for_all_namespaces
+        if kind == "serviceaccounts":
+            return self.core.list_service_account_for_all_namespaces
+        if kind == "namespaces":
+            return self.core.list_namespace
+        if kind == "nodes":
+            return self.core.list_node
+        if kind == "bindings":
+            return functools.partial(self.custom.list_cluster_custom_object, facts.GROUP, facts.VERSION, facts.PLURAL)
+        raise ValueError(f"no such kind: {kind}")
+
+    async def list_all(self, kind: str, versions: dict[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every object of ``kind`` (see :meth:`_lister`) as raw JSON, in pages: no model objects for 150,000
+        pods. ``versions[kind]``: the list's resourceVersion once the last page is read, to watch from."""
         token: str | None = None
         while True:
-            extra: dict[str, Any] = {"limit": 500, "_preload_content": False}
-            response: Any  # the raw aiohttp response (_preload_content=False)
+            extra: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
             if token:
                 extra["_continue"] = token
-            if kind == "pods":
-                response = await self.core.list_pod_for_all_namespaces(**extra)
-            elif kind == "serviceaccounts":
-                response = await self.core.list_service_account_for_all_namespaces(**extra)
-            elif kind == "namespaces":
-                response = await self.core.list_namespace(**extra)
-            elif kind == "nodes":
-                response = await self.core.list_node(**extra)
-            else:
-                response = await self.custom.list_cluster_custom_object(facts.GROUP, facts.VERSION, facts.PLURAL, **extra)
+            response: Any = await self._lister(kind)(**extra)  # the raw aiohttp response
             try:
-                page = json.loads(await response.read())
+                payload = await response.read()
             finally:
                 response.release()
+            _raise_for_status(response.status, payload)
+            page = json.loads(payload)
             for item in page.get("items") or []:
                 yield item
-            token = (page.get("metadata") or {}).get("continue")
+            meta = page.get("metadata") or {}
+            token = meta.get("continue")
             if not token:
+                if versions is not None:
+                    versions[kind] = str(meta.get("resourceVersion", ""))
                 return
 
-    async def list_uids(self, kind: str) -> dict[tuple[str, str], str]:
-        """``(namespace, name) -> uid`` of every pod, ServiceAccount or PodRoleBinding (``kind`` as in :meth:`list_all`)."""
-        found: dict[tuple[str, str], str] = {}
-        async for item in self.list_all(kind):
-            meta = item.get("metadata") or {}
-            found[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = str(meta.get("uid", ""))
-        return found
-
-    async def current_uid(self, kind: str, namespace: str, name: str) -> str | None:
-        """The uid of the pod, ServiceAccount or PodRoleBinding of that name now (a quorum read), None if there is none.
-
-        A list with a field selector, not a get: the operator's RBAC grants list and watch only.
-        """
-        selector = f"metadata.name={name}"
-        response: Any
-        if kind == "pods":
-            response = await self.core.list_namespaced_pod(namespace, field_selector=selector, _preload_content=False)
-        elif kind == "serviceaccounts":
-            response = await self.core.list_namespaced_service_account(namespace, field_selector=selector, _preload_content=False)
-        else:
-            response = await self.custom.list_namespaced_custom_object(
-                facts.GROUP, facts.VERSION, namespace, facts.PLURAL, field_selector=selector, _preload_content=False)
+    async def watch(self, kind: str, resource_version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``(type, object)`` of each change to ``kind`` after ``resource_version``, BOOKMARKs included
+        (their object carries only the resourceVersion reached), until the API server ends the watch
+        (after about WATCH_SECONDS). :class:`Gone` when the version is too old to resume from."""
+        response: Any = await self._lister(kind)(
+            watch=True, resource_version=resource_version, allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
+            _preload_content=False, _request_timeout=WATCH_SECONDS + 30)
         try:
-            page = json.loads(await response.read())
+            if response.status == 410:
+                raise Gone(f"{kind} at resourceVersion {resource_version}")
+            if response.status != 200:
+                _raise_for_status(response.status, await response.read())
+            rest = b""
+            async for chunk in response.content.iter_any():
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    event_type, body = str(event.get("type", "")), event.get("object") or {}
+                    if event_type == "ERROR":
+                        if body.get("code") == 410:
+                            raise Gone(f"{kind} at resourceVersion {resource_version}: {body.get('message', '')}")
+                        raise ApiException(status=body.get("code") or 0, reason=str(body.get("message", "watch error")))
+                    yield event_type, body
         finally:
             response.release()
-        for item in page.get("items") or []:
-            meta = item.get("metadata") or {}
-            if meta.get("name") == name:
-                return str(meta.get("uid", "")) or None
-        return None
 
     # --- Events ------------------------------------------------------------------
 
