@@ -475,7 +475,7 @@ class Bench:
         began = time.time()
         new = stack.start_operator(wait=False)
         await self.snapshots_since("full resync", began, events, nodes, new, "from the new operator's start; includes "
-                                   "kopf's initial listing and the wait for the killed replica's peering record to expire")
+                                   "the start-up listing and the wait for the killed replica's peering record to expire")
 
     async def takeover(self, stack: stacks.Stack, events: FarmEvents, nodes: int) -> None:
         """A standby already running (listed, waiting for leadership) when the active replica dies."""

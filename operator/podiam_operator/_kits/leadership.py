@@ -1,10 +1,10 @@
 """One active replica: kopf's peering decides, this guard makes sure the engine obeys.
 
-kopf pauses its watches when a live peer has a higher priority, but our own
-background tasks (pushes, refreshes) would go on with a frozen picture of the
-cluster. So the engine waits to be the leader before its first push, and a
-replica that loses leadership after acting as one exits (its pod restarts
-it as a standby with a fresh picture) rather than push stale state.
+kopf pauses itself when a live peer has a higher priority, but the engine's
+own tasks (its watches, pushes, refreshes) do not know of that. So the
+engine waits to be the leader before its first push, and a replica that
+loses leadership after acting as one exits (its pod restarts it as a
+standby) rather than push alongside another leader.
 
 kopf also pauses every replica that sees a live peer with its own priority,
 itself included, and waits for one of them to go: two replicas given the
