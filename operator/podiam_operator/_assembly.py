@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from podiam_operator import _metrics, _settings
@@ -23,6 +24,10 @@ from podiam_operator._kits import leadership as leaderships
 from podiam_operator._kits import push, sa_keys, sts, tlsfiles
 from podiam_operator.tls import report as tlsreport
 from podiam_operator.tls import runtime as tlsruntime
+
+logger = logging.getLogger(__name__)
+
+LIST_RETRY_MIN, LIST_RETRY_MAX = 1.0, 30.0  # seconds between listings of the starting picture while refused
 
 
 def region(settings: _settings.OperatorSettings) -> str | None:
@@ -117,6 +122,33 @@ def watches(settings: _settings.OperatorSettings, kube: kubes.Kube, engine: Engi
     """A watch of each kind :func:`picture` listed, from its listing's version on."""
     followers = enginewatches.Watches(kube, Feed(settings, engine), engine.world, versions)
     return [followers.follow(kind) for kind in followers.kinds]
+
+
+def start(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.Reader, engine: Engine,
+          stack: contextlib.AsyncExitStack, say: Callable[[str], None]) -> None:
+    """In the background: the starting picture listed (again and again while the API server refuses, e.g. for
+    want of an RBAC verb; ``say`` gets why, for /readyz), then the engine started with its watches. kopf's
+    liveness answers meanwhile."""
+
+    async def list_then_start() -> None:
+        delay, said = LIST_RETRY_MIN, ""
+        while True:
+            versions: dict[str, str] = {}
+            try:
+                indexes = await picture(settings, kube, reader, versions)
+                break
+            except Exception as error:
+                text = f"listing the cluster failed ({type(error).__name__}: {error}); retrying"
+                if text != said:  # once per cause, not at every retry
+                    logger.error("%s", text)
+                said = text
+                say(text)
+                await asyncio.sleep(delay)
+                delay = min(LIST_RETRY_MAX, delay * 2)
+        engine.load(indexes)
+        engine.begin(*watches(settings, kube, engine, versions))
+
+    _background(list_then_start(), stack)
 
 
 async def kube(stack: contextlib.AsyncExitStack) -> kubes.Kube:

@@ -6,14 +6,14 @@ because only the operator knows what "ready" means here:
 - TLS is usable (``Tls.status()``): otherwise no push can succeed, and a
   rolling update should stop at this replica rather than replace a working one;
 - the replica has its picture of the cluster and pushes (``active``), or it is a
-  **standby**: a live peer with a higher priority is active and kopf keeps this
-  replica's watches paused. A standby is ready, so that a rolling update of
+  **standby**: a live peer with a higher priority is active, and this replica
+  keeps its picture current, ready to take over. A standby is ready, so that a rolling update of
   the Deployment proceeds (the new replica stands by, the old one is removed,
   the new one takes over); the body says which role it has.
 
-Not ready (HTTP 503) while starting (TLS set-up, API connection, kopf's
-initial listing, the operator's own AWS identity, the first credential
-fetches), when TLS is broken, or while the active replica's GetCallerIdentity
+Not ready (HTTP 503) while starting (TLS set-up, API connection, the
+initial listing, retried while refused, the operator's own AWS identity, the
+first credential fetches), when TLS is broken, or while the active replica's GetCallerIdentity
 fails (retried with backoff; never a liveness failure: kopf's /healthz answers
 as soon as the start-up handler is done, and it needs no AWS).
 
@@ -98,6 +98,8 @@ class Probe:
             if failing:
                 text += f"; pushes failing to {', '.join(failing[:5])}{' ...' if len(failing) > 5 else ''} (see the log)"
             return "active", text
+        if engine.phase == "listing":
+            return "starting", f"starting: {self.stage}"
         if engine.phase == "identity":
             return "starting", ("starting: pushing this operator's own pods' entries and asking STS who it is "
                                 f"({engine.identity_error or 'GetCallerIdentity in flight'})")
@@ -109,7 +111,7 @@ class Probe:
                 return "standby", f"standby: active replica {', '.join(peers)}; this one takes over if it stops"
             if isinstance(peers, str):
                 return "starting", f"starting: {peers}"
-        return "starting", "starting: waiting for kopf's initial listing of pods, namespaces, nodes and PodRoleBindings"
+        return "starting", "starting: waiting for leadership"
 
     async def check(self) -> Readiness:
         status = self.tls_status()

@@ -57,9 +57,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     memo.engine = await _assembly.build(ops, memo.stack, kube, tls, identity=memo.identity, priority=memo.priority)
     memo.probe.engine = memo.engine
     memo.probe.stage = "listing pods, namespaces, bindings and nodes"
-    versions: dict[str, str] = {}
-    memo.engine.load(await _assembly.picture(ops, kube, _reader(memo), versions))
-    memo.engine.begin(*_assembly.watches(ops, kube, memo.engine, versions))
+
+    def say(text: str) -> None:
+        memo.probe.stage = text
+
+    _assembly.start(ops, kube, _reader(memo), memo.engine, memo.stack, say)
 
 
 @kopf.on.cleanup()

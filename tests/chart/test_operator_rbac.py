@@ -336,7 +336,7 @@ EXPECTED_LOG = {
     "events:create": re.compile(r"could not post Event NamespaceNotPermitted on \w+ \S+: HTTP 403"),
     "nodes:patch": re.compile(r"could not remove taint podiam.io/agent-not-ready from node \S+: HTTP 403"),
     "secrets:create": re.compile(r"the operator may not create Secret \S+ \(HTTP 403\)"),
-    "serviceaccounts:list": re.compile(r"GET \S+/api/v1/serviceaccounts -> APIForbiddenError\(.serviceaccounts is forbidden"),
+    "serviceaccounts:list": re.compile(r"listing serviceaccounts: HTTP 403: serviceaccounts is forbidden"),
 }
 
 
@@ -353,7 +353,9 @@ def test_a_missing_verb_fails_the_job_and_shows_as_403(
     resource, name = verb.split(":")
     expected = EXPECTED_LOG[verb]
     kind = "Role" if resource == "secrets" else "ClusterRole"
-    release = installed(f"rbac-no-{name}-{resource.split('/')[-1]}", mutate=_drop_verb(kind, resource, name))
+    # ServiceAccounts are listed (and in the ClusterRole) only when their IRSA annotation names roles.
+    values = {"operator": {"roleSources": {"irsaServiceAccounts": True}}} if resource == "serviceaccounts" else None
+    release = installed(f"rbac-no-{name}-{resource.split('/')[-1]}", mutate=_drop_verb(kind, resource, name), values=values)
     fullname = release.fullname()
 
     if resource == "secrets":
@@ -366,7 +368,7 @@ def test_a_missing_verb_fails_the_job_and_shows_as_403(
 
     release.start_proxies()
     if resource == "serviceaccounts":
-        # kopf cannot list them, so its indexes are never complete: the operator does nothing at all.
+        # It cannot list them, so its starting picture is never complete: the operator does nothing at all.
         _wait_forbidden(release, expected)
         time.sleep(5.0)
         assert all(proxy_support.http_request(node.ip, release.ports["health"], "GET", "/readyz").status == 503

@@ -42,10 +42,11 @@ def test_every_value_reaches_the_operator(helm: _helm.Helm) -> None:
     assert env["PODIAM_CLUSTER_NAME"] == "prod-eu-1"
 
 
-def test_service_accounts_are_watched_never_written(helm: _helm.Helm) -> None:
-    rules = helm.template().get("ClusterRole")["rules"]
+@pytest.mark.parametrize("irsa", [True, False])
+def test_service_accounts_are_watched_never_written_and_only_with_irsa(helm: _helm.Helm, irsa: bool) -> None:
+    rules = helm.template(values={"operator": {"roleSources": {"irsaServiceAccounts": irsa}}}).get("ClusterRole")["rules"]
     verbs = [set(rule["verbs"]) for rule in rules if "serviceaccounts" in rule["resources"] and rule["apiGroups"] == [""]]
-    assert verbs == [{"list", "watch"}]
+    assert verbs == ([{"list", "watch"}] if irsa else [])
 
 
 @pytest.mark.parametrize(("values", "path"), [

@@ -22,8 +22,8 @@ from podiam_operator._kits import push, sa_keys, sts
 
 logger = logging.getLogger(__name__)
 
-# Where start() is, for /readyz and the published state: waiting for kopf's first handler call (the
-# initial listing), for leadership, for the operator's own AWS identity, for the first credentials, or done.
+# Where start() is, for /readyz and the published state: waiting for the initial listing (before
+# start() runs), for leadership, for the operator's own AWS identity, for the first credentials, or done.
 Phase = Literal["listing", "standby", "identity", "warming-up", "active"]
 WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
 IDENTITY_TIMEOUT = 30.0  # how long it waits for its own AWS identity (role names need its account) before going on

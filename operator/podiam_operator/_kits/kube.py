@@ -28,10 +28,16 @@ class Gone(Exception):
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def _raise_for_status(status: int, payload: bytes) -> None:
-    """A raw response's refusal as an :class:`ApiException` (kubernetes-asyncio raises only for preloaded ones)."""
-    if not 200 <= status <= 299:
-        raise ApiException(status=status, reason=payload[:300].decode(errors="replace"))
+class Refused(Exception):
+    """The API server refused a raw list or watch (kubernetes-asyncio raises only for the responses it reads)."""
+
+    def __init__(self, what: str, status: int, payload: bytes) -> None:
+        try:
+            message = str(json.loads(payload).get("message", ""))
+        except (ValueError, AttributeError):
+            message = payload[:300].decode(errors="replace")
+        super().__init__(f"{what}: HTTP {status}: {message}")
+        self.status = status
 
 
 def _now() -> datetime.datetime:
@@ -147,7 +153,8 @@ class Kube:
                 payload = await response.read()
             finally:
                 response.release()
-            _raise_for_status(response.status, payload)
+            if response.status != 200:
+                raise Refused(f"listing {kind}", response.status, payload)
             page = json.loads(payload)
             for item in page.get("items") or []:
                 yield item
@@ -169,7 +176,7 @@ class Kube:
             if response.status == 410:
                 raise Gone(f"{kind} at resourceVersion {resource_version}")
             if response.status != 200:
-                _raise_for_status(response.status, await response.read())
+                raise Refused(f"watching {kind}", response.status, await response.read())
             rest = b""
             async for chunk in response.content.iter_any():
                 lines = (rest + chunk).split(b"\n")
@@ -182,7 +189,7 @@ class Kube:
                     if event_type == "ERROR":
                         if body.get("code") == 410:
                             raise Gone(f"{kind} at resourceVersion {resource_version}: {body.get('message', '')}")
-                        raise ApiException(status=body.get("code") or 0, reason=str(body.get("message", "watch error")))
+                        raise Refused(f"watching {kind}", int(body.get("code") or 0), json.dumps(body).encode())
                     yield event_type, body
         finally:
             response.release()

@@ -1,5 +1,5 @@
 """kube2iam's configurable keys on the real stack: --iam-role-key, --iam-external-id, --namespace-key and
---namespace-restriction-format regexp, read both from kopf's initial listing (pods and namespaces made before the
+--namespace-restriction-format regexp, read both from the operator's initial listing (pods and namespaces made before the
 operator starts) and from later events; the default keys then mean nothing."""
 
 from __future__ import annotations
