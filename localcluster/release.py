@@ -102,7 +102,10 @@ class Release:
         return self._helm("upgrade", self.name, str(self.helm.chart), values=self.values, timeout=timeout)
 
     def uninstall(self) -> str:
-        return self.helm.run("uninstall", self.name, "--namespace", self.namespace, "--wait",
+        """``helm uninstall --wait``, returning only once the release's pods are gone too (foreground cascade):
+        an operator pod still shutting down after its proxies went reaches the node's metadata service directly,
+        and would count as a leak for the next release installed on these nodes."""
+        return self.helm.run("uninstall", self.name, "--namespace", self.namespace, "--wait", "--cascade=foreground",
                              f"--kubeconfig={self.plane.kubeconfig}").stdout
 
     # ---- what runs --------------------------------------------------------------------
