@@ -21,7 +21,7 @@ from podiam_operator._engine import watches as enginewatches
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
-from podiam_operator._kits import push, sa_keys, sts, tlsfiles
+from podiam_operator._kits import gcpauses, push, sa_keys, sts, tlsfiles
 from podiam_operator.tls import report as tlsreport
 from podiam_operator.tls import runtime as tlsruntime
 
@@ -146,8 +146,10 @@ def start(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.
                 await asyncio.sleep(delay)
                 delay = min(LIST_RETRY_MAX, delay * 2)
         engine.load(indexes)
+        gcpauses.freeze()
         engine.begin(*watches(settings, kube, engine, versions))
 
+    gcpauses.watch()
     _background(list_then_start(), stack)
 
 

@@ -1,0 +1,58 @@
+"""The garbage collector's pauses: measured from the real collector, logged when long, and the picture frozen."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from podiam_operator._kits import gcpauses
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def restore_collector() -> Iterator[None]:
+    callbacks = list(gc.callbacks)
+    yield
+    gc.callbacks[:] = callbacks
+    gc.unfreeze()
+
+
+def _count(generation: str) -> float:
+    for metric in gcpauses.PAUSES.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and sample.labels["generation"] == generation:
+                return sample.value
+    return 0.0
+
+
+def test_each_collection_is_measured_once() -> None:
+    gcpauses.watch()
+    gcpauses.watch()
+    assert gc.callbacks.count(gcpauses._callback) == 1
+    before = _count("2")
+    gc.collect()
+    assert _count("2") == before + 1
+
+
+def test_a_long_pause_is_logged_with_its_generation(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    instants = iter([10.0, 10.0 + gcpauses.LOGGED + 0.5, 20.0, 20.01])
+    monkeypatch.setattr(gcpauses.time, "perf_counter", lambda: next(instants))
+    with caplog.at_level(logging.INFO, logger=gcpauses.__name__):
+        gcpauses._callback("start", {"generation": 2})
+        gcpauses._callback("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+        gcpauses._callback("start", {"generation": 0})
+        gcpauses._callback("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+    assert [r.getMessage() for r in caplog.records] == ["garbage collection (generation 2) stopped the operator for 0.75 s"]
+
+
+def test_freeze_takes_what_lives_out_of_later_collections() -> None:
+    held = [{"pod": str(n), "containers": [str(n)]} for n in range(1000)]  # tracked: they hold a list
+    assert all(gc.is_tracked(entry) for entry in held)
+    gcpauses.freeze()
+    assert gc.get_freeze_count() >= len(held)
+    walked = {id(found) for generation in range(3) for found in gc.get_objects(generation)}
+    assert not any(id(entry) in walked for entry in held)
