@@ -146,11 +146,12 @@ def start(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.
                 await asyncio.sleep(delay)
                 delay = min(LIST_RETRY_MAX, delay * 2)
         engine.load(indexes)
-        gcpauses.freeze()
+        gcpauses.start_freezing()
         engine.begin(*watches(settings, kube, engine, versions))
 
     gcpauses.watch()
     _background(list_then_start(), stack)
+    _background(gcpauses.collect_thoroughly(), stack)
 
 
 async def kube(stack: contextlib.AsyncExitStack) -> kubes.Kube:

@@ -1,9 +1,12 @@
-"""The garbage collector's pauses: measured from the real collector, logged when long, and the picture frozen."""
+"""The garbage collector's pauses: measured from the real collector, logged when long; survivors of full
+collections frozen, and everything collected again now and then."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -14,8 +17,9 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)
-def restore_collector() -> Iterator[None]:
+def restore_collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     callbacks = list(gc.callbacks)
+    monkeypatch.setattr(gcpauses, "_freezing", False)
     yield
     gc.callbacks[:] = callbacks
     gc.unfreeze()
@@ -49,10 +53,41 @@ def test_a_long_pause_is_logged_with_its_generation(monkeypatch: pytest.MonkeyPa
     assert [r.getMessage() for r in caplog.records] == ["garbage collection (generation 2) stopped the operator for 0.75 s"]
 
 
-def test_freeze_takes_what_lives_out_of_later_collections() -> None:
+def _walked() -> set[int]:
+    return {id(found) for generation in range(3) for found in gc.get_objects(generation)}
+
+
+def test_what_survives_each_full_collection_is_frozen() -> None:
+    gcpauses.start_freezing()
     held = [{"pod": str(n), "containers": [str(n)]} for n in range(1000)]  # tracked: they hold a list
     assert all(gc.is_tracked(entry) for entry in held)
-    gcpauses.freeze()
+    assert any(id(entry) in _walked() for entry in held), "not frozen before a full collection"
+    gc.collect(1)
+    assert any(id(entry) in _walked() for entry in held), "nor after a younger one"
+    gc.collect()
+    assert not any(id(entry) in _walked() for entry in held)
     assert gc.get_freeze_count() >= len(held)
-    walked = {id(found) for generation in range(3) for found in gc.get_objects(generation)}
-    assert not any(id(entry) in walked for entry in held)
+
+
+async def test_a_thorough_collection_frees_cycles_that_died_frozen() -> None:
+    class Node:
+        other: Node | None = None
+
+    gcpauses.start_freezing()
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    gc.collect()  # frozen with the rest
+    died = weakref.ref(first)
+    del first, second
+    gc.collect()
+    assert died() is not None, "a frozen cycle is not collected"
+    thorough = asyncio.create_task(gcpauses.collect_thoroughly(every=0.01))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if died() is None:
+                break
+    finally:
+        thorough.cancel()
+    assert died() is None
+    assert gc.get_freeze_count() > 0, "frozen again after the thorough collection"
