@@ -21,7 +21,7 @@ from podiam_operator._engine import watches as enginewatches
 from podiam_operator._kits import clock as clocks
 from podiam_operator._kits import kube as kubes
 from podiam_operator._kits import leadership as leaderships
-from podiam_operator._kits import gcpauses, push, sa_keys, sts, tlsfiles
+from podiam_operator._kits import gcpauses, push, retries, sa_keys, sts, tlsfiles
 from podiam_operator.tls import report as tlsreport
 from podiam_operator.tls import runtime as tlsruntime
 
@@ -131,7 +131,7 @@ def start(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.
     liveness answers meanwhile."""
 
     async def list_then_start() -> None:
-        delay, said = LIST_RETRY_MIN, ""
+        retry = retries.Retry(LIST_RETRY_MIN, LIST_RETRY_MAX)
         while True:
             versions: dict[str, str] = {}
             try:
@@ -139,12 +139,10 @@ def start(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.
                 break
             except Exception as error:
                 text = f"listing the cluster failed ({type(error).__name__}: {error}); retrying"
-                if text != said:  # once per cause, not at every retry
+                if retry.failed(text):  # once per cause, not at every retry
                     logger.error("%s", text)
-                said = text
                 say(text)
-                await asyncio.sleep(delay)
-                delay = min(LIST_RETRY_MAX, delay * 2)
+                await retry.pause()
         engine.load(indexes)
         gcpauses.start_freezing()
         engine.begin(*watches(settings, kube, engine, versions))

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from podiam_operator._core import world
 from podiam_operator._kits import kube as kubes
+from podiam_operator._kits import retries
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Watches:
 
     async def follow(self, kind: str) -> None:
         """Forever: ``kind``'s changes to the sink, in order."""
-        delay, said = RETRY_MIN, ""
+        retry = retries.Retry(RETRY_MIN, RETRY_MAX)
         while True:
             try:
                 if not self._versions[kind]:
@@ -91,9 +92,8 @@ class Watches:
                     version = (body.get("metadata") or {}).get("resourceVersion")
                     if version:
                         self._versions[kind] = str(version)
-                if said:
+                if retry.succeeded():
                     logger.info("watching %s again", kind)
-                delay, said = RETRY_MIN, ""
                 if time.monotonic() - began < RETRY_MIN:  # ended at once: never a busy loop
                     await asyncio.sleep(RETRY_MIN)
             except asyncio.CancelledError:
@@ -102,12 +102,9 @@ class Watches:
                 logger.warning("the watch of %s cannot resume (%s): listing them again", kind, error)
                 self._versions[kind] = ""
             except Exception as error:
-                text = f"{type(error).__name__}: {error}"
-                if text != said:  # said once per kind and cause, not at every retry
-                    logger.warning("watching %s failed (%s); retrying", kind, text)
-                said = text
-                await asyncio.sleep(delay)
-                delay = min(RETRY_MAX, delay * 2)
+                if retry.failed(f"{type(error).__name__}: {error}"):  # said once per kind and cause
+                    logger.warning("watching %s failed (%s); retrying", kind, retry.cause)
+                await retry.pause()
 
     async def _relist(self, kind: str) -> None:
         """The listing's objects as changes, then whatever it lacks as deleted (no watch reported it)."""

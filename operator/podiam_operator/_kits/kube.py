@@ -23,21 +23,27 @@ LIST_PAGE = 500  # objects per list request
 WATCH_SECONDS = 300  # the API server ends each watch after about this long; it is resumed from where it got
 
 
+MERGE_PATCH = "application/merge-patch+json"
+
+
 class Gone(Exception):
     """A watch cannot resume from its resourceVersion (HTTP 410): list again."""
-MERGE_PATCH = "application/merge-patch+json"
 
 
 class Refused(Exception):
     """The API server refused a raw list or watch (kubernetes-asyncio raises only for the responses it reads)."""
 
-    def __init__(self, what: str, status: int, payload: bytes) -> None:
-        try:
-            message = str(json.loads(payload).get("message", ""))
-        except (ValueError, AttributeError):
-            message = payload[:300].decode(errors="replace")
+    def __init__(self, what: str, status: int, message: str) -> None:
         super().__init__(f"{what}: HTTP {status}: {message}")
         self.status = status
+
+
+def _status_message(payload: bytes) -> str:
+    """The message of the Status object the API server answered with, else the start of what it sent."""
+    try:
+        return str(json.loads(payload).get("message", ""))
+    except (ValueError, AttributeError):
+        return payload[:300].decode(errors="replace")
 
 
 def _now() -> datetime.datetime:
@@ -154,7 +160,7 @@ class Kube:
             finally:
                 response.release()
             if response.status != 200:
-                raise Refused(f"listing {kind}", response.status, payload)
+                raise Refused(f"listing {kind}", response.status, _status_message(payload))
             page = json.loads(payload)
             for item in page.get("items") or []:
                 yield item
@@ -176,7 +182,7 @@ class Kube:
             if response.status == 410:
                 raise Gone(f"{kind} at resourceVersion {resource_version}")
             if response.status != 200:
-                raise Refused(f"watching {kind}", response.status, await response.read())
+                raise Refused(f"watching {kind}", response.status, _status_message(await response.read()))
             rest = b""
             async for chunk in response.content.iter_any():
                 lines = (rest + chunk).split(b"\n")
@@ -189,7 +195,7 @@ class Kube:
                     if event_type == "ERROR":
                         if body.get("code") == 410:
                             raise Gone(f"{kind} at resourceVersion {resource_version}: {body.get('message', '')}")
-                        raise Refused(f"watching {kind}", int(body.get("code") or 0), json.dumps(body).encode())
+                        raise Refused(f"watching {kind}", int(body.get("code") or 0), str(body.get("message", "")))
                     yield event_type, body
         finally:
             response.release()
