@@ -71,25 +71,52 @@ def is_proxy(body: Any, settings: _settings.OperatorSettings) -> bool:
 
 async def picture(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.Reader,
                   versions: dict[str, str]) -> Indexes:
-    """Everything the engine decides from, listed in pages (raw JSON, only the facts kept); ``versions``: each
-    kind's listing version, which its watch follows on from (:func:`watches`)."""
-    pods, proxies = [], []
-    async for body in kube.list_all("pods", versions):
-        pods.append(facts.pod_facts(body, reader))
-        if is_proxy(body, settings) and (proxy := facts.proxy_facts(body)) is not None:
-            proxies.append(proxy)
-    namespaces = [facts.namespace_policy(body, reader) async for body in kube.list_all("namespaces", versions)]
-    bindings = [facts.binding_facts(body) async for body in kube.list_all("bindings", versions)]
-    tainted = [body.get("metadata", {}).get("name") async for body in kube.list_all("nodes", versions)
-               if facts.node_has_taint(body, settings.node_taint)]
-    accounts = []
-    if settings.irsa_service_accounts:  # only those naming a role decide anything
-        async for body in kube.list_all("serviceaccounts", versions):
-            account = facts.service_account_facts(body)
-            if account.role is not None:
-                accounts.append(account)
+    """Everything the engine decides from, listed in pages (raw JSON, only the facts kept), all kinds at once
+    (the API server prepares one kind's pages while the operator reads another's); ``versions``: each kind's
+    listing version, which its watch follows on from (:func:`watches`)."""
+    pods: list[facts.PodFacts] = []
+    proxies: list[facts.ProxyFacts] = []
+    accounts: list[facts.ServiceAccountFacts] = []
+
+    async def list_pods() -> None:
+        async for body in kube.list_all("pods", versions):
+            pods.append(facts.pod_facts(body, reader))
+            if is_proxy(body, settings) and (proxy := facts.proxy_facts(body)) is not None:
+                proxies.append(proxy)
+
+    async def list_accounts() -> None:
+        if settings.irsa_service_accounts:  # only those naming a role decide anything
+            async for body in kube.list_all("serviceaccounts", versions):
+                account = facts.service_account_facts(body)
+                if account.role is not None:
+                    accounts.append(account)
+
+    async def list_namespaces() -> list[policy.NamespacePolicy]:
+        return [facts.namespace_policy(body, reader) async for body in kube.list_all("namespaces", versions)]
+
+    async def list_bindings() -> list[facts.BindingFacts]:
+        return [facts.binding_facts(body) async for body in kube.list_all("bindings", versions)]
+
+    async def list_tainted() -> list[str]:
+        return [body.get("metadata", {}).get("name") async for body in kube.list_all("nodes", versions)
+                if facts.node_has_taint(body, settings.node_taint)]
+
+    namespaces, bindings, tainted, _, _ = await _all(list_namespaces(), list_bindings(), list_tainted(), list_pods(),
+                                                     list_accounts())
     return Indexes(pods=pods, namespaces=namespaces, bindings=bindings, proxies=proxies, tainted_nodes=tainted,
                    service_accounts=accounts)
+
+
+async def _all(*work: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Their results, run at once; the first failure is raised as it is, the others cancelled."""
+    tasks = [asyncio.ensure_future(each) for each in work]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class Feed:

@@ -46,6 +46,12 @@ def _status_message(payload: bytes) -> str:
         return payload[:300].decode(errors="replace")
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A dropped request's own failure, read so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
@@ -148,28 +154,42 @@ class Kube:
 
     async def list_all(self, kind: str, versions: dict[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
         """Every object of ``kind`` (see :meth:`_lister`) as raw JSON, in pages: no model objects for 150,000
-        pods. ``versions[kind]``: the list's resourceVersion once the last page is read, to watch from."""
-        token: str | None = None
+        pods. ``versions[kind]``: the list's resourceVersion once the last page is read, to watch from.
+
+        The next page is asked for before this one's objects are handed out, so the API server prepares it
+        while the caller works."""
+        page = await self._page(kind, None)
         while True:
-            extra: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
-            if token:
-                extra["_continue"] = token
-            response: Any = await self._lister(kind)(**extra)  # the raw aiohttp response
-            try:
-                payload = await response.read()
-            finally:
-                response.release()
-            if response.status != 200:
-                raise Refused(f"listing {kind}", response.status, _status_message(payload))
-            page = json.loads(payload)
-            for item in page.get("items") or []:
-                yield item
             meta = page.get("metadata") or {}
             token = meta.get("continue")
-            if not token:
+            following = asyncio.ensure_future(self._page(kind, token)) if token else None
+            try:
+                for item in page.get("items") or []:
+                    yield item
+            except BaseException:  # the caller stopped (closed, cancelled): no request left running
+                if following is not None:
+                    following.cancel()
+                    following.add_done_callback(_retrieved)
+                raise
+            if following is None:
                 if versions is not None:
                     versions[kind] = str(meta.get("resourceVersion", ""))
                 return
+            page = await following
+
+    async def _page(self, kind: str, token: str | None) -> dict[str, Any]:
+        extra: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
+        if token:
+            extra["_continue"] = token
+        response: Any = await self._lister(kind)(**extra)  # the raw aiohttp response
+        try:
+            payload = await response.read()
+        finally:
+            response.release()
+        if response.status != 200:
+            raise Refused(f"listing {kind}", response.status, _status_message(payload))
+        page: dict[str, Any] = json.loads(payload)
+        return page
 
     async def watch(self, kind: str, resource_version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(type, object)`` of each change to ``kind`` after ``resource_version``, BOOKMARKs included
