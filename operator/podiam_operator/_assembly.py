@@ -176,7 +176,7 @@ def start(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.
 
     gcpauses.watch()
     _background(list_then_start(), stack)
-    _background(gcpauses.collect_thoroughly(), stack)
+    _background(gcpauses.tend(), stack)
 
 
 async def kube(stack: contextlib.AsyncExitStack) -> kubes.Kube:

@@ -9,6 +9,7 @@ import logging
 import weakref
 from collections.abc import Iterator
 
+import prometheus_client
 import pytest
 
 from podiam_operator._kits import gcpauses
@@ -25,32 +26,39 @@ def restore_collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     gc.unfreeze()
 
 
-def _count(generation: str) -> float:
-    for metric in gcpauses.PAUSES.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_count") and sample.labels["generation"] == generation:
-                return sample.value
-    return 0.0
+def _scraped(suffix: str, generation: str, le: str | None = None) -> float:
+    labels = {"generation": generation} | ({"le": le} if le is not None else {})
+    value = prometheus_client.REGISTRY.get_sample_value(f"podiam_operator_gc_pause_seconds{suffix}", labels)
+    assert value is not None
+    return value
 
 
-def test_each_collection_is_measured_once() -> None:
+def test_each_collection_is_measured_once_and_scraped_as_a_histogram() -> None:
     gcpauses.watch()
     gcpauses.watch()
     assert gc.callbacks.count(gcpauses._callback) == 1
-    before = _count("2")
+    before = _scraped("_count", "2")
     gc.collect()
-    assert _count("2") == before + 1
+    assert _scraped("_count", "2") == before + 1
+    assert _scraped("_bucket", "2", "+Inf") == _scraped("_count", "2")
+    assert _scraped("_bucket", "2", "0.001") <= _scraped("_bucket", "2", "5.0") <= _scraped("_count", "2")
+    assert _scraped("_sum", "2") > 0
 
 
-def test_a_long_pause_is_logged_with_its_generation(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_long_pause_is_logged_with_its_generation_outside_the_callback(monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     instants = iter([10.0, 10.0 + gcpauses.LOGGED + 0.5, 20.0, 20.01])
     monkeypatch.setattr(gcpauses.time, "perf_counter", lambda: next(instants))
+    slow_before = _scraped("_bucket", "2", "+Inf") - _scraped("_bucket", "2", "0.5")
     with caplog.at_level(logging.INFO, logger=gcpauses.__name__):
         gcpauses._callback("start", {"generation": 2})
         gcpauses._callback("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
         gcpauses._callback("start", {"generation": 0})
         gcpauses._callback("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+        assert caplog.records == [], "the callback itself logs nothing"
+        gcpauses.report()
     assert [r.getMessage() for r in caplog.records] == ["garbage collection (generation 2) stopped the operator for 0.75 s"]
+    assert _scraped("_bucket", "2", "+Inf") - _scraped("_bucket", "2", "0.5") == slow_before + 1, "in the 1.0 s bucket"
 
 
 def _walked() -> set[int]:
@@ -81,13 +89,13 @@ async def test_a_thorough_collection_frees_cycles_that_died_frozen() -> None:
     del first, second
     gc.collect()
     assert died() is not None, "a frozen cycle is not collected"
-    thorough = asyncio.create_task(gcpauses.collect_thoroughly(every=0.01))
+    tending = asyncio.create_task(gcpauses.tend(thorough_every=0.01))
     try:
         for _ in range(100):
             await asyncio.sleep(0.01)
             if died() is None:
                 break
     finally:
-        thorough.cancel()
+        tending.cancel()
     assert died() is None
     assert gc.get_freeze_count() > 0, "frozen again after the thorough collection"
