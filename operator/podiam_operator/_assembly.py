@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -101,8 +102,20 @@ async def picture(settings: _settings.OperatorSettings, kube: kubes.Kube, reader
         return [body.get("metadata", {}).get("name") async for body in kube.list_all("nodes", versions)
                 if facts.node_has_taint(body, settings.node_taint)]
 
-    namespaces, bindings, tainted, _, _ = await _all(list_namespaces(), list_bindings(), list_tainted(), list_pods(),
-                                                     list_accounts())
+    began = time.monotonic()
+    finished: dict[str, float] = {}  # kind -> seconds until its listing was done
+
+    async def timed(kind: str, work: Coroutine[Any, Any, Any]) -> Any:
+        result = await work
+        finished[kind] = time.monotonic() - began
+        return result
+
+    namespaces, bindings, tainted, _, _ = await _all(
+        timed("namespaces", list_namespaces()), timed("bindings", list_bindings()), timed("nodes", list_tainted()),
+        timed("pods", list_pods()), timed("serviceaccounts", list_accounts()))
+    logger.info("listed the cluster in %.1f s (%s done at %s s): %d pods, %d proxies, %d bindings, %d namespaces, %d tainted nodes",
+                time.monotonic() - began, "/".join(finished), "/".join(f"{t:.1f}" for t in finished.values()),
+                len(pods), len(proxies), len(bindings), len(namespaces), len(tainted))
     return Indexes(pods=pods, namespaces=namespaces, bindings=bindings, proxies=proxies, tainted_nodes=tainted,
                    service_accounts=accounts)
 

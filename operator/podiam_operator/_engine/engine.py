@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, Literal
 
@@ -28,6 +30,9 @@ Phase = Literal["listing", "standby", "identity", "warming-up", "active"]
 WARMUP_TIMEOUT = 30.0  # how long a (new) leader waits for credentials before its first snapshots
 IDENTITY_TIMEOUT = 30.0  # how long it waits for its own AWS identity (role names need its account) before going on
 IDENTITY_RETRY_MAX = 15.0  # longest wait between two GetCallerIdentity attempts
+# How long a new leader's status writes for every binding wait for its first snapshots to reach every proxy
+# (they would share the CPU and the API server with those pushes; a change's own status write never waits).
+FIRST_ROUND_WAIT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +87,9 @@ class Engine:
         self._owned = OwnedBindings(self.world, kube, self._events)
         self._taints = NodeTaints(kube, key=node_taint, manage=manage_node_taint)
         self._defaults = DefaultRoleNotes(self.world)
+        self._first_round: set[str] = set()  # nodes whose proxy awaits this leader's first snapshot
+        self._first_round_done = asyncio.Event()
+        self._pushing_since = 0.0
 
     # --- what others read -------------------------------------------------------
 
@@ -132,7 +140,9 @@ class Engine:
                 self.load(indexes)
             if self.leadership is not None:
                 self.phase = "standby"
+                standing_by = time.monotonic()
                 await self.leadership.wait_until_leader()
+                logger.info("leading after %.1f s as a standby", time.monotonic() - standing_by)
             # Leading from here on. Our own pods' entries first: they need no AWS, and
             # without them an operator on the pod network cannot reach AWS at all.
             self.phase = "identity"
@@ -148,12 +158,18 @@ class Engine:
             # A new leader's first snapshots replace what the proxies hold: fetch
             # every credential set first, so that no pod loses its credentials
             # (and the service-account keys, which snapshots carry).
+            self._statuses.hold_background()  # the fetches mark every binding of their role
+            warming = time.monotonic()
             fetches = [asyncio.ensure_future(self._supply.fetch(key)) for key in keys]
             if self._keys is not None:
                 fetches.append(asyncio.ensure_future(self._first_keys(self._keys)))
             if fetches:
                 await asyncio.wait(fetches, timeout=WARMUP_TIMEOUT)
+            logger.info("credentials fetched in %.1f s; pushing", time.monotonic() - warming)
             self.phase = "active"
+            self._first_round = {node for node, state in self._pusher.states().items() if state.known}
+            self._pushing_since = time.monotonic()
+            self._tasks.spawn(self._statuses_after_first_round(), "first-round")
             self._pusher.start()
             self._tasks.spawn(self._supply.refresh_forever(), "refresher")
             if self._keys is not None:
@@ -162,11 +178,20 @@ class Engine:
             self._tasks.spawn(self._owned.run(), "owned-bindings")
             if self.leadership is not None:
                 self._tasks.spawn(self.leadership.watch(), "leadership")
-            self._statuses.mark(self.world.bindings)
+            self._statuses.mark(self.world.bindings, background=True)
             self._owned.mark({k for k, p in self.world.pods.items() if p.role is not None or self.world.bindings.get(k)})
             for key, decision in self.world.decisions.items():
                 self._events.pod_decision(key, decision)
             self._defaults.note_everywhere()
+
+    async def _statuses_after_first_round(self) -> None:
+        if self._first_round:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._first_round_done.wait(), FIRST_ROUND_WAIT)
+        if self._first_round:
+            logger.info("%d proxies still await this leader's first snapshot after %.0f s: writing statuses anyway",
+                        len(self._first_round), FIRST_ROUND_WAIT)
+        self._statuses.release_background()
 
     @staticmethod
     async def _first_keys(source: sa_keys.Source) -> None:
@@ -301,4 +326,10 @@ class Engine:
 
     async def _proxy_synced(self, node: str) -> None:
         """A proxy has its snapshot: its node may now run pods (lift the start-up taint)."""
+        if node in self._first_round:
+            self._first_round.discard(node)
+            if not self._first_round:
+                logger.info("every proxy holds this leader's first snapshot, %.1f s after the first push",
+                            time.monotonic() - self._pushing_since)
+                self._first_round_done.set()
         await self._taints.lift(node)

@@ -39,9 +39,17 @@ class BindingStatuses:
         for phase in decide.PHASES:
             _metrics.BINDINGS.labels(phase).set(0)
 
-    def mark(self, keys: Iterable[world.BindingKey]) -> None:
-        """These bindings' status may have changed: compute it again, write it if it did."""
-        self._work.mark(keys)
+    def mark(self, keys: Iterable[world.BindingKey], *, background: bool = False) -> None:
+        """These bindings' status may have changed: compute it again, write it if it did (``background``: once no
+        other binding waits)."""
+        self._work.mark(keys, background=background)
+
+    def hold_background(self) -> None:
+        """Background marks wait (a new leader's first snapshots go first) until :meth:`release_background`."""
+        self._work.hold_background()
+
+    def release_background(self) -> None:
+        self._work.release_background()
 
     def forget(self, key: world.BindingKey) -> None:
         """The binding is gone."""

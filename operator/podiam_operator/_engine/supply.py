@@ -98,7 +98,9 @@ class Supply:
         """New credentials go to every node that needs them; failures to statuses and Events."""
         if credentials is not None:
             self._pusher.poke(self._world.nodes_using(key))
-        self._statuses.mark(self._world.bindings_using(key))
+        # New credentials change only the statuses' expiration (thousands of writes for a busy role): in the
+        # background, behind any binding that changed. A failure is news: at once.
+        self._statuses.mark(self._world.bindings_using(key), background=credentials is not None)
         if error is not None and self._cache.usable(key) is None:
             grant = self._world.grants.get(key)
             arn = grant.role.arn if grant else "?"

@@ -47,6 +47,10 @@ class KeyedWork(Generic[K]):
     processed ``delay`` seconds after it was made at the earliest, so that a
     burst of changes to one key makes one write. Workers take keys as they
     come: a long batch never holds back a key marked after it.
+
+    Keys marked ``background`` (every binding a new leader or new credentials
+    touch) are taken only while no other key waits, so a change made meanwhile
+    goes first, and not at all while held (:meth:`hold_background`).
     """
 
     def __init__(self, job: Callable[[K], Awaitable[None]], concurrency: int, delay: float = 0.0) -> None:
@@ -54,32 +58,55 @@ class KeyedWork(Generic[K]):
         self._concurrency = concurrency
         self._delay = delay
         self._pending: collections.OrderedDict[K, float] = collections.OrderedDict()  # key -> when marked
+        self._background: collections.OrderedDict[K, None] = collections.OrderedDict()
         self._busy: set[K] = set()
         self._again: set[K] = set()
+        self._held = False
         self._wakeup = asyncio.Event()
 
     def __len__(self) -> int:
-        return len(self._pending) + len(self._again)
+        return len(self._pending) + len(self._background) + len(self._again)
 
-    def mark(self, keys: Iterable[K]) -> None:
+    def mark(self, keys: Iterable[K], *, background: bool = False) -> None:
         now = time.monotonic()
         for key in keys:
             if key in self._busy:
                 self._again.add(key)
-            elif key not in self._pending:
+            elif key in self._pending:
+                continue
+            elif background:
+                self._background[key] = None
+            else:
+                self._background.pop(key, None)
                 self._pending[key] = now
-        if self._pending:
+        if self._ready():
             self._wakeup.set()
+
+    def hold_background(self) -> None:
+        self._held = True
+
+    def release_background(self) -> None:
+        self._held = False
+        self._wakeup.set()
+
+    def _ready(self) -> bool:
+        return bool(self._pending) or (bool(self._background) and not self._held)
+
+    def _next(self) -> tuple[K, float]:
+        if self._pending:
+            return self._pending.popitem(last=False)
+        key, _ = self._background.popitem(last=False)
+        return key, 0.0  # no delay: a background mark is no burst of changes
 
     async def run(self) -> None:
         await asyncio.gather(*(self._worker() for _ in range(self._concurrency)))
 
     async def _worker(self) -> None:
         while True:
-            while not self._pending:
+            while not self._ready():
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            key, marked = self._pending.popitem(last=False)
+            key, marked = self._next()
             self._busy.add(key)
             try:
                 wait = marked + self._delay - time.monotonic()

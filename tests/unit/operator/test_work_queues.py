@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -140,5 +141,53 @@ async def test_keyed_work_waits_the_delay_after_a_mark() -> None:
         work.mark(["x"])
         await asyncio.sleep(0.3)
         assert len(ran_at) == 1 and ran_at[0] - marked_at >= 0.09
+    finally:
+        runner.cancel()
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not done within 2 s")
+
+
+async def test_keyed_work_takes_background_keys_only_when_nothing_else_waits() -> None:
+    seen: list[str] = []
+
+    async def job(key: str) -> None:
+        seen.append(key)
+
+    work: tasks.KeyedWork[str] = tasks.KeyedWork(job, concurrency=1)
+    work.mark(["b1", "b2", "shared"], background=True)
+    work.mark(["urgent", "shared"])  # "shared" is now urgent: it leaves the background queue
+    work.mark(["urgent"], background=True)  # already waiting as urgent: stays there, once
+    runner = asyncio.ensure_future(work.run())
+    try:
+        await _until(lambda: len(seen) == 4)
+        assert seen == ["urgent", "shared", "b1", "b2"]
+        assert len(work) == 0
+    finally:
+        runner.cancel()
+
+
+async def test_keyed_work_holds_background_keys_until_released() -> None:
+    seen: list[str] = []
+
+    async def job(key: str) -> None:
+        seen.append(key)
+
+    work: tasks.KeyedWork[str] = tasks.KeyedWork(job, concurrency=2)
+    work.hold_background()
+    runner = asyncio.ensure_future(work.run())
+    try:
+        work.mark(["later"], background=True)
+        work.mark(["now"])
+        await _until(lambda: seen == ["now"])
+        await asyncio.sleep(0.05)
+        assert seen == ["now"] and len(work) == 1  # held, not lost
+        work.release_background()
+        await _until(lambda: seen == ["now", "later"])
     finally:
         runner.cancel()
