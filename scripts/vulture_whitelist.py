@@ -35,3 +35,18 @@ used._get_fetcher_cls
 used.installed
 used.pending_count
 used.token_only_count
+
+# msgspec decodes a list page into these struct fields by name, and the operator reads them back as dict keys
+# (operator/podiam_operator/_kits/shapes.py).
+used.restartCount
+used.nodeName
+used.hostNetwork
+used.serviceAccountName
+used.podIP
+used.hostIP
+used.containerStatuses
+used.observedGeneration
+used.resourceVersion
+used.continue_
+used.deletionTimestamp
+used.ownerReferences

@@ -16,6 +16,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
 from podiam_operator._core import facts
+from podiam_operator._kits import shapes
 
 logger = logging.getLogger(__name__)
 COMPONENT = "podiam-operator"
@@ -153,8 +154,9 @@ class Kube:
         raise ValueError(f"no such kind: {kind}")
 
     async def list_all(self, kind: str, versions: dict[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Every object of ``kind`` (see :meth:`_lister`) as raw JSON, in pages: no model objects for 150,000
-        pods. ``versions[kind]``: the list's resourceVersion once the last page is read, to watch from.
+        """Every object of ``kind`` (see :meth:`_lister`) as plain dicts of the fields the operator reads
+        (:mod:`shapes`), in pages: no model objects for 150,000 pods. ``versions[kind]``: the list's
+        resourceVersion once the last page is read, to watch from.
 
         The next page is asked for before this one's objects are handed out, so the API server prepares it
         while the caller works."""
@@ -188,8 +190,7 @@ class Kube:
             response.release()
         if response.status != 200:
             raise Refused(f"listing {kind}", response.status, _status_message(payload))
-        page: dict[str, Any] = json.loads(payload)
-        return page
+        return shapes.decode_page(kind, payload)
 
     async def watch(self, kind: str, resource_version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(type, object)`` of each change to ``kind`` after ``resource_version``, BOOKMARKs included
