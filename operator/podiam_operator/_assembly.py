@@ -184,10 +184,13 @@ def start(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.
                 say(text)
                 await retry.pause()
         engine.load(indexes)
-        gcpauses.start_freezing()
         engine.begin(*watches(settings, kube, engine, versions))
 
-    gcpauses.watch()
+    # From the start: the listing's survivors (the picture) are frozen as they come, so that each full
+    # collection during it walks only what the pages since the last one added (seven of 0.3 s at 150,000 pods).
+    gcpauses.start_freezing()
+    if engine.leadership is not None:
+        _background(engine.leadership.observe(), stack)  # the settling interval passes while the cluster is listed
     _background(list_then_start(), stack)
     _background(gcpauses.tend(), stack)
 

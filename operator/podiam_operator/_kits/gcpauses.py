@@ -11,7 +11,7 @@ were the grant latency's tail. So:
   ``LOGGED`` seconds or more. The collector's callback runs inside whatever
   code allocated, so it takes no lock (a metric's or the logging module's
   may be held right there): it only counts into plain lists and queues.
-- ``start_freezing()``, once the starting picture is held: from then on,
+- ``start_freezing()``, before the starting picture is listed: from then on,
   whatever survives a full collection is frozen (``gc.freeze()``), out of
   later collections' walk, so each full collection walks only what became
   long-lived since the one before. Frozen objects are still freed by

@@ -100,6 +100,17 @@ class Leadership:
         """Live replicas that keep this one from leading: a higher priority, or the same (kopf pauses both then)."""
         return [identity for identity, priority in (await self.live_peers()).items() if priority >= self.priority]
 
+    async def observe(self) -> None:
+        """From the start, until this replica's own entry is seen: then a replica that lists the cluster for a
+        minute has waited out the settling interval (see :meth:`wait_until_leader`) by the time it is done."""
+        while self._listed_since is None:
+            try:
+                await self.live_peers()
+            except Exception as error:  # wait_until_leader says it, and keeps asking
+                logger.debug("peering check failed: %s", error)
+            if self._listed_since is None:
+                await asyncio.sleep(self.interval)
+
     async def wait_until_leader(self) -> None:
         while True:
             try:

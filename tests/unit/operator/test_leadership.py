@@ -97,3 +97,25 @@ async def test_a_replica_leads_only_once_its_own_entry_has_been_listed_for_an_in
     listed = asyncio.get_running_loop().time()
     await asyncio.wait_for(waiting, 1)
     assert asyncio.get_running_loop().time() - listed >= 0.05
+
+
+async def test_observed_from_the_start_a_replica_that_listed_for_longer_than_the_interval_leads_at_once() -> None:
+    peers: dict[str, Any] = {"replica-a": entry(5)}
+    replica = make("replica-a", 5, peers)
+    replica.interval = 0.2
+    observing = asyncio.ensure_future(replica.observe())
+    await asyncio.wait_for(observing, 1)  # its own entry seen: done
+    await asyncio.sleep(0.25)  # the listing of the cluster
+    began = asyncio.get_running_loop().time()
+    await asyncio.wait_for(replica.wait_until_leader(), 1)
+    assert asyncio.get_running_loop().time() - began < 0.1  # no second interval to wait
+
+
+async def test_observing_keeps_asking_until_the_replica_is_listed() -> None:
+    peers: dict[str, Any] = {}
+    replica = make("replica-a", 5, peers)
+    observing = asyncio.ensure_future(replica.observe())
+    await asyncio.sleep(0.05)
+    assert not observing.done()
+    peers["replica-a"] = entry(5)
+    await asyncio.wait_for(observing, 1)
