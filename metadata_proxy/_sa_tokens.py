@@ -168,10 +168,10 @@ class _EcKey:
             return False
         r = int.from_bytes(signature[:self.coordinate_size], "big")
         s = int.from_bytes(signature[self.coordinate_size:], "big")
-        digests: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}
-        digest = digests[_HASHES[self.algorithm]]
+        digests: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
+                                                    "sha512": hashes.SHA512()}
         try:
-            self.public_key.verify(utils.encode_dss_signature(r, s), message, ec.ECDSA(digest))
+            self.public_key.verify(utils.encode_dss_signature(r, s), message, ec.ECDSA(digests[_HASHES[self.algorithm]]))
         except InvalidSignature:
             return False
         return True
