@@ -18,6 +18,11 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def maps_a_file_under(pid: int, directory: str) -> bool:
+    """Whether ``pid`` has a file from a folder named ``directory`` mapped: a native library it loaded (e.g. a package's)."""
+    return any(f"/{directory}/" in line for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid``: a cost that other load on the machine does not distort."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -2,10 +2,13 @@
 into files, for the Kubernetes control plane and nodes and for podiam's
 operator ↔ proxy mutual TLS alike.
 
-ECDSA P-256 throughout: key generation takes about a millisecond, where RSA
-2048 takes tens, and every component accepts it (service-account tokens are
-then signed ES256). Files are written then renamed, as the kubelet updates a
-mounted Secret, so a reader never sees a half-written one; keys are 0600.
+ECDSA P-256 for every certificate: key generation takes about a millisecond,
+where RSA 2048 takes tens, and every component accepts it. The one RSA key is
+the service-account token signing key (2048 bits, as kubeadm and EKS make
+it), so the cluster's tokens are signed RS256, as real clusters' are, and
+podiam's container-credentials tests check them as the proxy does there.
+Files are written then renamed, as the kubelet updates a mounted Secret, so a
+reader never sees a half-written one; keys are 0600.
 
 Two file layouts (:class:`Layout`): Kubernetes' (``ca.crt``, ``NAME.crt`` and
 ``NAME.key``) for the cluster, the guide's cfssl names (``ca.pem``,
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from metadata_proxy import wire
@@ -81,7 +84,7 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp.replace(path)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
@@ -198,8 +201,8 @@ class CertificateAuthority:
 
 
 def service_account_keys(directory: Path) -> CertFiles:
-    """The token signing key (``sa.key``) and its public half (``sa.pub``, in ``cert``)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """The token signing key (``sa.key``, RSA 2048: tokens signed RS256) and its public half (``sa.pub``, in ``cert``)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pair = CertFiles(directory / "sa.pub", directory / "sa.key")
     _write(pair.key, _key_pem(key), 0o600)
     _write(pair.cert, key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))

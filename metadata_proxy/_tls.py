@@ -56,8 +56,8 @@ def _not_after(path: Path) -> float:
     """notAfter of the first certificate in ``path`` (Unix time).
 
     Read from the DER by hand (Certificate > TBSCertificate > Validity, RFC 5280 4.1) rather than with
-    cryptography: that library costs the proxy 8 MiB of memory, and only a pod using the
-    container-credentials path needs it (_sa_tokens imports PyJWT on first use).
+    cryptography: that library costs the proxy 8 MiB of memory, and only a token signed with an EC
+    key needs it (_sa_tokens imports it for the first EC key a token names; RSA keys need none).
     """
     text = path.read_text()
     begin = text.index("-----BEGIN CERTIFICATE-----") + len("-----BEGIN CERTIFICATE-----")

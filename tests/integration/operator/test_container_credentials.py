@@ -22,7 +22,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from localcluster.controlplane import ControlPlane
 from localcluster import moto
@@ -159,7 +159,8 @@ def test_refusals(stack: stacks.Stack, ns: str) -> None:
     now = int(time.time())
     expired = jwt.encode(claims | {"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600},
                          _signing_key(stack.cp, good), algorithm=header["alg"], headers={"kid": header["kid"]})
-    forged = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": header["kid"]})
+    assert header["alg"] == "RS256"  # the cluster signs as kubeadm and EKS do: the proxy's standard-library path
+    forged = jwt.encode(claims, rsa.generate_private_key(65537, 2048), algorithm="RS256", headers={"kid": header["kid"]})
 
     cases = {
         "another node's pod": (token_for(stack.cp, ns, "there"), 403, "has no role on this node"),

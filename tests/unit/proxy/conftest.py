@@ -1,19 +1,28 @@
-"""Fixtures for the proxy's unit tests: its apps on aiohttp test servers, a test PKI."""
+"""Fixtures for the proxy's unit tests: its apps on aiohttp test servers, a test PKI, ServiceAccount token signers."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import ssl
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from metadata_proxy import _control, _health, _imds, _metrics, _ratelog, _settings, _store, _tls, _tokens
+from metadata_proxy import _control, _health, _imds, _metrics, _ratelog, _settings, _store, _tls, _tokens, wire
 from localcluster import certs, proxy
 
 POD_IP = "127.0.0.1"  # where the aiohttp test client connects from
@@ -145,3 +154,72 @@ async def health(aiohttp_client: Any, store: _store.Store, metrics: _metrics.Met
 
 def ssl_error_types() -> tuple[type[BaseException], ...]:
     return (aiohttp.ClientError, ssl.SSLError, ConnectionError, OSError)
+
+
+# -- ServiceAccount tokens (the container-credentials path) ----------------------------------------------------------
+
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+AUDIENCE = "pods.eks.amazonaws.com"
+CURVES: dict[str, ec.EllipticCurve] = {"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1(), "ES512": ec.SECP521R1()}
+
+
+def b64(data: bytes) -> str:
+    """base64url without padding, as JWS writes it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Signer:
+    """A service-account signing key, as kube-apiserver holds one; ``jwk`` is what its JWKS publishes.
+
+    ``key``: a private key to use (RSA keys take tens of milliseconds to generate), else a new one for ``algorithm``.
+    """
+
+    def __init__(self, algorithm: str = "ES256", kid: str | None = None, key: Any = None) -> None:
+        rsa_family = algorithm.startswith("RS")
+        self.key: Any = key if key is not None else (rsa.generate_private_key(65537, 2048) if rsa_family
+                                                    else ec.generate_private_key(CURVES[algorithm]))
+        self.algorithm = algorithm
+        self.kid = kid or uuid.uuid4().hex
+        algo = jwt.algorithms.RSAAlgorithm if rsa_family else jwt.algorithms.ECAlgorithm
+        self.jwk: dict[str, str] = {**json.loads(algo.to_jwk(self.key.public_key())), "kid": self.kid, "alg": self.algorithm,
+                                    "use": "sig"}
+
+    def claims(self, pod: tuple[str, str, str] | None = ("team", "app", "uid-1"), **claims: Any) -> dict[str, Any]:
+        """What kube-apiserver writes into a pod's projected token, with ``claims`` added or replaced."""
+        now = int(time.time())
+        namespace = pod[0] if pod else "team"
+        body: dict[str, Any] = {
+            "iss": ISSUER, "aud": [AUDIENCE], "sub": f"system:serviceaccount:{namespace}:app-sa",
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": "app-sa", "uid": "sa-uid"}},
+        }
+        if pod is not None:
+            body["kubernetes.io"]["pod"] = {"name": pod[1], "uid": pod[2]}
+        return body | claims
+
+    def token(self, pod: tuple[str, str, str] | None = ("team", "app", "uid-1"), *, kid: str | None = None,
+              algorithm: str | None = None, **claims: Any) -> str:
+        return jwt.encode(self.claims(pod, **claims), self.key, algorithm=algorithm or self.algorithm,
+                          headers={"kid": kid or self.kid})
+
+    def sign(self, payload: bytes, **header: Any) -> str:
+        """Any payload, signed: for payloads no JWT library writes."""
+        return jwt.PyJWS().encode(payload, self.key, self.algorithm, headers={"kid": self.kid} | header)
+
+
+def keys(*signers: Signer, issuer: str = ISSUER) -> wire.ServiceAccountKeys:
+    return wire.ServiceAccountKeys(issuer=issuer, keys=[s.jwk for s in signers])
+
+
+def forged_hs256(signer: Signer) -> str:
+    """The classic confusion: an HMAC "signed" with the public key, under the real key's id."""
+    public = signer.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    header = b64(json.dumps({"alg": "HS256", "kid": signer.kid}).encode())
+    body = b64(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60}).encode())
+    signature = b64(hmac.new(public, f"{header}.{body}".encode(), hashlib.sha256).digest())
+    return f"{header}.{body}.{signature}"
+
+
+def unsigned(signer: Signer) -> str:
+    return jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60}, None, algorithm="none",
+                      headers={"kid": signer.kid})

@@ -9,56 +9,21 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
 from typing import Any
 
 import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from metadata_proxy import _container_credentials, _metrics, _ratelog, _store, wire
 from localcluster.proxy import pod_entry, role_credentials
-from tests.unit.proxy.conftest import Clock
+from tests.unit.proxy.conftest import AUDIENCE, ISSUER, Clock, Signer, forged_hs256, keys, unsigned
 
 pytestmark = pytest.mark.unit
 
-ISSUER = "https://kubernetes.default.svc.cluster.local"
-AUDIENCE = "pods.eks.amazonaws.com"
 PATH = "/v1/credentials"
 KEYS = ("AccessKeyId", "SecretAccessKey", "Token", "AccountId", "Expiration")
-
-
-class Signer:
-    """A service-account signing key, as kube-apiserver holds one; ``jwk`` is what its JWKS publishes."""
-
-    def __init__(self, kind: str = "ec", kid: str | None = None) -> None:
-        self.key: Any = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
-        self.algorithm = "ES256" if kind == "ec" else "RS256"
-        self.kid = kid or uuid.uuid4().hex
-        algo = jwt.algorithms.ECAlgorithm if kind == "ec" else jwt.algorithms.RSAAlgorithm
-        self.jwk: dict[str, str] = {**json.loads(algo.to_jwk(self.key.public_key())), "kid": self.kid, "alg": self.algorithm,
-                                    "use": "sig"}
-
-    def token(self, pod: tuple[str, str, str] | None = ("team", "app", "uid-1"), *, kid: str | None = None,
-              algorithm: str | None = None, **claims: Any) -> str:
-        now = int(time.time())
-        namespace = pod[0] if pod else "team"
-        body: dict[str, Any] = {
-            "iss": ISSUER, "aud": [AUDIENCE], "sub": f"system:serviceaccount:{namespace}:app-sa",
-            "iat": now, "nbf": now, "exp": now + 3600,
-            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": "app-sa", "uid": "sa-uid"}},
-        }
-        if pod is not None:
-            body["kubernetes.io"]["pod"] = {"name": pod[1], "uid": pod[2]}
-        body.update(claims)
-        return jwt.encode(body, self.key, algorithm=algorithm or self.algorithm, headers={"kid": kid or self.kid})
-
-
-def keys(*signers: Signer, issuer: str = ISSUER) -> wire.ServiceAccountKeys:
-    return wire.ServiceAccountKeys(issuer=issuer, keys=[s.jwk for s in signers])
 
 
 @pytest.fixture
@@ -122,28 +87,12 @@ async def test_pods_without_an_entry_by_ip_are_served_by_uid(client: TestClient[
 
 
 async def test_rsa_keys_and_a_bearer_prefix(client: TestClient[web.Request, web.Application], store: _store.Store) -> None:
-    signer = Signer("rsa")
+    signer = Signer("RS256")
     bound(store, signer)
     assert (await ask(client, "Bearer " + signer.token()))[0] == 200
 
 
 # -- refused, with the status the SDKs and the user see ---------------------------------------------------------
-
-
-def forged_hs256(signer: Signer) -> str:
-    """The classic confusion: an HMAC "signed" with the public key, under the real key's id."""
-    public = signer.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": signer.kid}).encode()).rstrip(b"=")
-    body = base64.urlsafe_b64encode(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60}).encode()).rstrip(b"=")
-    import hashlib
-    import hmac
-    signature = base64.urlsafe_b64encode(hmac.new(public, header + b"." + body, hashlib.sha256).digest()).rstrip(b"=")
-    return (header + b"." + body + b"." + signature).decode()
-
-
-def unsigned(signer: Signer) -> str:
-    return jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60}, None, algorithm="none",
-                      headers={"kid": signer.kid})
 
 
 REFUSALS: list[tuple[str, Any, int, str]] = [
