@@ -28,7 +28,6 @@ from podiam_operator.tls import runtime as tlsruntime
 
 logger = logging.getLogger(__name__)
 
-LIST_RETRY_MIN, LIST_RETRY_MAX = 1.0, 30.0  # seconds between listings of the starting picture while refused
 
 
 def region(settings: _settings.OperatorSettings) -> str | None:
@@ -171,7 +170,7 @@ def start(settings: _settings.OperatorSettings, kube: kubes.Kube, reader: facts.
     liveness answers meanwhile."""
 
     async def list_then_start() -> None:
-        retry = retries.Retry(LIST_RETRY_MIN, LIST_RETRY_MAX)
+        retry = retries.Retry(retries.API_LOW, retries.API_HIGH)
         while True:
             versions: dict[str, str] = {}
             try:

@@ -29,7 +29,6 @@ from podiam_operator._kits import retries
 
 logger = logging.getLogger(__name__)
 
-RETRY_MIN, RETRY_MAX = 1.0, 30.0  # seconds between attempts while the API server refuses or is away
 
 _KIND_NAMES = {"pods": "pod", "bindings": "PodRoleBinding", "serviceaccounts": "ServiceAccount",
                "namespaces": "namespace", "nodes": "node"}
@@ -80,7 +79,7 @@ class Watches:
 
     async def follow(self, kind: str) -> None:
         """Forever: ``kind``'s changes to the sink, in order."""
-        retry = retries.Retry(RETRY_MIN, RETRY_MAX)
+        retry = retries.Retry(retries.API_LOW, retries.API_HIGH)
         while True:
             try:
                 if not self._versions[kind]:
@@ -94,8 +93,8 @@ class Watches:
                         self._versions[kind] = str(version)
                 if retry.succeeded():
                     logger.info("watching %s again", kind)
-                if time.monotonic() - began < RETRY_MIN:  # ended at once: never a busy loop
-                    await asyncio.sleep(RETRY_MIN)
+                if time.monotonic() - began < retries.API_LOW:  # ended at once: never a busy loop
+                    await asyncio.sleep(retries.API_LOW)
             except asyncio.CancelledError:
                 raise
             except kubes.Gone as error:

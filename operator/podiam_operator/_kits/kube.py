@@ -22,8 +22,6 @@ logger = logging.getLogger(__name__)
 COMPONENT = "podiam-operator"
 LIST_PAGE = 500  # objects per list request
 WATCH_SECONDS = 300  # the API server ends each watch after about this long; it is resumed from where it got
-
-
 MERGE_PATCH = "application/merge-patch+json"
 
 

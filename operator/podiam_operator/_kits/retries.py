@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+# Seconds between attempts while the API server refuses or is away (the starting listing, the watches).
+API_LOW, API_HIGH = 1.0, 30.0
+
 
 class Retry:
     """The state between attempts of one repeated task.

@@ -27,6 +27,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from metadata_proxy import wire
 from podiam_operator._kits import kube as kubes
+from podiam_operator._kits import retries
 
 logger = logging.getLogger(__name__)
 
@@ -90,17 +91,16 @@ class Source:
 
     async def run(self, on_change: Callable[[], None]) -> None:
         """Until cancelled: read every ``interval``; failures are logged once each and retried sooner."""
-        delay = RETRY_MIN
+        retry = retries.Retry(RETRY_MIN, self.interval)
         while True:
             try:
                 if await self.refresh():
                     on_change()
-                delay = RETRY_MIN
+                retry.succeeded()
                 await asyncio.sleep(self.interval)
             except KeysError as error:
-                if str(error) != self.error:
+                if retry.failed(str(error)):
                     logger.error("cannot read the API server's service-account keys: %s; the proxies keep the keys they "
                                  "hold (none: the container-credentials path answers 503); retrying", error)
                 self.error = str(error)
-                await asyncio.sleep(min(delay, self.interval))
-                delay = min(delay * 2, self.interval)
+                await retry.pause()

@@ -11,6 +11,7 @@ import pytest
 from podiam_operator._core import decide, roles, world
 from podiam_operator._engine import watches
 from podiam_operator._kits import kube as kubes
+from podiam_operator._kits import retries
 from tests.unit.operator.conftest import pod
 
 pytestmark = pytest.mark.unit
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watches, "RETRY_MIN", 0.01)
+    monkeypatch.setattr(retries, "API_LOW", 0.01)
 
 
 def body(name: str, version: str) -> dict[str, Any]:
