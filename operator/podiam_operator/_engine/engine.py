@@ -168,6 +168,8 @@ class Engine:
             logger.info("credentials fetched in %.1f s; pushing", time.monotonic() - warming)
             self.phase = "active"
             self._first_round = {node for node, state in self._pusher.states().items() if state.known}
+            if not self._first_round:
+                self._first_round_done.set()
             self._pushing_since = time.monotonic()
             self._tasks.spawn(self._statuses_after_first_round(), "first-round")
             self._pusher.start()
@@ -185,9 +187,8 @@ class Engine:
             self._defaults.note_everywhere()
 
     async def _statuses_after_first_round(self) -> None:
-        if self._first_round:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._first_round_done.wait(), FIRST_ROUND_WAIT)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._first_round_done.wait(), FIRST_ROUND_WAIT)
         if self._first_round:
             logger.info("%d proxies still await this leader's first snapshot after %.0f s: writing statuses anyway",
                         len(self._first_round), FIRST_ROUND_WAIT)

@@ -31,8 +31,6 @@ from podiam_operator._kits import retries
 
 logger = logging.getLogger(__name__)
 
-RETRY_MIN = 1.0
-
 
 class KeysError(Exception):
     pass
@@ -70,7 +68,6 @@ class Source:
         self.kube = kube
         self.interval = interval
         self.current: wire.ServiceAccountKeys | None = None
-        self.error: str | None = None
 
     def __call__(self) -> wire.ServiceAccountKeys | None:
         return self.current
@@ -78,9 +75,6 @@ class Source:
     async def refresh(self) -> bool:
         """Read once; True when the keys changed."""
         keys = await fetch(self.kube)
-        if self.error is not None:
-            logger.info("service-account keys readable again")
-            self.error = None
         if self.current is not None and keys.fingerprint() == self.current.fingerprint():
             return False
         kids = sorted(str(key.get("kid")) for key in keys.keys)
@@ -91,16 +85,16 @@ class Source:
 
     async def run(self, on_change: Callable[[], None]) -> None:
         """Until cancelled: read every ``interval``; failures are logged once each and retried sooner."""
-        retry = retries.Retry(RETRY_MIN, self.interval)
+        retry = retries.Retry(retries.API_LOW, self.interval)
         while True:
             try:
                 if await self.refresh():
                     on_change()
-                retry.succeeded()
+                if retry.succeeded():
+                    logger.info("service-account keys readable again")
                 await asyncio.sleep(self.interval)
             except KeysError as error:
                 if retry.failed(str(error)):
                     logger.error("cannot read the API server's service-account keys: %s; the proxies keep the keys they "
                                  "hold (none: the container-credentials path answers 503); retrying", error)
-                self.error = str(error)
                 await retry.pause()

@@ -8,8 +8,9 @@ structs that name only the fields the ``_core.facts`` readers use and skips
 the others in C; :func:`decode_page` then hands out plain dicts of those
 fields, so a listed object and a watched one (``json.loads``, whole) go
 through the same readers: the ``_core.facts`` ones at start-up, the
-engine's event handlers when a watch lists a kind again after 410 Gone. ``tests/unit/operator/test_shapes.py`` records
-every field the readers touch and checks that each survives.
+engine's event handlers when a watch lists a kind again after 410 Gone.
+``tests/unit/operator/test_shapes.py`` records every field the readers
+touch and checks that each survives.
 
 Every leaf is ``Any``: a value of an unexpected type reaches the readers as
 it is, as with ``json.loads``, and they judge it.
